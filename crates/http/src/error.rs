@@ -1,0 +1,212 @@
+//! The one error type every handler returns, rendered as
+//! `{"error": "<snake_case_code>", "message": "<one human sentence>"}`.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use serde::Serialize;
+
+/// Every response in chromecard has a fully buffered body: requests and answers are small
+/// and bounded, and a buffered body lets a deadline cover the whole exchange.
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// Where a fault came from, so logs and metrics can tell a bad client from a broken
+/// k_server from our own bug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The request was wrong or not allowed (4xx).
+    Client,
+    /// The FIDO2 device or k_server failed or was too slow.
+    Upstream,
+    /// Something inside this process failed.
+    Internal,
+}
+
+/// An error answer: status, stable code, human sentence, and the headers some statuses need.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub fault: Fault,
+    allow: Option<&'static str>,
+    www_authenticate: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        let fault = if status.is_client_error() {
+            Fault::Client
+        } else if matches!(
+            status,
+            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            Fault::Upstream
+        } else {
+            Fault::Internal
+        };
+        Self {
+            status,
+            code,
+            message: message.into(),
+            fault,
+            allow: None,
+            www_authenticate: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 401 with the `WWW-Authenticate: Bearer` challenge RFC 6750 asks for.
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        let mut err = Self::new(StatusCode::UNAUTHORIZED, code, message);
+        err.www_authenticate = Some(format!(
+            "Bearer realm=\"chromecard\", error=\"{}\"",
+            if code == "missing_token" {
+                "invalid_request"
+            } else {
+                "invalid_token"
+            }
+        ));
+        err
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "There is no such endpoint.",
+        )
+    }
+
+    /// 405 naming the methods the path does accept.
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        let mut err = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("This endpoint does not accept that method; it accepts {allow}."),
+        );
+        err.allow = Some(allow);
+        err
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+
+    /// Overrides the fault origin when the status alone says the wrong thing
+    /// (a 401 from the FIDO2 device is the device's doing, not the client's).
+    pub fn with_fault(mut self, fault: Fault) -> Self {
+        self.fault = fault;
+        self
+    }
+
+    pub fn into_response(self) -> HttpResponse {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: &'a str,
+            message: &'a str,
+        }
+        let mut response = json_response(
+            self.status,
+            &Body {
+                error: self.code,
+                message: &self.message,
+            },
+        );
+        let headers = response.headers_mut();
+        if let Some(allow) = self.allow {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(challenge) = self.www_authenticate {
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                headers.insert(header::WWW_AUTHENTICATE, value);
+            }
+        }
+        response
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// A JSON answer. Also sets `Cache-Control: no-store`: answers carry tokens and secrets.
+pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> HttpResponse {
+    let bytes = match serde_json::to_vec(body) {
+        Ok(bytes) => bytes,
+        // Our own types always serialise; this keeps even that impossible path JSON.
+        Err(_) => {
+            br#"{"error":"internal_error","message":"The answer could not be encoded."}"#.to_vec()
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_json(response: HttpResponse) -> serde_json::Value {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn error_body_is_code_and_sentence() {
+        let response =
+            ApiError::bad_request("invalid_json", "The body is not JSON.").into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = body_json(response).await;
+        assert_eq!(body["error"], "invalid_json");
+        assert_eq!(body["message"], "The body is not JSON.");
+    }
+
+    #[tokio::test]
+    async fn unauthorized_carries_bearer_challenge() {
+        let response = ApiError::unauthorized("invalid_token", "Unknown token.").into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let challenge = response.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap();
+        assert!(challenge.starts_with("Bearer realm=\"chromecard\""));
+        assert!(challenge.contains("error=\"invalid_token\""));
+    }
+
+    #[test]
+    fn method_not_allowed_names_allowed_methods() {
+        let response = ApiError::method_not_allowed("POST").into_response();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[header::ALLOW], "POST");
+    }
+
+    #[test]
+    fn fault_follows_status() {
+        assert_eq!(ApiError::not_found().fault, Fault::Client);
+        let upstream = ApiError::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", "x");
+        assert_eq!(upstream.fault, Fault::Upstream);
+        assert_eq!(ApiError::internal("x").fault, Fault::Internal);
+    }
+}

@@ -1,0 +1,15 @@
+#![forbid(unsafe_code)]
+//! HTTP plumbing shared by k_proxy and k_server: the JSON error type, bounded body and
+//! header reads, the accept loop with graceful shutdown, and log set-up.
+//!
+//! Nothing here decides *who* may do *what*; that policy lives in the binaries.
+
+mod error;
+mod limits;
+mod serve;
+mod telemetry;
+
+pub use error::{json_response, ApiError, Fault, HttpResponse};
+pub use limits::{body_too_large, check_header_limits, read_body_limited, HeaderLimits};
+pub use serve::{serve, shutdown_signal, ConnInfo, ServeSettings};
+pub use telemetry::init_tracing;

@@ -1,0 +1,206 @@
+//! The accept loop: TLS (when configured), HTTP/1.1 with bounded waits, a cap on open
+//! connections, and a graceful drain when the shutdown future resolves.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::HttpResponse;
+
+/// What a handler may know about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    /// The verified end-entity client certificate, when the listener asked for one.
+    pub client_cert: Option<CertificateDer<'static>>,
+}
+
+/// Bounds of the accept loop. Each has a safe default.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeSettings {
+    /// Time allowed for a client to send a complete request head (slowloris bound); also
+    /// how long an idle keep-alive connection waits for its next request.
+    pub header_read_timeout: Duration,
+    /// Time allowed for the TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Connections served at once; beyond it new connections are closed at accept.
+    pub max_connections: usize,
+    /// After shutdown starts, how long in-flight requests may take to finish.
+    pub drain_timeout: Duration,
+    /// hyper's read buffer, which also caps the request head. Kept above the JSON
+    /// 431 limit so that clients normally get the JSON answer.
+    pub max_buf_size: usize,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            drain_timeout: Duration::from_secs(10),
+            max_buf_size: 64 * 1024,
+        }
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves, then stops accepting and waits at most
+/// `drain_timeout` for open connections to finish their current request.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    settings: ServeSettings,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = HttpResponse> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_buf_size)
+        .keep_alive(true);
+    let http = Arc::new(http);
+
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = settings.max_connections, "connection limit reached; closing new connection");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let http = http.clone();
+        let handler = handler.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tls {
+                None => {
+                    let info = Arc::new(ConnInfo {
+                        peer,
+                        tls: false,
+                        client_cert: None,
+                    });
+                    serve_connection(&http, watcher, stream, info, handler).await;
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        settings.tls_handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await;
+                    let stream = match handshake {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(err)) => {
+                            tracing::info!(%peer, error = %err, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let client_cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|cert| cert.clone().into_owned());
+                    let info = Arc::new(ConnInfo {
+                        peer,
+                        tls: true,
+                        client_cert,
+                    });
+                    serve_connection(&http, watcher, stream, info, handler).await;
+                }
+            }
+        });
+    }
+
+    drop(listener);
+    tracing::info!("shutting down: no longer accepting; draining open connections");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(settings.drain_timeout) => {
+            tracing::warn!(timeout_secs = settings.drain_timeout.as_secs(), "drain timed out; closing remaining connections");
+        }
+    }
+}
+
+async fn serve_connection<IO, H, F>(
+    http: &http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: IO,
+    info: Arc<ConnInfo>,
+    handler: H,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = HttpResponse> + Send + 'static,
+{
+    let peer = info.peer;
+    let service = service_fn(move |request| {
+        let response = handler(request, info.clone());
+        async move { Ok::<_, std::convert::Infallible>(response.await) }
+    });
+    let connection = http.serve_connection(TokioIo::new(io), service);
+    if let Err(err) = watcher.watch(connection).await {
+        // Timeouts and resets by clients are routine; they are not our errors.
+        tracing::debug!(%peer, error = %err, "connection ended with an error");
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received Ctrl-C"),
+        () = terminate => tracing::info!("received SIGTERM"),
+    }
+}

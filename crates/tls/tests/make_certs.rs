@@ -1,0 +1,118 @@
+//! Behaviour of `tls/make-certs.sh` itself: idempotence, refusals, permissions, key format.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use common::{ours, run_script};
+
+const FILES: [&str; 6] = [
+    "ca.crt",
+    "ca.key",
+    "k_server.crt",
+    "k_server.key",
+    "k_proxy.crt",
+    "k_proxy.key",
+];
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn modes_and_key_format() {
+    let set = ours();
+    assert_eq!(mode(&set.dir), 0o700, "output dir");
+    for f in FILES {
+        let want = if f.ends_with(".key") { 0o600 } else { 0o644 };
+        assert_eq!(mode(&set.path(f)), want, "{f}");
+    }
+    for key in ["ca.key", "k_server.key", "k_proxy.key"] {
+        let text = std::fs::read_to_string(set.path(key)).unwrap();
+        assert!(
+            text.starts_with("-----BEGIN PRIVATE KEY-----"),
+            "{key} is PKCS#8"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&set.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !FILES.contains(&n.as_str()))
+        .collect();
+    assert!(leftovers.is_empty(), "stray files: {leftovers:?}");
+}
+
+#[test]
+fn rerun_without_force_leaves_files_untouched() {
+    let set = ours();
+    let before: Vec<Vec<u8>> = FILES
+        .iter()
+        .map(|f| std::fs::read(set.path(f)).unwrap())
+        .collect();
+    let out = run_script(&["--out", set.dir.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already exist"));
+    let after: Vec<Vec<u8>> = FILES
+        .iter()
+        .map(|f| std::fs::read(set.path(f)).unwrap())
+        .collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn partial_set_without_force_fails_and_says_force() {
+    let dir = common::tempdir();
+    std::fs::copy(ours().ca(), dir.path().join("ca.crt")).unwrap();
+    let out = run_script(&["--out", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(names.len(), 1, "nothing was written");
+}
+
+#[test]
+fn force_replaces_the_set_with_a_new_ca() {
+    let dir = common::tempdir();
+    let set = common::generate(dir.path(), &[]);
+    let old_ca = std::fs::read(set.ca()).unwrap();
+    let out = run_script(&["--out", set.dir.to_str().unwrap(), "--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(old_ca, std::fs::read(set.ca()).unwrap());
+    // The new set is consistent: the library accepts it.
+    chromecard_tls::make_server_config(
+        &set.server_crt(),
+        &set.server_key(),
+        &chromecard_tls::ClientAuth::Required { ca_file: set.ca() },
+    )
+    .unwrap();
+}
+
+#[test]
+fn unknown_flag_exits_2_and_names_it() {
+    let out = run_script(&["--frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--frobnicate") && err.contains("--out"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_san_exits_2() {
+    for bad in ["a,b", "*.example", "300.1.1.1", "x y"] {
+        let out = run_script(&["--san", bad]);
+        assert_eq!(out.status.code(), Some(2), "--san {bad}");
+    }
+}
+
+#[test]
+fn help_exits_0() {
+    let out = run_script(&["--help"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"));
+}

@@ -1,0 +1,57 @@
+//! The command line. The first five flags are the prototype runbook's and keep its meaning.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// chromecard k_server: protected resources behind mutual TLS and the proxy token.
+///
+/// Without --tls-certfile/--tls-keyfile it serves plain HTTP (the same-VM quickstart).
+/// With them it serves TLS and requires a client certificate from the chain CA.
+#[derive(Debug, Parser)]
+#[command(name = "k_server", version)]
+pub struct Args {
+    /// Address to listen on. Qubes' qubes.ConnectTCP connects to 127.0.0.1, so keep IPv4 loopback.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// TCP port to listen on.
+    #[arg(long, default_value_t = 8780)]
+    pub port: u16,
+
+    /// The proxy token k_proxy must present (legacy: visible to every local user in the
+    /// process list; prefer --proxy-token-file or CHROMECARD_PROXY_TOKEN).
+    #[arg(long, value_name = "TOKEN")]
+    pub proxy_token: Option<String>,
+
+    /// File holding the proxy token (one line). Preferred over --proxy-token.
+    #[arg(long, value_name = "PATH")]
+    pub proxy_token_file: Option<PathBuf>,
+
+    /// Server certificate (PEM). Enables TLS with required client certificates.
+    #[arg(long, value_name = "PATH", requires = "tls_keyfile")]
+    pub tls_certfile: Option<PathBuf>,
+
+    /// Private key for --tls-certfile (PEM, PKCS#8 or SEC1).
+    #[arg(long, value_name = "PATH", requires = "tls_certfile")]
+    pub tls_keyfile: Option<PathBuf>,
+
+    /// CA whose certificates clients (k_proxy) must present.
+    /// Default: ca.crt in the directory of --tls-certfile.
+    #[arg(long, value_name = "PATH", requires = "tls_certfile")]
+    pub client_ca_file: Option<PathBuf>,
+
+    /// Directory of the durable store (created 0700).
+    /// Default: $XDG_STATE_HOME/chromecard/k_server, else ~/.local/state/chromecard/k_server.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Seconds a client may take to send a request head (slowloris bound); also the idle
+    /// keep-alive wait.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout: u64,
+
+    /// Connections served at once; more are closed at accept.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+}

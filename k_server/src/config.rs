@@ -1,0 +1,113 @@
+//! Turns the flags into a checked configuration. Every refusal names the flag and the fix.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use chromecard_hop::{ProxyToken, PROXY_TOKEN_ENV};
+use chromecard_http::ServeSettings;
+use chromecard_store::CounterStore;
+use chromecard_tls::ClientAuth;
+use tokio_rustls::TlsAcceptor;
+
+use crate::args::Args;
+
+pub struct Config {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsAcceptor>,
+    pub proxy_token: ProxyToken,
+    pub store: Arc<CounterStore>,
+    pub serve: ServeSettings,
+}
+
+pub fn make_config(args: Args) -> anyhow::Result<Config> {
+    let host: IpAddr = args.host.parse().with_context(|| {
+        format!(
+            "--host {:?} is not an IP address; use 127.0.0.1 (what qubes.ConnectTCP connects to)",
+            args.host
+        )
+    })?;
+    if !host.is_loopback() {
+        tracing::warn!(%host, "listening beyond loopback: on Qubes, k_server is reached through qubes.ConnectTCP on 127.0.0.1");
+    }
+    let listen = SocketAddr::new(host, args.port);
+
+    let proxy_token = ProxyToken::load(
+        args.proxy_token_file.as_deref(),
+        std::env::var(PROXY_TOKEN_ENV).ok(),
+        args.proxy_token,
+    )?;
+    tracing::info!(source = %proxy_token.source(), "proxy token loaded");
+
+    let tls = match (args.tls_certfile, args.tls_keyfile) {
+        (Some(cert), Some(key)) => Some(make_tls(cert, key, args.client_ca_file)?),
+        (None, None) => {
+            tracing::warn!("serving plain HTTP without client certificates: only for the same-VM quickstart; pass --tls-certfile and --tls-keyfile for mutual TLS");
+            None
+        }
+        _ => bail!("--tls-certfile and --tls-keyfile go together; give both or neither"),
+    };
+
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => chromecard_store::default_data_dir().context(
+            "no data directory: neither XDG_STATE_HOME nor HOME is set; pass --data-dir DIR",
+        )?,
+    };
+    let store = CounterStore::open(&data_dir).with_context(|| {
+        format!(
+            "cannot open the store in {} (--data-dir)",
+            data_dir.display()
+        )
+    })?;
+    tracing::info!(path = %store.path().display(), "durable store open");
+
+    let serve = ServeSettings {
+        header_read_timeout: Duration::from_secs(args.header_read_timeout),
+        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        ..ServeSettings::default()
+    };
+    Ok(Config {
+        listen,
+        tls,
+        proxy_token,
+        store: Arc::new(store),
+        serve,
+    })
+}
+
+/// TLS always with required client certificates: k_server has no anonymous clients.
+fn make_tls(
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+) -> anyhow::Result<TlsAcceptor> {
+    let ca_file = match client_ca {
+        Some(path) => path,
+        None => {
+            let beside = cert
+                .parent()
+                .map(|dir| dir.join("ca.crt"))
+                .unwrap_or_else(|| PathBuf::from("ca.crt"));
+            if !beside.is_file() {
+                bail!(
+                    "mutual TLS needs the CA that signs k_proxy's certificate: {} does not exist; pass --client-ca-file PATH",
+                    beside.display()
+                );
+            }
+            beside
+        }
+    };
+    let summary = chromecard_tls::ca_summary(&ca_file)?;
+    let server_config = chromecard_tls::make_server_config(
+        &cert,
+        &key,
+        &ClientAuth::Required {
+            ca_file: ca_file.clone(),
+        },
+    )?;
+    tracing::info!(ca = %summary, "mutual TLS: client certificates must chain to this CA");
+    Ok(TlsAcceptor::from(server_config))
+}

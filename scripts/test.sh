@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, the binaries the end-to-end tests start,
+# then every unit and end-to-end test. Needs curl, openssl, socat and python3 on PATH
+# (.ci/run installs them on Debian).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+for tool in cargo curl openssl socat python3; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    echo "test.sh: missing: ${missing[*]}" >&2
+    echo "  on Debian: sudo apt-get install -y libudev-dev pkg-config curl openssl socat python3" >&2
+    exit 1
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo build --bins (the end-to-end tests start these)"
+cargo build --workspace --bins --locked
+echo "== cargo test"
+cargo test --workspace --locked
