@@ -23,3 +23,4 @@ echo "== cargo build --bins (the end-to-end tests start these)"
 cargo build --workspace --bins --locked
 echo "== cargo test"
 cargo test --workspace --locked
+if [ "${CI:-}" = true ] || [ "${CHROMECARD_FUZZ_SMOKE:-}" = 1 ]; then echo "== fuzz smoke (scripts/fuzz.sh --smoke)"; scripts/fuzz.sh --smoke; fi

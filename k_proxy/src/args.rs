@@ -15,6 +15,13 @@ pub enum GateKind {
     Soft,
 }
 
+/// What a new login does to the user's other sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnNewLogin {
+    Keep,
+    Supersede,
+}
+
 /// chromecard k_proxy: sessions gated by a FIDO2 key, and /resource/* forwarding to
 /// k_server over mutual TLS.
 #[derive(Debug, Parser)]
@@ -31,6 +38,21 @@ pub struct Args {
     /// Absolute session lifetime in seconds, from login.
     #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub session_ttl: u64,
+
+    /// Seconds a session may go unused before it ends; each use restarts the wait.
+    /// 0 turns the idle limit off (only --session-ttl applies).
+    #[arg(long, value_name = "SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub idle_timeout: u64,
+
+    /// What a new login does to the same user's older sessions: keep them, or end them
+    /// (they then answer 401 "superseded").
+    #[arg(long, value_enum, default_value_t = OnNewLogin::Keep)]
+    pub on_new_login: OnNewLogin,
+
+    /// Keep live sessions (token hashes only) in this file, so a restart does not force a
+    /// new touch. Default: memory only.
+    #[arg(long, value_name = "PATH")]
+    pub session_store: Option<PathBuf>,
 
     /// Where k_server is: https://HOST:PORT (mutual TLS), or http:// on loopback only.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8780")]
@@ -63,6 +85,10 @@ pub struct Args {
     #[arg(long, value_name = "PATH", requires = "tls_certfile")]
     pub tls_keyfile: Option<PathBuf>,
 
+    /// Also accept TLS 1.2 (toward clients and toward k_server). Default: TLS 1.3 only.
+    #[arg(long)]
+    pub allow_tls12: bool,
+
     /// Client certificate presented to k_server. Default: --tls-certfile.
     #[arg(long, value_name = "PATH", requires = "client_keyfile")]
     pub client_certfile: Option<PathBuf>,
@@ -72,19 +98,45 @@ pub struct Args {
     pub client_keyfile: Option<PathBuf>,
 
     /// The authenticator: fido2 (the real USB key) or soft (tests and demos only).
-    #[arg(long, value_enum, default_value_t = GateKind::Fido2)]
+    #[arg(long, value_enum, default_value_t = GateKind::Fido2, global = true)]
     pub gate: GateKind,
 
-    /// With --gate soft: how the software authenticator behaves (present, no-key, no-touch).
-    #[arg(long, value_name = "BEHAVIOR", default_value = "present")]
+    /// With --gate soft: how the software authenticator behaves (present, no-key, no-touch,
+    /// slow, refuse, cloned-counter, foreign-key, up-clear, wrong-rp, replay).
+    #[arg(
+        long,
+        value_name = "BEHAVIOR",
+        default_value = "present",
+        global = true
+    )]
     pub soft_behavior: SoftBehavior,
 
+    /// With --gate soft: the file holding the software key (created 0600), so that
+    /// `k_proxy enroll` and the server can be separate processes. Default: an in-memory key.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub soft_key_file: Option<PathBuf>,
+
+    /// What a login must prove: presence (a key answers GetInfo), touch (a person touched
+    /// the key; nothing signed), assertion (the user's enrolled key signed a fresh
+    /// challenge). Default: assertion with --credentials-file, else presence.
+    #[arg(long, value_name = "LEVEL", global = true)]
+    pub gate_level: Option<chromecard_gate::GateLevel>,
+
+    /// The enrolment file (pam-u2f line format, written by `k_proxy enroll`); sign counts
+    /// are kept beside it in FILE.counters.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub credentials_file: Option<PathBuf>,
+
+    /// The relying-party id credentials are scoped to; changing it orphans enrolments.
+    #[arg(long, value_name = "ID", default_value = "chromecard", global = true)]
+    pub rp_id: String,
+
     /// With --gate fido2: the hidraw path of the key to use when several are attached.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     pub device: Option<String>,
 
     /// Seconds one operation on the key may take before the login fails.
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=300))]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=300), global = true)]
     pub touch_timeout: u64,
 
     /// Seconds a login waits for the key while another login uses it; then 503.
@@ -107,12 +159,45 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub max_sessions: u64,
 
+    /// Refused logins for one username within --login-window before it is banned; 0: off.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub login_max_failures: u32,
+
+    /// Refused logins from one client address within --login-window before it is banned; 0: off.
+    /// (Behind qvm-connect-tcp every client is 127.0.0.1, so this limits the whole client qube.)
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub login_max_failures_per_address: u32,
+
+    /// Seconds over which refused logins are counted.
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub login_window: u64,
+
+    /// Seconds a banned username or address is refused (429 with Retry-After).
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub login_ban: u64,
+
+    /// Logins that may wait for the key at once; more get 503 at once.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_waiting_logins: u64,
+
+    /// Serve GET /metrics (Prometheus text) on this address, e.g. 127.0.0.1:9770. Default: off.
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<std::net::SocketAddr>,
+
     /// Seconds a client may take to send a request head (slowloris bound); also the idle
     /// keep-alive wait.
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_read_timeout: u64,
 
+    /// Largest request head (all header lines) in bytes; larger gets 431. At most 100 fields.
+    #[arg(long, value_name = "BYTES", default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(1024..=1_048_576))]
+    pub max_header_bytes: u64,
+
     /// Connections served at once; more are closed at accept.
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
+
+    /// `enroll`: manage the enrolment file instead of serving.
+    #[command(subcommand)]
+    pub command: Option<crate::enroll::Command>,
 }

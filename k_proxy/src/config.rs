@@ -1,32 +1,40 @@
 //! Turns the flags into a checked configuration. Every refusal names the flag and the fix.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
-use chromecard_gate::{Authenticator, Fido2Key, Gate, GateSettings, SoftAuthenticator};
+use chromecard_gate::Gate;
 use chromecard_hop::{ProxyToken, PROXY_TOKEN_ENV};
-use chromecard_http::ServeSettings;
-use chromecard_session::StoreSettings;
-use chromecard_tls::ClientAuth;
+use chromecard_http::{HeaderLimits, ServeSettings};
+use chromecard_session::{SessionFile, StoreSettings};
+use chromecard_tls::{ClientAuth, TlsVersions};
 use http::Uri;
 use tokio_rustls::TlsAcceptor;
 
-use crate::args::{Args, GateKind};
+use crate::args::{Args, OnNewLogin};
+use crate::throttle::ThrottleSettings;
 use crate::upstream::UpstreamSettings;
 
 pub struct Config {
     pub listen: SocketAddr,
     pub tls: Option<TlsAcceptor>,
     pub sessions: StoreSettings,
+    /// `--session-store`: the file sessions are written through to.
+    pub session_store: Option<SessionFile>,
+    /// `--on-new-login supersede`: a login ends the user's older sessions.
+    pub supersede_on_login: bool,
     pub gate: Gate,
     pub upstream: UpstreamSettings,
     pub serve: ServeSettings,
     pub max_body_bytes: usize,
+    pub header_limits: HeaderLimits,
+    pub throttle: ThrottleSettings,
+    pub max_waiting_logins: usize,
+    pub admin_listen: Option<SocketAddr>,
 }
 
-pub fn make_config(args: Args) -> anyhow::Result<Config> {
+pub fn make_config(args: &Args) -> anyhow::Result<Config> {
     let host: IpAddr = args.host.parse().with_context(|| {
         format!(
             "--host {:?} is not an IP address; use 127.0.0.1 (what qubes.ConnectTCP connects to)",
@@ -38,6 +46,67 @@ pub fn make_config(args: Args) -> anyhow::Result<Config> {
     }
     let listen = SocketAddr::new(host, args.port);
 
+    let Reloadable { tls, upstream } = load_reloadable(args)?;
+
+    let session_store = match &args.session_store {
+        Some(path) => Some(
+            SessionFile::open(path)
+                .with_context(|| format!("--session-store {}: cannot open it", path.display()))?,
+        ),
+        None => None,
+    };
+    let gate = make_gate(args)?;
+    let header_limits = HeaderLimits {
+        max_total_bytes: usize::try_from(args.max_header_bytes).unwrap_or(usize::MAX),
+        ..HeaderLimits::default()
+    };
+
+    Ok(Config {
+        listen,
+        tls,
+        sessions: StoreSettings {
+            ttl: Duration::from_secs(args.session_ttl),
+            idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+            max_sessions: usize::try_from(args.max_sessions).unwrap_or(usize::MAX),
+        },
+        session_store,
+        supersede_on_login: args.on_new_login == OnNewLogin::Supersede,
+        gate,
+        upstream,
+        serve: ServeSettings {
+            header_read_timeout: Duration::from_secs(args.header_read_timeout),
+            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+            ..ServeSettings::default()
+        }
+        .with_header_limit(header_limits.max_total_bytes),
+        header_limits,
+        max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX),
+        throttle: ThrottleSettings {
+            max_failures_per_user: args.login_max_failures,
+            max_failures_per_address: args.login_max_failures_per_address,
+            window: Duration::from_secs(args.login_window),
+            ban: Duration::from_secs(args.login_ban),
+        },
+        max_waiting_logins: usize::try_from(args.max_waiting_logins).unwrap_or(usize::MAX),
+        admin_listen: match args.admin_listen {
+            Some(addr) if !addr.ip().is_loopback() => {
+                tracing::warn!(%addr, "--admin-listen beyond loopback: metrics reveal usernames' login outcomes only in aggregate, but keep them local");
+                Some(addr)
+            }
+            other => other,
+        },
+    })
+}
+
+/// What SIGHUP reloads: the proxy token, the client-facing certificate, and the k_server
+/// hop's CA and client certificate. Built whole or not at all.
+pub struct Reloadable {
+    pub tls: Option<TlsAcceptor>,
+    pub upstream: UpstreamSettings,
+}
+
+/// Loads (or reloads) the secrets and certificates from the files the flags name.
+pub fn load_reloadable(args: &Args) -> anyhow::Result<Reloadable> {
     let proxy_token = ProxyToken::load(
         args.proxy_token_file.as_deref(),
         std::env::var(PROXY_TOKEN_ENV).ok(),
@@ -48,7 +117,15 @@ pub fn make_config(args: Args) -> anyhow::Result<Config> {
     // Toward clients: TLS without client certificates; the bearer token is their credential.
     let tls = match (&args.tls_certfile, &args.tls_keyfile) {
         (Some(cert), Some(key)) => {
-            let config = chromecard_tls::make_server_config(cert, key, &ClientAuth::None)?;
+            chromecard_tls::check_certificate_file("--tls-certfile", cert, SystemTime::now())
+                .context("--tls-certfile")?;
+            let config = chromecard_tls::make_server_config_with(
+                cert,
+                key,
+                &ClientAuth::None,
+                tls_versions(args),
+            )
+            .context("the client-facing TLS listener (--tls-certfile, --tls-keyfile)")?;
             Some(TlsAcceptor::from(config))
         }
         _ => {
@@ -56,26 +133,8 @@ pub fn make_config(args: Args) -> anyhow::Result<Config> {
             None
         }
     };
-
-    let upstream = make_upstream(&args, proxy_token)?;
-    let gate = make_gate(&args);
-
-    Ok(Config {
-        listen,
-        tls,
-        sessions: StoreSettings {
-            ttl: Duration::from_secs(args.session_ttl),
-            max_sessions: usize::try_from(args.max_sessions).unwrap_or(usize::MAX),
-        },
-        gate,
-        upstream,
-        serve: ServeSettings {
-            header_read_timeout: Duration::from_secs(args.header_read_timeout),
-            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
-            ..ServeSettings::default()
-        },
-        max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX),
-    })
+    let upstream = make_upstream(args, proxy_token)?;
+    Ok(Reloadable { tls, upstream })
 }
 
 fn make_upstream(args: &Args, proxy_token: ProxyToken) -> anyhow::Result<UpstreamSettings> {
@@ -108,8 +167,17 @@ fn make_upstream(args: &Args, proxy_token: ProxyToken) -> anyhow::Result<Upstrea
                     ),
                 },
             };
-            let config = chromecard_tls::make_client_config(ca, Some((cert, key)))?;
-            tracing::info!(ca = %chromecard_tls::ca_summary(ca)?, client_cert = %cert.display(), "mutual TLS toward k_server: trusting only this CA");
+            chromecard_tls::check_certificate_file("--server-ca-file", ca, SystemTime::now())
+                .context("--server-ca-file")?;
+            chromecard_tls::check_certificate_file("client certificate", cert, SystemTime::now())
+                .context(
+                "the client certificate toward k_server (--client-certfile, else --tls-certfile)",
+            )?;
+            let config = chromecard_tls::make_client_config_with(ca, Some((cert, key)), tls_versions(args)).context(
+                "mutual TLS toward k_server (--server-ca-file; client certificate from --client-certfile/--client-keyfile, else --tls-certfile/--tls-keyfile)",
+            )?;
+            let summary = chromecard_tls::ca_summary(ca).context("--server-ca-file")?;
+            tracing::info!(ca = %summary, client_cert = %cert.display(), "mutual TLS toward k_server: trusting only this CA");
             Some(config)
         }
         Some("http") => {
@@ -143,24 +211,17 @@ fn make_upstream(args: &Args, proxy_token: ProxyToken) -> anyhow::Result<Upstrea
     })
 }
 
-fn make_gate(args: &Args) -> Gate {
-    let authenticator: Arc<dyn Authenticator> = match args.gate {
-        GateKind::Fido2 => Arc::new(Fido2Key::new(args.device.clone())),
-        GateKind::Soft => {
-            tracing::warn!("================================================================");
-            tracing::warn!("--gate soft: SOFTWARE AUTHENTICATOR. No USB key, no person: any");
-            tracing::warn!("login succeeds. For development and tests only; never deploy this.");
-            tracing::warn!("================================================================");
-            Arc::new(SoftAuthenticator::new(args.soft_behavior))
-        }
-    };
-    let gate = Gate::new(
-        authenticator,
-        GateSettings {
-            op_timeout: Duration::from_secs(args.touch_timeout),
-            device_wait: Duration::from_secs(args.device_wait),
-        },
-    );
-    tracing::info!(gate = %gate.describe(), level = "presence", "gate ready");
-    gate
+/// TLS 1.3 on both hops unless `--allow-tls12` says otherwise.
+fn tls_versions(args: &Args) -> TlsVersions {
+    if args.allow_tls12 {
+        tracing::warn!("--allow-tls12: TLS 1.2 is accepted on both hops; prefer TLS 1.3 clients");
+        TlsVersions::AllowTls12
+    } else {
+        TlsVersions::Tls13Only
+    }
+}
+
+/// The gate: authenticator, level and enrolment file (see gate_setup.rs).
+fn make_gate(args: &Args) -> anyhow::Result<Gate> {
+    crate::gate_setup::make_gate(args)
 }

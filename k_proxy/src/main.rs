@@ -5,10 +5,13 @@
 mod app;
 mod args;
 mod config;
-mod credential;
-mod login;
+mod enroll;
+mod gate_setup;
+mod metrics;
+mod throttle;
 mod upstream;
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,24 +21,27 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     chromecard_http::init_tracing();
-    let args = args::Args::parse();
-    let config = match config::make_config(args) {
+    let mut args = args::Args::parse();
+    if let Some(command) = args.command.take() {
+        return enroll::run(&args, command);
+    }
+    let config = match config::make_config(&args) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("k_proxy: {err:#}");
+            eprintln!("k_proxy: {}", chromecard_http::describe_error(err.as_ref()));
             return std::process::ExitCode::from(2);
         }
     };
-    match run(config) {
+    match run(config, args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("k_proxy: {err:#}");
+            eprintln!("k_proxy: {}", chromecard_http::describe_error(err.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-fn run(config: config::Config) -> anyhow::Result<()> {
+fn run(config: config::Config, args: args::Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -43,21 +49,64 @@ fn run(config: config::Config) -> anyhow::Result<()> {
     let result = runtime.block_on(async move {
         // Everything that can refuse the configuration runs before we listen.
         let upstream = upstream::Upstream::new(config.upstream)?;
+        let mut sessions = SessionStore::new(config.sessions, Arc::new(SystemClock));
+        if let Some(file) = config.session_store {
+            sessions = sessions.with_persistence(file)?;
+        }
+        let sessions = Arc::new(sessions);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} (is the port in use? change --port)", config.listen))?;
+        let admin_listener = match config.admin_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (--admin-listen)"))?,
+            ),
+            None => None,
+        };
         let scheme = if config.tls.is_some() { "https" } else { "http" };
         tracing::info!(address = %config.listen, "k_proxy listening on {scheme}://{}", config.listen);
 
-        let sessions = Arc::new(SessionStore::new(config.sessions, Arc::new(SystemClock)));
-        let sweeper = tokio::spawn(sweep_forever(sessions.clone()));
-        let app = Arc::new(app::App::new(sessions, config.gate, upstream, config.max_body_bytes));
+        let throttle = Arc::new(throttle::LoginThrottle::new(config.throttle, Arc::new(SystemClock)));
+        let metrics = Arc::new(metrics::ProxyMetrics::new(sessions.clone()));
+        let sweeper = tokio::spawn(sweep_forever(sessions.clone(), throttle.clone()));
+        let admin = admin_listener.map(|listener| {
+            tracing::info!(address = ?listener.local_addr().ok(), "admin listener: GET /metrics");
+            tokio::spawn(serve_metrics(listener, metrics.clone(), config.serve))
+        });
+        let tls = config.tls.map(chromecard_http::ReloadableTls::new);
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
+            chromecard_http::shutdown_signal().await;
+            let _ = stop.send(true);
+        };
+        let app = Arc::new(app::App {
+            sessions,
+            policy: app::SessionPolicy {
+                supersede_on_login: config.supersede_on_login,
+            },
+            gate: config.gate,
+            upstream: std::sync::RwLock::new(Arc::new(upstream)),
+            max_body_bytes: config.max_body_bytes,
+            header_limits: config.header_limits,
+            throttle,
+            waiting_logins: AtomicUsize::new(0),
+            max_waiting_logins: config.max_waiting_logins,
+            metrics,
+            stopping,
+        });
+        let reloader = tokio::spawn(reload_on_sighup(args, app.clone(), tls.clone()));
         let handler = move |request, conn| {
             let app = app.clone();
             async move { app.handle(request, conn).await }
         };
-        chromecard_http::serve(listener, config.tls, config.serve, handler, chromecard_http::shutdown_signal()).await;
+        chromecard_http::serve(listener, tls, config.serve, handler, shutdown).await;
+        reloader.abort();
         sweeper.abort();
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         tracing::info!("k_proxy stopped");
         Ok(())
     });
@@ -66,18 +115,102 @@ fn run(config: config::Config) -> anyhow::Result<()> {
     result
 }
 
-/// Drops expired sessions in the background so memory follows live sessions only.
-async fn sweep_forever(sessions: Arc<SessionStore>) {
-    let period = sessions
-        .settings()
-        .ttl
-        .clamp(Duration::from_secs(1), Duration::from_secs(30));
+/// On SIGHUP, reloads the proxy token and every certificate from the same files. New
+/// connections and new requests use the new ones; open connections are not dropped. If
+/// anything fails to load, everything stays as it was and the error is logged.
+async fn reload_on_sighup(
+    args: args::Args,
+    app: Arc<app::App>,
+    tls: Option<chromecard_http::ReloadableTls>,
+) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::warn!("cannot listen for SIGHUP; reload by restarting");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading certificates and the proxy token");
+        let reloaded = config::load_reloadable(&args)
+            .and_then(|r| Ok((r.tls, upstream::Upstream::new(r.upstream)?)));
+        match reloaded {
+            Ok((new_tls, new_upstream)) => {
+                if let (Some(listener), Some(acceptor)) = (&tls, new_tls) {
+                    listener.replace(acceptor);
+                }
+                app.replace_upstream(new_upstream);
+                tracing::info!("reload complete");
+            }
+            Err(err) => tracing::error!(
+                error = %chromecard_http::describe_error(err.as_ref()),
+                "reload failed; still serving with the previous certificates and token"
+            ),
+        }
+    }
+}
+
+/// The admin listener: `GET /metrics` in the Prometheus text format, nothing else.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<metrics::ProxyMetrics>,
+    settings: chromecard_http::ServeSettings,
+) {
+    let handler = move |request: http::Request<hyper::body::Incoming>, _conn| {
+        let metrics = metrics.clone();
+        async move {
+            match (request.method(), request.uri().path()) {
+                (&http::Method::GET, "/metrics") => {
+                    let mut response = http::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from(metrics.render()),
+                    ));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    response
+                }
+                (_, "/metrics") => {
+                    chromecard_http::ApiError::method_not_allowed("GET").into_response()
+                }
+                _ => chromecard_http::ApiError::not_found().into_response(),
+            }
+        }
+    };
+    chromecard_http::serve(
+        listener,
+        None::<chromecard_http::ReloadableTls>,
+        settings,
+        handler,
+        std::future::pending(),
+    )
+    .await;
+}
+
+/// Removes ended sessions in the background, so memory follows live sessions only, and
+/// writes each expiry's audit line. The sweep runs off the async workers.
+async fn sweep_forever(sessions: Arc<SessionStore>, throttle: Arc<throttle::LoginThrottle>) {
+    let settings = sessions.settings();
+    let shortest = settings
+        .idle_timeout
+        .map_or(settings.ttl, |idle| idle.min(settings.ttl));
+    let period = (shortest / 10).clamp(Duration::from_secs(1), Duration::from_secs(30));
     let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let removed = sessions.sweep();
-        if removed > 0 {
-            tracing::debug!(removed, live = sessions.len(), "swept expired sessions");
+        let store = sessions.clone();
+        let Ok(ended) = tokio::task::spawn_blocking(move || store.sweep()).await else {
+            continue;
+        };
+        for session in &ended {
+            app::audit_ended(session);
+        }
+        throttle.sweep();
+        if !ended.is_empty() {
+            tracing::debug!(
+                removed = ended.len(),
+                live = sessions.len(),
+                "swept ended sessions"
+            );
         }
     }
 }

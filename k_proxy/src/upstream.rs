@@ -34,6 +34,8 @@ pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: Uri,
     proxy_token: HeaderValue,
+    /// The Host header hyper's client would format for `base` on every request, made once.
+    host: Option<HeaderValue>,
     response_timeout: Duration,
 }
 
@@ -83,10 +85,12 @@ impl Upstream {
             .pool_max_idle_per_host(256)
             .build(connector);
         let proxy_token = HeaderValue::from_str(settings.proxy_token.header_value())?;
+        let host = host_header(&settings.base);
         Ok(Self {
             client,
             base: settings.base,
             proxy_token,
+            host,
             response_timeout: settings.response_timeout,
         })
     }
@@ -108,16 +112,23 @@ impl Upstream {
             .map_err(|_| ApiError::internal("The forwarded request could not be built."))?;
         *request.headers_mut() = rewrite_request_headers(client_headers);
         let headers = request.headers_mut();
-        headers.insert(PROXY_TOKEN_HEADER, self.proxy_token.clone());
+        // Static names: inserting by &str would allocate a new HeaderName per request.
         headers.insert(
-            USER_HEADER,
+            HeaderName::from_static(PROXY_TOKEN_HEADER),
+            self.proxy_token.clone(),
+        );
+        if let Some(host) = &self.host {
+            headers.insert(header::HOST, host.clone());
+        }
+        headers.insert(
+            HeaderName::from_static(USER_HEADER),
             HeaderValue::from_str(user)
                 .map_err(|_| ApiError::internal("The session's username cannot be sent."))?,
         );
 
         let exchange = async {
             let response = self.client.request(request).await.map_err(|err| {
-                tracing::warn!(error = %error_chain(&err), "k_server unreachable");
+                tracing::warn!(error = %chromecard_http::describe_error(&err), "k_server unreachable");
                 unavailable()
             })?;
             let (parts, body) = response.into_parts();
@@ -165,15 +176,64 @@ impl Upstream {
         Ok(Response::from_parts(parts, Full::new(body)))
     }
 
+    /// Readiness: k_server answers `GET /healthz` over the pooled connection within 2 s.
+    pub async fn probe(&self) -> Result<(), ApiError> {
+        let not_ready = |why: &str| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                format!("k_proxy is not ready: {why}."),
+            )
+        };
+        let request = Request::get(self.target("/healthz")?)
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| ApiError::internal("The readiness probe could not be built."))?;
+        match tokio::time::timeout(Duration::from_secs(2), self.client.request(request)).await {
+            Ok(Ok(response)) if response.status() == StatusCode::OK => Ok(()),
+            Ok(Ok(response)) => Err(not_ready(&format!(
+                "k_server answered {}",
+                response.status()
+            ))),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %chromecard_http::describe_error(&err), "readiness: k_server unreachable");
+                Err(not_ready("k_server is unreachable"))
+            }
+            Err(_) => Err(not_ready("k_server did not answer within 2 seconds")),
+        }
+    }
+
     fn target(&self, path_and_query: &str) -> Result<Uri, ApiError> {
         let prefix = self.base.path().trim_end_matches('/');
         let mut parts = self.base.clone().into_parts();
-        parts.path_and_query = Some(format!("{prefix}{path_and_query}").parse().map_err(|_| {
+        // Without a base path (the usual case) the path is used as it is: no joined copy.
+        let joined;
+        let full = if prefix.is_empty() {
+            path_and_query
+        } else {
+            joined = format!("{prefix}{path_and_query}");
+            &joined
+        };
+        parts.path_and_query = Some(full.parse().map_err(|_| {
             ApiError::bad_request("invalid_path", "The request path is not valid.")
         })?);
         Uri::from_parts(parts)
             .map_err(|_| ApiError::bad_request("invalid_path", "The request path is not valid."))
     }
+}
+
+/// The Host header for `base`, exactly as hyper's client sets it when none is given (the
+/// port only when it is not the scheme's default), so that it is formatted once rather
+/// than on every request.
+fn host_header(base: &Uri) -> Option<HeaderValue> {
+    let host = base.host()?;
+    let secure = matches!(base.scheme_str(), Some("https" | "wss"));
+    let value = match base.port_u16() {
+        Some(443) if secure => host.to_owned(),
+        Some(80) if !secure => host.to_owned(),
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    HeaderValue::from_str(&value).ok()
 }
 
 fn unavailable() -> ApiError {
@@ -182,17 +242,6 @@ fn unavailable() -> ApiError {
         "upstream_unavailable",
         "k_server could not be reached (connection or TLS handshake failed); try again later.",
     )
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never cross a proxy.
@@ -207,45 +256,55 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+/// The headers that `Connection` names: hop-by-hop too. Usually none (no allocation).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+        .collect()
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named = connection_named(headers);
     for name in HOP_BY_HOP.iter().chain(named.iter()) {
         headers.remove(name);
     }
 }
 
-/// The client's headers as k_server may see them: without the client's credential, without
-/// hop-by-hop headers, and without any header k_proxy alone may set.
-pub fn rewrite_request_headers(client: &HeaderMap) -> HeaderMap {
-    let mut headers = client.clone();
-    strip_hop_by_hop(&mut headers);
-    for name in [
+/// Whether a client's request header may reach k_server (hop-by-hop headers aside).
+fn forwardable(name: &HeaderName) -> bool {
+    const DROPPED: [HeaderName; 6] = [
         header::AUTHORIZATION,
         header::COOKIE,
         header::HOST,
         header::CONTENT_LENGTH,
         header::EXPECT,
         header::FORWARDED,
-        HeaderName::from_static(PROXY_TOKEN_HEADER),
-    ] {
-        headers.remove(name);
+    ];
+    if HOP_BY_HOP.contains(name) || DROPPED.contains(name) {
+        return false;
     }
-    let ours: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            let name = name.as_str();
-            name.starts_with(OWN_HEADER_PREFIX) || name.starts_with("x-forwarded-")
-        })
-        .cloned()
-        .collect();
-    for name in ours {
-        headers.remove(name);
+    let name = name.as_str();
+    name != PROXY_TOKEN_HEADER
+        && !name.starts_with(OWN_HEADER_PREFIX)
+        && !name.starts_with("x-forwarded-")
+}
+
+/// The client's headers as k_server may see them: without the client's credential, without
+/// hop-by-hop headers, and without any header k_proxy alone may set.
+///
+/// Built by copying only what may cross, rather than cloning the whole map and removing
+/// from it: a request with nothing to forward (the common case) allocates nothing here.
+pub fn rewrite_request_headers(client: &HeaderMap) -> HeaderMap {
+    let named = connection_named(client);
+    let mut headers = HeaderMap::new();
+    for (name, value) in client {
+        if forwardable(name) && !named.contains(name) {
+            headers.append(name.clone(), value.clone());
+        }
     }
     headers
 }
@@ -279,5 +338,27 @@ mod tests {
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(forwarded.contains_key("accept"));
         assert!(forwarded.contains_key("content-type"));
+    }
+
+    #[test]
+    fn repeated_headers_cross_in_order() {
+        let mut client = HeaderMap::new();
+        client.append("accept", HeaderValue::from_static("text/plain"));
+        client.append("x-trace", HeaderValue::from_static("1"));
+        client.append("accept", HeaderValue::from_static("application/json"));
+        let forwarded = rewrite_request_headers(&client);
+        let accept: Vec<_> = forwarded.get_all("accept").iter().collect();
+        assert_eq!(accept, ["text/plain", "application/json"]);
+        assert_eq!(forwarded.len(), 3);
+    }
+
+    #[test]
+    fn host_header_as_hyper_would_set_it() {
+        let host = |uri: &str| host_header(&uri.parse().unwrap()).unwrap();
+        assert_eq!(host("https://127.0.0.1:9780"), "127.0.0.1:9780");
+        assert_eq!(host("https://k_server:443/base"), "k_server");
+        assert_eq!(host("http://127.0.0.1:80"), "127.0.0.1");
+        assert_eq!(host("http://127.0.0.1:8780"), "127.0.0.1:8780");
+        assert_eq!(host("http://localhost"), "localhost");
     }
 }

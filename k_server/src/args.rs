@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 /// chromecard k_server: protected resources behind mutual TLS and the proxy token.
 ///
@@ -41,6 +41,18 @@ pub struct Args {
     #[arg(long, value_name = "PATH", requires = "tls_certfile")]
     pub client_ca_file: Option<PathBuf>,
 
+    /// Allow only k_proxy instances whose client certificate has this name as its subject
+    /// CN or a DNS subjectAltName (repeat for several). Default: any certificate from the
+    /// chain CA. Needs --tls-certfile.
+    #[arg(long = "allow-client", value_name = "NAME", requires = "tls_certfile")]
+    pub allow_client: Vec<String>,
+
+    /// How increments and secret writes reach the disk: `group` commits the writes that
+    /// arrive together in one durable transaction; `per-request` gives every write its
+    /// own (for comparison; slower under load). Both answer only after the fsync.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = CommitModeArg::Group)]
+    pub commit_mode: CommitModeArg,
+
     /// Directory of the durable store (created 0700).
     /// Default: $XDG_STATE_HOME/chromecard/k_server, else ~/.local/state/chromecard/k_server.
     #[arg(long, value_name = "DIR")]
@@ -54,4 +66,10 @@ pub struct Args {
     /// Connections served at once; more are closed at accept.
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CommitModeArg {
+    Group,
+    PerRequest,
 }

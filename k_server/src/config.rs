@@ -8,17 +8,22 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use chromecard_hop::{ProxyToken, PROXY_TOKEN_ENV};
 use chromecard_http::ServeSettings;
-use chromecard_store::CounterStore;
+use chromecard_store::{CommitMode, Store, Writer, WriterThread};
 use chromecard_tls::ClientAuth;
 use tokio_rustls::TlsAcceptor;
 
-use crate::args::Args;
+use crate::args::{Args, CommitModeArg};
+use crate::peer::AllowList;
 
 pub struct Config {
     pub listen: SocketAddr,
     pub tls: Option<TlsAcceptor>,
     pub proxy_token: ProxyToken,
-    pub store: Arc<CounterStore>,
+    pub store: Arc<Store>,
+    /// The group-commit queue (every write goes through it) and its thread.
+    pub writer: Writer,
+    pub writer_thread: WriterThread,
+    pub allow: AllowList,
     pub serve: ServeSettings,
 }
 
@@ -56,13 +61,31 @@ pub fn make_config(args: Args) -> anyhow::Result<Config> {
             "no data directory: neither XDG_STATE_HOME nor HOME is set; pass --data-dir DIR",
         )?,
     };
-    let store = CounterStore::open(&data_dir).with_context(|| {
+    let allow = AllowList::new(args.allow_client)?;
+    if !allow.is_empty() {
+        tracing::info!(names = ?allow.names(), "only client certificates with one of these names (CN or DNS SAN) are served (--allow-client)");
+    }
+
+    let store = Store::open(&data_dir).with_context(|| {
         format!(
             "cannot open the store in {} (--data-dir)",
             data_dir.display()
         )
     })?;
-    tracing::info!(path = %store.path().display(), "durable store open");
+    let counter = store
+        .counter()
+        .context("cannot read the counter from the store")?;
+    let secrets = store
+        .secret_count()
+        .context("cannot count the secrets in the store")?;
+    let store = Arc::new(store);
+    let mode = match args.commit_mode {
+        CommitModeArg::Group => CommitMode::Group,
+        CommitModeArg::PerRequest => CommitMode::PerRequest,
+    };
+    let (writer, writer_thread) =
+        Writer::start(store.clone(), mode).context("cannot start the store's writer thread")?;
+    tracing::info!(path = %store.path().display(), counter, secrets, commit_mode = %mode, "durable store open");
 
     let serve = ServeSettings {
         header_read_timeout: Duration::from_secs(args.header_read_timeout),
@@ -73,7 +96,10 @@ pub fn make_config(args: Args) -> anyhow::Result<Config> {
         listen,
         tls,
         proxy_token,
-        store: Arc::new(store),
+        store,
+        writer,
+        writer_thread,
+        allow,
         serve,
     })
 }
@@ -100,14 +126,16 @@ fn make_tls(
             beside
         }
     };
-    let summary = chromecard_tls::ca_summary(&ca_file)?;
+    let summary = chromecard_tls::ca_summary(&ca_file)
+        .context("the client CA (--client-ca-file; default ca.crt beside --tls-certfile)")?;
     let server_config = chromecard_tls::make_server_config(
         &cert,
         &key,
         &ClientAuth::Required {
             ca_file: ca_file.clone(),
         },
-    )?;
+    )
+    .context("the TLS listener (--tls-certfile, --tls-keyfile, --client-ca-file)")?;
     tracing::info!(ca = %summary, "mutual TLS: client certificates must chain to this CA");
     Ok(TlsAcceptor::from(server_config))
 }

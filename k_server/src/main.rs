@@ -6,6 +6,7 @@
 mod app;
 mod args;
 mod config;
+mod peer;
 
 use std::sync::Arc;
 
@@ -18,14 +19,20 @@ fn main() -> std::process::ExitCode {
     let config = match config::make_config(args) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("k_server: {err:#}");
+            eprintln!(
+                "k_server: {}",
+                chromecard_http::describe_error(err.as_ref())
+            );
             return std::process::ExitCode::from(2);
         }
     };
     match run(config) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("k_server: {err:#}");
+            eprintln!(
+                "k_server: {}",
+                chromecard_http::describe_error(err.as_ref())
+            );
             std::process::ExitCode::FAILURE
         }
     }
@@ -36,26 +43,48 @@ fn run(config: config::Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
+    let config::Config {
+        listen,
+        tls,
+        proxy_token,
+        store,
+        writer,
+        writer_thread,
+        allow,
+        serve,
+    } = config;
+    let served = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot listen on {} (is the port in use? change --port)", config.listen))?;
-        let scheme = if config.tls.is_some() { "https" } else { "http" };
-        tracing::info!(address = %config.listen, "k_server listening on {scheme}://{}", config.listen);
-        let app = Arc::new(app::App::new(config.proxy_token, config.store));
+            .with_context(|| {
+                format!("cannot listen on {listen} (is the port in use? change --port)")
+            })?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(address = %listen, "k_server listening on {scheme}://{listen}");
+        let app = Arc::new(app::App::new(proxy_token, store, writer, allow));
         let handler = move |request, conn| {
             let app = app.clone();
             async move { app.handle(request, conn).await }
         };
         chromecard_http::serve(
             listener,
-            config.tls,
-            config.serve,
+            tls,
+            serve,
             handler,
             chromecard_http::shutdown_signal(),
         )
         .await;
-        tracing::info!("k_server stopped");
         Ok(())
-    })
+    });
+    // Dropping the runtime drops every connection (and its handle on the writer);
+    // the writer then commits what is queued and stops, and the store closes cleanly.
+    drop(runtime);
+    let (transactions, writes) = writer_thread.join();
+    tracing::info!(
+        transactions,
+        writes,
+        "store writer stopped: {writes} writes committed in {transactions} durable transactions"
+    );
+    tracing::info!("k_server stopped");
+    served
 }

@@ -1,11 +1,14 @@
-//! [`Gate`]: one authenticator operation at a time, on a blocking thread, with a deadline.
+//! [`Gate`]: the gate level, one authenticator operation at a time, on a blocking
+//! thread, with a deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use crate::{Authenticator, CancelSignal, GateError, Presence};
+use crate::ceremony;
+use crate::credentials::CredentialStore;
+use crate::{Authenticator, CancelSignal, GateError, GateLevel};
 
 /// Time limits for one check.
 #[derive(Debug, Clone, Copy)]
@@ -18,6 +21,66 @@ pub struct GateSettings {
     pub device_wait: Duration,
 }
 
+/// What the gate checks at each login, and what it needs for that.
+#[derive(Debug, Clone)]
+pub enum LevelConfig {
+    /// A key answers authenticatorGetInfo.
+    Presence,
+    /// A person touches the key (nothing signed).
+    Touch,
+    /// The user's enrolled key signs a fresh challenge after a touch.
+    Assertion {
+        /// The relying-party id credentials are scoped to (`--rp-id`).
+        rp_id: String,
+        /// The enrolment file and its sign counts.
+        store: Arc<CredentialStore>,
+    },
+}
+
+impl LevelConfig {
+    /// The level this configuration enforces.
+    pub fn level(&self) -> GateLevel {
+        match self {
+            LevelConfig::Presence => GateLevel::Presence,
+            LevelConfig::Touch => GateLevel::Touch,
+            LevelConfig::Assertion { .. } => GateLevel::Assertion,
+        }
+    }
+}
+
+/// A login that passed the gate; for logs and the audit line.
+#[derive(Debug, Clone)]
+pub struct Passed {
+    /// The level that was enforced.
+    pub level: GateLevel,
+    /// Which device answered.
+    pub device: String,
+    /// At assertion level: a short label of the credential that signed.
+    pub credential: Option<String>,
+    /// At assertion level: the verified signCount.
+    pub sign_count: Option<u32>,
+}
+
+/// Options for [`Gate::enroll`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EnrolOptions {
+    /// Require user verification (PIN or biometric on the key) at every login too.
+    pub require_uv: bool,
+}
+
+/// A credential that [`Gate::enroll`] wrote to the enrolment file.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    /// Short label of the new credential id.
+    pub credential: String,
+    /// `es256` or `eddsa`.
+    pub kind: &'static str,
+    /// The key's AAGUID (model identifier), hex.
+    pub aaguid: String,
+    /// Which device made it.
+    pub device: String,
+}
+
 /// The gate k_proxy runs once per login. Cheap to clone; clones share the device lock.
 #[derive(Clone)]
 pub struct Gate {
@@ -26,9 +89,10 @@ pub struct Gate {
     /// request at a time per channel, and a second open of the key would race it).
     device: Arc<Semaphore>,
     settings: GateSettings,
+    level: Arc<LevelConfig>,
 }
 
-/// Fires the cancel signal when dropped: on every way out of `check`, including
+/// Fires the cancel signal when dropped: on every way out of an operation, including
 /// the future being dropped because the client disconnected.
 struct CancelOnDrop(CancelSignal);
 
@@ -39,12 +103,22 @@ impl Drop for CancelOnDrop {
 }
 
 impl Gate {
-    /// A gate in front of `authenticator`.
+    /// A presence-level gate in front of `authenticator`.
     pub fn new(authenticator: Arc<dyn Authenticator>, settings: GateSettings) -> Self {
+        Self::with_level(authenticator, settings, LevelConfig::Presence)
+    }
+
+    /// A gate in front of `authenticator` enforcing `level`.
+    pub fn with_level(
+        authenticator: Arc<dyn Authenticator>,
+        settings: GateSettings,
+        level: LevelConfig,
+    ) -> Self {
         Self {
             authenticator,
             device: Arc::new(Semaphore::new(1)),
             settings,
+            level: Arc::new(level),
         }
     }
 
@@ -58,13 +132,84 @@ impl Gate {
         self.settings
     }
 
-    /// Runs the check once for `username` (used for logs only at presence level).
+    /// The level this gate enforces.
+    pub fn level(&self) -> GateLevel {
+        self.level.level()
+    }
+
+    /// Runs the gate once for `username` at the configured level.
     ///
     /// Waits for the device at most `device_wait` (else [`GateError::Busy`]); the
     /// operation gets `op_timeout` (else [`GateError::Timeout`], and it is
     /// cancelled). The device stays locked until the blocking call has really
-    /// returned, so no operation overlaps one that is stuck or winding down.
-    pub async fn check(&self, username: &str) -> Result<Presence, GateError> {
+    /// returned, so no operation overlaps one that is stuck or winding down. At
+    /// assertion level the verification and the durable counter update run inside
+    /// the same operation, before the answer.
+    pub async fn check(&self, username: &str) -> Result<Passed, GateError> {
+        let level = Arc::clone(&self.level);
+        let user = username.to_string();
+        let result = self
+            .run(username, move |auth, cancel| match &*level {
+                LevelConfig::Presence => auth.check_presence(cancel).map(|p| Passed {
+                    level: GateLevel::Presence,
+                    device: p.device,
+                    credential: None,
+                    sign_count: None,
+                }),
+                LevelConfig::Touch => auth.wait_for_touch(cancel).map(|p| Passed {
+                    level: GateLevel::Touch,
+                    device: p.device,
+                    credential: None,
+                    sign_count: None,
+                }),
+                LevelConfig::Assertion { rp_id, store } => {
+                    ceremony::login(auth, rp_id, store, &user, cancel)
+                }
+            })
+            .await;
+        match &result {
+            Ok(p) => tracing::info!(
+                ?username,
+                level = %p.level,
+                device = %p.device,
+                credential = p.credential.as_deref().unwrap_or("-"),
+                sign_count = p.sign_count.map(i64::from).unwrap_or(-1),
+                "gate: passed"
+            ),
+            Err(e) => {
+                tracing::warn!(?username, level = %self.level(), code = e.code(), error = %e, "gate: refused")
+            }
+        }
+        result
+    }
+
+    /// Enrols a new credential for `username` (one touch) and writes it to the
+    /// enrolment file. Needs an assertion-level gate (it names the file and rp id).
+    pub async fn enroll(
+        &self,
+        username: &str,
+        options: EnrolOptions,
+    ) -> Result<Enrolled, GateError> {
+        let LevelConfig::Assertion { rp_id, store } = &*self.level else {
+            return Err(GateError::Unsupported {
+                detail: "enrolment needs an enrolment file (--credentials-file)".to_string(),
+            });
+        };
+        let (rp_id, store) = (rp_id.clone(), Arc::clone(store));
+        let user = username.to_string();
+        self.run(username, move |auth, cancel| {
+            ceremony::enrol(auth, &rp_id, &store, &user, options, cancel)
+        })
+        .await
+    }
+
+    /// Runs `op` on the authenticator: one at a time, on a blocking thread, within
+    /// `op_timeout`, cancelled on timeout or when this future is dropped.
+    async fn run<T, F>(&self, username: &str, op: F) -> Result<T, GateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Authenticator, &CancelSignal) -> Result<T, GateError> + Send + 'static,
+    {
         let GateSettings {
             op_timeout,
             device_wait,
@@ -92,10 +237,10 @@ impl Gate {
         let task = tokio::task::spawn_blocking(move || {
             // The permit lives as long as the blocking call, not as long as our wait for it.
             let _permit = permit;
-            authenticator.check_presence(&op_cancel)
+            op(authenticator.as_ref(), &op_cancel)
         });
 
-        let result = match tokio::time::timeout(op_timeout, task).await {
+        match tokio::time::timeout(op_timeout, task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join_error)) => Err(GateError::Device {
                 detail: if join_error.is_panic() {
@@ -108,22 +253,14 @@ impl Gate {
                 cancel.cancel();
                 Err(GateError::Timeout { after: op_timeout })
             }
-        };
-
-        match &result {
-            Ok(presence) => {
-                tracing::info!(?username, device = %presence.device, "gate: key present")
-            }
-            Err(e) => tracing::warn!(?username, code = e.code(), error = %e, "gate: refused"),
         }
-        result
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{SoftAuthenticator, SoftBehavior};
+    use crate::{Presence, SoftAuthenticator, SoftBehavior};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::time::Instant;
 
@@ -312,5 +449,213 @@ mod tests {
         let e = gate.check("alice").await.unwrap_err();
         assert_eq!(e.code(), "device_error");
         assert_eq!(gate.device.available_permits(), 1);
+    }
+
+    // -----------------------------------------------------------------------
+    // Assertion level, with the software authenticator
+    // -----------------------------------------------------------------------
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        key_file: std::path::PathBuf,
+        store: Arc<CredentialStore>,
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("soft.key");
+        let store = Arc::new(CredentialStore::new(dir.path().join("credentials")));
+        Setup {
+            _dir: dir,
+            key_file,
+            store,
+        }
+    }
+
+    fn assertion_gate(s: &Setup, behavior: SoftBehavior, op_ms: u64) -> Gate {
+        let auth = SoftAuthenticator::with_key_file(behavior, &s.key_file).unwrap();
+        Gate::with_level(
+            Arc::new(auth),
+            settings(op_ms, 5000),
+            LevelConfig::Assertion {
+                rp_id: "chromecard".into(),
+                store: s.store.clone(),
+            },
+        )
+    }
+
+    async fn enrol(s: &Setup, user: &str) {
+        let gate = assertion_gate(s, SoftBehavior::Present, 5000);
+        let e = gate.enroll(user, EnrolOptions::default()).await.unwrap();
+        assert_eq!(e.kind, "es256");
+    }
+
+    #[tokio::test]
+    async fn enrol_then_login_passes_and_counts_up() {
+        let s = setup();
+        enrol(&s, "alice").await;
+        let gate = assertion_gate(&s, SoftBehavior::Present, 5000);
+        assert_eq!(gate.level(), GateLevel::Assertion);
+        let p1 = gate.check("alice").await.unwrap();
+        let p2 = gate.check("alice").await.unwrap();
+        assert_eq!(p1.level, GateLevel::Assertion);
+        assert!(p1.credential.is_some());
+        assert!(p2.sign_count > p1.sign_count, "{p1:?} {p2:?}");
+        // Enrolling the same key again for alice is refused by the key (exclude list).
+        let again = gate
+            .enroll("alice", EnrolOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(again.code(), "already_enrolled");
+    }
+
+    #[tokio::test]
+    async fn each_refusal_has_its_code() {
+        let s = setup();
+        enrol(&s, "alice").await;
+        let cases = [
+            (SoftBehavior::ForeignKey, "bad_signature"),
+            (SoftBehavior::UpClear, "user_not_present"),
+            (SoftBehavior::WrongRp, "rp_mismatch"),
+            (SoftBehavior::Refuse, "key_refused"),
+            (SoftBehavior::NoKey, "no_key"),
+        ];
+        for (behavior, code) in cases {
+            let gate = assertion_gate(&s, behavior, 5000);
+            let e = gate.check("alice").await.unwrap_err();
+            assert_eq!(e.code(), code, "{behavior}: {e}");
+        }
+        let gate = assertion_gate(&s, SoftBehavior::Present, 5000);
+        assert_eq!(gate.check("bob").await.unwrap_err().code(), "not_enrolled");
+        // A different key (another key file) does not hold alice's credential.
+        let other = Gate::with_level(
+            Arc::new(SoftAuthenticator::new(SoftBehavior::Present)),
+            settings(5000, 5000),
+            LevelConfig::Assertion {
+                rp_id: "chromecard".into(),
+                store: s.store.clone(),
+            },
+        );
+        assert_eq!(
+            other.check("alice").await.unwrap_err().code(),
+            "credential_not_found"
+        );
+        // A gate with another relying-party id: the key holds nothing for it.
+        let other_rp = Gate::with_level(
+            Arc::new(SoftAuthenticator::with_key_file(SoftBehavior::Present, &s.key_file).unwrap()),
+            settings(5000, 5000),
+            LevelConfig::Assertion {
+                rp_id: "elsewhere".into(),
+                store: s.store.clone(),
+            },
+        );
+        assert_eq!(
+            other_rp.check("alice").await.unwrap_err().code(),
+            "credential_not_found"
+        );
+        // After all that, the honest key still logs in.
+        gate.check("alice").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cloned_counter_is_refused_and_nothing_is_written() {
+        let s = setup();
+        enrol(&s, "alice").await;
+        let honest = assertion_gate(&s, SoftBehavior::Present, 5000);
+        let passed = honest.check("alice").await.unwrap();
+        let clone = assertion_gate(&s, SoftBehavior::ClonedCounter, 5000);
+        let e = clone.check("alice").await.unwrap_err();
+        assert_eq!(e.code(), "counter_not_increased");
+        let cred_count = passed.sign_count.unwrap();
+        let enrolled = s.store.load().unwrap();
+        let id = &enrolled.credentials_of("alice")[0].id;
+        assert_eq!(s.store.stored_count("alice", id).unwrap(), cred_count);
+    }
+
+    #[tokio::test]
+    async fn a_replayed_assertion_is_refused() {
+        let s = setup();
+        enrol(&s, "alice").await;
+        let gate = assertion_gate(&s, SoftBehavior::Replay, 5000);
+        gate.check("alice").await.unwrap();
+        let e = gate.check("alice").await.unwrap_err();
+        assert_eq!(e.code(), "bad_signature");
+    }
+
+    #[tokio::test]
+    async fn no_touch_at_assertion_level_times_out() {
+        let s = setup();
+        enrol(&s, "alice").await;
+        let gate = assertion_gate(&s, SoftBehavior::NoTouch, 300);
+        let t = Instant::now();
+        let e = gate.check("alice").await.unwrap_err();
+        assert_eq!(e.code(), "touch_timeout");
+        assert!(
+            t.elapsed() < Duration::from_millis(1300),
+            "{:?}",
+            t.elapsed()
+        );
+        eventually("device released", || gate.device.available_permits() == 1).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_assertion_logins_take_turns_and_get_their_own_answers() {
+        let s = setup();
+        enrol(&s, "alice").await;
+        enrol(&s, "bob").await;
+        let gate = assertion_gate(&s, SoftBehavior::Slow, 5000);
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..4 {
+            let gate = gate.clone();
+            let user = if i % 2 == 0 { "alice" } else { "bob" };
+            set.spawn(async move { (user, gate.check(user).await) });
+        }
+        let mut counts = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            let (user, r) = joined.unwrap();
+            let p = r.unwrap_or_else(|e| panic!("{user}: {e}"));
+            counts.push(p.sign_count.unwrap());
+        }
+        // One global counter on the key: four distinct values, one per operation.
+        counts.sort();
+        counts.dedup();
+        assert_eq!(counts.len(), 4, "{counts:?}");
+    }
+
+    #[tokio::test]
+    async fn touch_level_waits_for_a_touch() {
+        let gate = Gate::with_level(
+            Arc::new(SoftAuthenticator::new(SoftBehavior::Present)),
+            settings(1000, 1000),
+            LevelConfig::Touch,
+        );
+        assert_eq!(gate.check("anyone").await.unwrap().level, GateLevel::Touch);
+        let gate = Gate::with_level(
+            Arc::new(SoftAuthenticator::new(SoftBehavior::NoTouch)),
+            settings(200, 1000),
+            LevelConfig::Touch,
+        );
+        assert_eq!(
+            gate.check("anyone").await.unwrap_err().code(),
+            "touch_timeout"
+        );
+        // Enrolment needs the assertion level's file.
+        let e = gate
+            .enroll("alice", EnrolOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "key_unsupported");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_enrolment_file_is_a_server_fault() {
+        use std::os::unix::fs::PermissionsExt;
+        let s = setup();
+        enrol(&s, "alice").await;
+        std::fs::set_permissions(s.store.path(), std::fs::Permissions::from_mode(0o666)).unwrap();
+        let gate = assertion_gate(&s, SoftBehavior::Present, 5000);
+        let e = gate.check("alice").await.unwrap_err();
+        assert_eq!(e.code(), "credential_store_error");
+        assert!(e.is_server_fault());
     }
 }

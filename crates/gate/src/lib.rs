@@ -3,34 +3,87 @@
 //!
 //! The gate is a small trait of our own ([`Authenticator`]) so the real USB key
 //! ([`Fido2Key`], through ctap-hid-fido2) and a software stand-in
-//! ([`SoftAuthenticator`], tests and development only) are interchangeable.
-//! [`Gate`] wraps an authenticator with the rules every implementation needs:
-//! one operation on the device at a time, a blocking thread, a deadline, and
-//! cancellation when the deadline passes or the client goes away.
+//! ([`SoftAuthenticator`], tests and development only) are interchangeable. The
+//! trait is the device: it answers GetInfo, waits for a touch, and runs
+//! makeCredential and getAssertion, returning the raw bytes. It checks nothing.
 //!
-//! Today's level is "presence": a FIDO2 key answers authenticatorGetInfo.
-//! Touch and signed assertions come later as further trait methods.
+//! Everything that decides whether a login passes lives on this side of the
+//! trait, independent of the device:
+//! * [`verify`]: authenticator data, rpIdHash, UP/UV flags, ES256 and EdDSA
+//!   signatures over `authData || clientDataHash`, the signCount rule;
+//! * [`credentials`]: the enrolment file (pam-u2f's line format) and the sign
+//!   counts kept durably beside it;
+//! * [`Gate`]: the level ([`GateLevel`]), one operation on the device at a time,
+//!   a blocking thread, a deadline, cancellation when the deadline passes or the
+//!   client goes away, a fresh random challenge per login, and the ceremony that
+//!   ties these together.
 
 mod cancel;
+mod cbor;
+mod ceremony;
+pub mod credentials;
 mod fido2;
+mod fsutil;
 mod gate;
 mod soft;
+pub mod verify;
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 pub use cancel::CancelSignal;
+pub use credentials::{Credential, CredentialStore, Enrolments, StoreError};
 pub use fido2::Fido2Key;
-pub use gate::{Gate, GateSettings};
+pub use gate::{EnrolOptions, Enrolled, Gate, GateSettings, LevelConfig, Passed};
 pub use soft::{SoftAuthenticator, SoftBehavior, UnknownSoftBehavior};
+pub use verify::Rejection;
 
-/// One blocking operation on an authenticator. Implementations run on a blocking thread.
+/// One blocking operation on an authenticator. Implementations run on a blocking
+/// thread, return raw answers, and must return promptly
+/// (`Err(GateError::Cancelled)`) once `cancel.is_cancelled()`.
+///
+/// Only [`Authenticator::check_presence`] is required; the others default to
+/// "not supported" so a test double can implement just what it needs.
 pub trait Authenticator: Send + Sync + 'static {
     /// One line for the start-up log, e.g. "USB FIDO2 key (ctap-hid-fido2), any single device"
     /// or "SOFTWARE authenticator (tests only)".
     fn describe(&self) -> String;
 
-    /// Blocking. Must return promptly (`Err(GateError::Cancelled)`) once `cancel.is_cancelled()`.
+    /// Presence: the key answers authenticatorGetInfo. No touch.
     fn check_presence(&self, cancel: &CancelSignal) -> Result<Presence, GateError>;
+
+    /// Touch: waits until a person touches the key. Nothing signed comes back.
+    fn wait_for_touch(&self, cancel: &CancelSignal) -> Result<Presence, GateError> {
+        let _ = cancel;
+        Err(GateError::Unsupported {
+            detail: format!("{} cannot wait for a touch", self.describe()),
+        })
+    }
+
+    /// authenticatorMakeCredential (one touch): a new non-resident credential.
+    fn make_credential(
+        &self,
+        request: &MakeCredentialRequest,
+        cancel: &CancelSignal,
+    ) -> Result<MadeCredential, GateError> {
+        let _ = (request, cancel);
+        Err(GateError::Unsupported {
+            detail: format!("{} cannot make credentials", self.describe()),
+        })
+    }
+
+    /// authenticatorGetAssertion (one touch) with an allow list.
+    fn get_assertion(
+        &self,
+        request: &GetAssertionRequest,
+        cancel: &CancelSignal,
+    ) -> Result<AssertionResponse, GateError> {
+        let _ = (request, cancel);
+        Err(GateError::Unsupported {
+            detail: format!("{} cannot make assertions", self.describe()),
+        })
+    }
 }
 
 /// Proof that an authenticator answered; only for logs.
@@ -38,6 +91,103 @@ pub trait Authenticator: Send + Sync + 'static {
 pub struct Presence {
     /// Which device answered (product name / path).
     pub device: String,
+}
+
+/// A makeCredential request. The authenticator signs over SHA-256(`challenge`)
+/// as the clientDataHash.
+#[derive(Debug, Clone)]
+pub struct MakeCredentialRequest {
+    /// The relying-party id the credential is scoped to.
+    pub rp_id: String,
+    /// Fresh random bytes.
+    pub challenge: [u8; 32],
+    /// The user handle (not secret; we use SHA-256 of the name, truncated).
+    pub user_id: Vec<u8>,
+    /// The user name.
+    pub user_name: String,
+    /// Ask the key for user verification too.
+    pub require_uv: bool,
+    /// Credential ids the key must not already hold (the user's existing ones).
+    pub exclude: Vec<Vec<u8>>,
+}
+
+/// A makeCredential answer, unverified.
+#[derive(Debug, Clone)]
+pub struct MadeCredential {
+    /// The authenticator data, with attested credential data.
+    pub auth_data: Vec<u8>,
+    /// Which device answered (for logs).
+    pub device: String,
+}
+
+/// A getAssertion request. The authenticator signs `authData || SHA-256(challenge)`.
+#[derive(Debug, Clone)]
+pub struct GetAssertionRequest {
+    /// The relying-party id.
+    pub rp_id: String,
+    /// Fresh random bytes, new for every login.
+    pub challenge: [u8; 32],
+    /// The user's enrolled credential ids.
+    pub allow: Vec<Vec<u8>>,
+    /// Ask the key for user verification too.
+    pub require_uv: bool,
+}
+
+/// A getAssertion answer, unverified.
+#[derive(Debug, Clone)]
+pub struct AssertionResponse {
+    /// The credential the key used; `None` when the key left it out (CTAP allows
+    /// that when the allow list has exactly one entry).
+    pub credential_id: Option<Vec<u8>>,
+    /// The authenticator data that was signed.
+    pub auth_data: Vec<u8>,
+    /// The signature over `auth_data || clientDataHash`.
+    pub signature: Vec<u8>,
+    /// Which device answered (for logs).
+    pub device: String,
+}
+
+/// What a login must prove. See the README's "Gate levels: what each proves".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateLevel {
+    /// A FIDO2 key answers authenticatorGetInfo (the prototype's check).
+    Presence,
+    /// A person touched the key; nothing signed proves it.
+    Touch,
+    /// The user's enrolled key signed a fresh challenge after a touch.
+    Assertion,
+}
+
+impl GateLevel {
+    /// The flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateLevel::Presence => "presence",
+            GateLevel::Touch => "touch",
+            GateLevel::Assertion => "assertion",
+        }
+    }
+}
+
+impl fmt::Display for GateLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for GateLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "presence" => Ok(GateLevel::Presence),
+            "touch" => Ok(GateLevel::Touch),
+            "assertion" => Ok(GateLevel::Assertion),
+            other => Err(format!(
+                "unknown gate level {other:?}; choose one of: presence, touch, assertion"
+            )),
+        }
+    }
 }
 
 /// Why the gate refused. Every variant is a refusal: no session is issued.
@@ -67,6 +217,27 @@ pub enum GateError {
     /// The operation was cancelled (deadline passed or the client went away).
     #[error("the FIDO2 operation was cancelled")]
     Cancelled,
+    /// The user has no enrolled credential.
+    #[error("no credential is enrolled for {username:?}")]
+    NotEnrolled { username: String },
+    /// The attached key(s) hold none of the user's credentials.
+    #[error("the attached FIDO2 key holds none of the user's enrolled credentials")]
+    NoCredential,
+    /// The key refused the operation (CTAP2_ERR_OPERATION_DENIED and the like).
+    #[error("the FIDO2 key refused the operation: {detail}")]
+    Refused { detail: String },
+    /// The key already holds one of the user's credentials (enrolment only).
+    #[error("this key already holds a credential enrolled for the user")]
+    AlreadyEnrolled,
+    /// The authenticator cannot do what this level needs (e.g. a PIN is required).
+    #[error("the authenticator cannot do this: {detail}")]
+    Unsupported { detail: String },
+    /// The answer did not verify.
+    #[error("the assertion was rejected: {0}")]
+    Rejected(Rejection),
+    /// The enrolment file or the sign counts could not be read or written.
+    #[error("credential store: {detail}")]
+    Storage { detail: String },
 }
 
 impl GateError {
@@ -80,7 +251,20 @@ impl GateError {
             GateError::Timeout { .. } => "touch_timeout",
             GateError::Busy { .. } => "device_busy",
             GateError::Cancelled => "cancelled",
+            GateError::NotEnrolled { .. } => "not_enrolled",
+            GateError::NoCredential => "credential_not_found",
+            GateError::Refused { .. } => "key_refused",
+            GateError::AlreadyEnrolled => "already_enrolled",
+            GateError::Unsupported { .. } => "key_unsupported",
+            GateError::Rejected(r) => r.code(),
+            GateError::Storage { .. } => "credential_store_error",
         }
+    }
+
+    /// True when the fault is k_proxy's own (its enrolment or counter files), not the
+    /// key's or the user's: k_proxy answers 503 rather than 401.
+    pub fn is_server_fault(&self) -> bool {
+        matches!(self, GateError::Storage { .. })
     }
 
     /// One human sentence for the client.
@@ -111,6 +295,38 @@ impl GateError {
                 "The FIDO2 key is busy with another login; try again in a moment.".to_string()
             }
             GateError::Cancelled => "The FIDO2 key check was cancelled; try again.".to_string(),
+            GateError::NotEnrolled { .. } => "No FIDO2 key is enrolled for this user on \
+                 k_proxy; enrol one with `k_proxy enroll --username NAME`."
+                .to_string(),
+            GateError::NoCredential => "The attached FIDO2 key is not the one enrolled for \
+                 this user; use the enrolled key."
+                .to_string(),
+            GateError::Refused { .. } => {
+                "The FIDO2 key refused the login; try again and touch the key.".to_string()
+            }
+            GateError::AlreadyEnrolled => {
+                "This FIDO2 key is already enrolled for this user.".to_string()
+            }
+            GateError::Unsupported { .. } => "The attached FIDO2 key cannot do what k_proxy's \
+                 gate level needs; see k_proxy's log."
+                .to_string(),
+            GateError::Rejected(r) => match r {
+                Rejection::UserNotPresent => {
+                    "The FIDO2 key did not report a touch; touch the key and try again.".to_string()
+                }
+                Rejection::UserNotVerified => "The FIDO2 key did not verify the user \
+                     (PIN or biometric), which this enrolment requires."
+                    .to_string(),
+                Rejection::CounterNotIncreased { .. } => "The FIDO2 key's signature counter \
+                     went backwards: the key may have been cloned. The login is refused."
+                    .to_string(),
+                _ => "The FIDO2 key's signed answer did not verify against the enrolled key; \
+                     the login is refused."
+                    .to_string(),
+            },
+            GateError::Storage { .. } => "k_proxy cannot read or update its enrolment \
+                 records; try again later (an operator must check k_proxy's log)."
+                .to_string(),
         }
     }
 }
@@ -148,6 +364,25 @@ mod tests {
                 waited: Duration::from_millis(500),
             },
             GateError::Cancelled,
+            GateError::NotEnrolled {
+                username: "alice".into(),
+            },
+            GateError::NoCredential,
+            GateError::Refused {
+                detail: "read err".into(),
+            },
+            GateError::AlreadyEnrolled,
+            GateError::Unsupported {
+                detail: "read err".into(),
+            },
+            GateError::Rejected(Rejection::BadSignature),
+            GateError::Rejected(Rejection::CounterNotIncreased {
+                stored: 5,
+                received: 5,
+            }),
+            GateError::Storage {
+                detail: "/dev/hidraw7 read err".into(),
+            },
         ]
     }
 
@@ -163,9 +398,21 @@ mod tests {
                 "device_error",
                 "touch_timeout",
                 "device_busy",
-                "cancelled"
+                "cancelled",
+                "not_enrolled",
+                "credential_not_found",
+                "key_refused",
+                "already_enrolled",
+                "key_unsupported",
+                "bad_signature",
+                "counter_not_increased",
+                "credential_store_error",
             ]
         );
+        let mut dedup = codes.clone();
+        dedup.sort();
+        dedup.dedup();
+        assert_eq!(dedup.len(), codes.len());
     }
 
     #[test]
@@ -175,6 +422,7 @@ mod tests {
             assert!(m.ends_with('.'), "{m}");
             assert!(!m.contains("/dev/hidraw7"), "{m}");
             assert!(!m.contains("read err"), "{m}");
+            assert!(!m.contains("alice"), "{m}");
             assert!(!e.to_string().is_empty());
         }
         assert!(GateError::NoKey.client_message().contains("qvm-usb"));
@@ -186,6 +434,19 @@ mod tests {
         }
         .client_message()
         .contains("30 s"));
+        assert!(GateError::Storage { detail: "x".into() }.is_server_fault());
+        assert!(!GateError::NoKey.is_server_fault());
+    }
+
+    #[test]
+    fn levels_parse_and_print() {
+        for l in [GateLevel::Presence, GateLevel::Touch, GateLevel::Assertion] {
+            assert_eq!(l.to_string().parse::<GateLevel>().unwrap(), l);
+        }
+        assert!("strong"
+            .parse::<GateLevel>()
+            .unwrap_err()
+            .contains("presence, touch, assertion"));
     }
 
     #[test]

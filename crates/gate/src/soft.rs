@@ -1,34 +1,105 @@
 //! The software authenticator: development and tests only (`--gate soft`).
+//!
+//! It speaks the same makeCredential / getAssertion semantics as a USB key, with
+//! real ES256 keys and real CTAP2 authenticator data, so every line of the gate's
+//! verification runs against it in CI.
+//!
+//! Like a real key's non-resident credentials, its credentials are not stored:
+//! the credential id is `nonce (16) || HMAC(master, "credential" || rpIdHash || nonce)[..16]`
+//! and the private key is derived from `HMAC(master, "es256" || ctr || rpIdHash || nonce)`.
+//! Only the 32-byte master secret and the global signature counter are kept, in
+//! the key file (`--soft-key-file`, created 0600), so enrolling in one process and
+//! logging in from another works. Without a key file the master is random and
+//! lives only as long as the process.
+//!
+//! [`SoftBehavior`] switches simulate what a real key (or an attacker's device)
+//! might do, to drive the negative tests.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-#[cfg(test)]
 use std::sync::atomic::{AtomicUsize, Ordering};
 #[cfg(test)]
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::{Authenticator, CancelSignal, GateError, Presence};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use p256::ecdsa::signature::Signer as _;
+use sha2::Sha256;
+
+use crate::fsutil;
+use crate::verify::{client_data_hash, rp_id_hash, PublicKey, FLAG_AT, FLAG_UP, FLAG_UV};
+use crate::{
+    AssertionResponse, Authenticator, CancelSignal, GateError, GetAssertionRequest, MadeCredential,
+    MakeCredentialRequest, Presence,
+};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The AAGUID the software authenticator reports: "chromecard-soft!" (not a real model).
+const SOFT_AAGUID: [u8; 16] = *b"chromecard-soft!";
+/// How long a `slow` touch takes.
+const SLOW_TOUCH: Duration = Duration::from_millis(250);
+/// The relying party a `wrong-rp` answer claims.
+const WRONG_RP: &str = "evil.example";
 
 /// What the software authenticator does when asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SoftBehavior {
-    /// Answers at once, like a key that is plugged in.
+    /// Answers at once, like a key that is plugged in and touched.
     Present,
     /// Refuses with [`GateError::NoKey`], like a machine without a key.
     NoKey,
     /// Never answers until cancelled, like a key nobody touches.
     NoTouch,
+    /// Like `present`, but each touch takes 250 ms (to see one-at-a-time device use).
+    Slow,
+    /// The key refuses (CTAP2_ERR_OPERATION_DENIED).
+    Refuse,
+    /// Signs without advancing its counter, like a clone of the key made at its last use.
+    ClonedCounter,
+    /// Signs with a key other than the credential's.
+    ForeignKey,
+    /// Signs authenticator data with the user-present flag clear.
+    UpClear,
+    /// Signs authenticator data for another relying party.
+    WrongRp,
+    /// Answers every getAssertion after the first with the first answer again.
+    Replay,
 }
 
 impl SoftBehavior {
-    const CHOICES: &'static str = "present, no-key, no-touch";
+    const CHOICES: &'static str = "present, no-key, no-touch, slow, refuse, cloned-counter, \
+         foreign-key, up-clear, wrong-rp, replay";
+
+    const ALL: [SoftBehavior; 10] = [
+        SoftBehavior::Present,
+        SoftBehavior::NoKey,
+        SoftBehavior::NoTouch,
+        SoftBehavior::Slow,
+        SoftBehavior::Refuse,
+        SoftBehavior::ClonedCounter,
+        SoftBehavior::ForeignKey,
+        SoftBehavior::UpClear,
+        SoftBehavior::WrongRp,
+        SoftBehavior::Replay,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
             SoftBehavior::Present => "present",
             SoftBehavior::NoKey => "no-key",
             SoftBehavior::NoTouch => "no-touch",
+            SoftBehavior::Slow => "slow",
+            SoftBehavior::Refuse => "refuse",
+            SoftBehavior::ClonedCounter => "cloned-counter",
+            SoftBehavior::ForeignKey => "foreign-key",
+            SoftBehavior::UpClear => "up-clear",
+            SoftBehavior::WrongRp => "wrong-rp",
+            SoftBehavior::Replay => "replay",
         }
     }
 }
@@ -53,95 +124,433 @@ pub struct UnknownSoftBehavior {
 impl FromStr for SoftBehavior {
     type Err = UnknownSoftBehavior;
 
-    /// "present" | "no-key" | "no-touch".
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "present" => Ok(SoftBehavior::Present),
-            "no-key" => Ok(SoftBehavior::NoKey),
-            "no-touch" => Ok(SoftBehavior::NoTouch),
-            other => Err(UnknownSoftBehavior {
-                given: other.to_string(),
-            }),
-        }
+        SoftBehavior::ALL
+            .into_iter()
+            .find(|b| b.as_str() == s)
+            .ok_or_else(|| UnknownSoftBehavior {
+                given: s.to_string(),
+            })
     }
 }
 
-/// An [`Authenticator`] without hardware. Its presence proves nothing: never
-/// run it where a session must mean that a person is at the key.
+/// The key material: the master secret and the global signature counter.
+struct KeyState {
+    master: [u8; 32],
+    counter: u32,
+    /// Where it is kept; `None` for an in-memory key.
+    file: Option<PathBuf>,
+}
+
+impl KeyState {
+    fn render(&self) -> String {
+        format!(
+            "# chromecard SOFTWARE authenticator key: tests and demos only, never a real credential.\n\
+             version 1\nmaster {}\ncounter {}\n",
+            STANDARD.encode(self.master),
+            self.counter
+        )
+    }
+
+    fn parse(text: &str) -> Option<([u8; 32], u32)> {
+        let mut version = None;
+        let mut master = None;
+        let mut counter = None;
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line.split_once(' ')?;
+            match k {
+                "version" => version = Some(v),
+                "master" => master = Some(STANDARD.decode(v).ok()?.try_into().ok()?),
+                "counter" => counter = Some(v.parse().ok()?),
+                _ => return None,
+            }
+        }
+        (version == Some("1")).then_some(())?;
+        Some((master?, counter?))
+    }
+
+    fn persist(&self) -> Result<(), GateError> {
+        if let Some(file) = &self.file {
+            fsutil::write_atomic(file, self.render().as_bytes()).map_err(|e| {
+                GateError::Device {
+                    detail: format!("software authenticator key file {}: {e}", file.display()),
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// An [`Authenticator`] without hardware. Its answers prove nothing about a person:
+/// never run it where a session must mean that a person is at the key.
 pub struct SoftAuthenticator {
     behavior: SoftBehavior,
-    /// Counts returns from `check_presence`, so tests can see the blocking thread end.
+    key: Mutex<KeyState>,
+    /// The first assertion made, for [`SoftBehavior::Replay`].
+    first_assertion: Mutex<Option<AssertionResponse>>,
+    /// Operations running right now: a real key cannot run two, and neither may we.
+    in_flight: AtomicUsize,
+    /// Counts returns from operations, so tests can see the blocking thread end.
     #[cfg(test)]
     exits: Option<Arc<AtomicUsize>>,
 }
 
 impl SoftAuthenticator {
-    /// A software authenticator that always behaves as `behavior`.
+    /// A software authenticator with a random in-memory key.
     pub fn new(behavior: SoftBehavior) -> Self {
+        let mut master = [0u8; 32];
+        // The OS CSPRNG failing is not something a test key can recover from sensibly;
+        // fall back to a fixed key rather than panic (this authenticator proves nothing anyway).
+        let _ = getrandom::getrandom(&mut master);
+        Self::from_state(
+            behavior,
+            KeyState {
+                master,
+                counter: 0,
+                file: None,
+            },
+        )
+    }
+
+    /// A software authenticator whose key lives in `path`: loaded if the file exists
+    /// (it must not be accessible to group or others), else created with mode 0600.
+    pub fn with_key_file(behavior: SoftBehavior, path: &Path) -> Result<Self, String> {
+        let state = if path.exists() {
+            fsutil::check_private(path).map_err(|e| e.to_string())?;
+            fsutil::check_not_writable_by_others(path).map_err(|e| e.to_string())?;
+            let text =
+                fsutil::read_small(path, 4096).map_err(|e| format!("{}: {e}", path.display()))?;
+            let (master, counter) = KeyState::parse(&text).ok_or_else(|| {
+                format!(
+                    "{} is not a chromecard software authenticator key file",
+                    path.display()
+                )
+            })?;
+            KeyState {
+                master,
+                counter,
+                file: Some(path.to_path_buf()),
+            }
+        } else {
+            let mut master = [0u8; 32];
+            getrandom::getrandom(&mut master).map_err(|e| format!("no randomness: {e}"))?;
+            let state = KeyState {
+                master,
+                counter: 0,
+                file: Some(path.to_path_buf()),
+            };
+            state.persist().map_err(|e| e.to_string())?;
+            state
+        };
+        Ok(Self::from_state(behavior, state))
+    }
+
+    fn from_state(behavior: SoftBehavior, state: KeyState) -> Self {
         Self {
             behavior,
+            key: Mutex::new(state),
+            first_assertion: Mutex::new(None),
+            in_flight: AtomicUsize::new(0),
             #[cfg(test)]
             exits: None,
         }
     }
 
-    /// Test-only: `exits` is incremented each time `check_presence` returns.
+    /// Test-only: `exits` is incremented each time an operation returns.
     #[cfg(test)]
     pub(crate) fn with_exit_counter(behavior: SoftBehavior, exits: Arc<AtomicUsize>) -> Self {
-        Self {
-            behavior,
-            exits: Some(exits),
-        }
+        let mut s = Self::new(behavior);
+        s.exits = Some(exits);
+        s
     }
 
-    fn run(&self, cancel: &CancelSignal) -> Result<Presence, GateError> {
-        if cancel.is_cancelled() {
-            return Err(GateError::Cancelled);
-        }
-        match self.behavior {
-            SoftBehavior::Present => Ok(Presence {
-                device: "software authenticator".to_string(),
-            }),
-            SoftBehavior::NoKey => Err(GateError::NoKey),
-            SoftBehavior::NoTouch => {
-                // Sleep on the signal; no busy loop. The long timeout only bounds each sleep.
-                while !cancel.wait_timeout(Duration::from_secs(3600)) {}
-                Err(GateError::Cancelled)
-            }
-        }
-    }
-}
-
-impl Authenticator for SoftAuthenticator {
-    fn describe(&self) -> String {
-        format!(
-            "SOFTWARE authenticator (tests only; no key is checked), behaviour {}",
-            self.behavior
-        )
+    fn key(&self) -> std::sync::MutexGuard<'_, KeyState> {
+        self.key.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn check_presence(&self, cancel: &CancelSignal) -> Result<Presence, GateError> {
-        let result = self.run(cancel);
+    /// Runs one operation: refuses overlap (as a real key would garble two), counts exits.
+    fn op<T>(&self, f: impl FnOnce() -> Result<T, GateError>) -> Result<T, GateError> {
+        let result = if self.in_flight.fetch_add(1, Ordering::SeqCst) > 0 {
+            tracing::error!("software authenticator: two operations at once on one key");
+            Err(GateError::Device {
+                detail: "software authenticator: two operations at once".to_string(),
+            })
+        } else {
+            f()
+        };
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
         #[cfg(test)]
         if let Some(exits) = &self.exits {
             exits.fetch_add(1, Ordering::SeqCst);
         }
         result
     }
+
+    /// The "touch": what each behaviour does before anything is signed.
+    fn touch(&self, cancel: &CancelSignal) -> Result<(), GateError> {
+        if cancel.is_cancelled() {
+            return Err(GateError::Cancelled);
+        }
+        match self.behavior {
+            SoftBehavior::NoKey => Err(GateError::NoKey),
+            SoftBehavior::NoTouch => {
+                // Sleep on the signal; no busy loop. The long timeout only bounds each sleep.
+                while !cancel.wait_timeout(Duration::from_secs(3600)) {}
+                Err(GateError::Cancelled)
+            }
+            SoftBehavior::Refuse => Err(GateError::Refused {
+                detail: "software authenticator: CTAP2_ERR_OPERATION_DENIED".to_string(),
+            }),
+            SoftBehavior::Slow => {
+                if cancel.wait_timeout(SLOW_TOUCH) {
+                    Err(GateError::Cancelled)
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn mac(master: &[u8; 32], parts: &[&[u8]]) -> HmacSha256 {
+        // HMAC accepts keys of any length; 32 bytes cannot fail.
+        let mut m = <HmacSha256 as Mac>::new_from_slice(master).unwrap_or_else(|_| unreachable!());
+        for p in parts {
+            m.update(p);
+        }
+        m
+    }
+
+    /// The credential id for `nonce` under `rp_hash`.
+    fn credential_id(master: &[u8; 32], rp_hash: &[u8; 32], nonce: &[u8; 16]) -> Vec<u8> {
+        let tag = Self::mac(master, &[b"credential", rp_hash, nonce])
+            .finalize()
+            .into_bytes();
+        let mut id = nonce.to_vec();
+        id.extend_from_slice(&tag[..16]);
+        id
+    }
+
+    /// The nonce of `id` if it is one of ours for `rp_hash` (constant-time tag check).
+    fn own_nonce(master: &[u8; 32], rp_hash: &[u8; 32], id: &[u8]) -> Option<[u8; 16]> {
+        if id.len() != 32 {
+            return None;
+        }
+        let nonce: [u8; 16] = id[..16].try_into().ok()?;
+        Self::mac(master, &[b"credential", rp_hash, &nonce])
+            .verify_truncated_left(&id[16..])
+            .ok()?;
+        Some(nonce)
+    }
+
+    /// The signing key of a credential (`label` separates the real key from a foreign one).
+    fn signing_key(
+        master: &[u8; 32],
+        label: &[u8],
+        rp_hash: &[u8; 32],
+        nonce: &[u8; 16],
+    ) -> p256::ecdsa::SigningKey {
+        for ctr in 0u8..=255 {
+            let bytes = Self::mac(master, &[label, &[ctr], rp_hash, nonce])
+                .finalize()
+                .into_bytes();
+            // Fails only for 0 or >= n (probability ~2^-32 per try).
+            if let Ok(k) = p256::ecdsa::SigningKey::from_slice(&bytes) {
+                return k;
+            }
+        }
+        unreachable!("256 HMAC outputs in a row outside the P-256 scalar range")
+    }
+
+    fn auth_data(rp_hash: &[u8; 32], flags: u8, counter: u32) -> Vec<u8> {
+        let mut ad = Vec::with_capacity(200);
+        ad.extend_from_slice(rp_hash);
+        ad.push(flags);
+        ad.extend_from_slice(&counter.to_be_bytes());
+        ad
+    }
+
+    fn device(&self) -> String {
+        format!("software authenticator ({})", self.behavior)
+    }
+
+    fn make_credential_inner(
+        &self,
+        request: &MakeCredentialRequest,
+        cancel: &CancelSignal,
+    ) -> Result<MadeCredential, GateError> {
+        self.touch(cancel)?;
+        let key = self.key();
+        let rp_hash = rp_id_hash(&request.rp_id);
+        if request
+            .exclude
+            .iter()
+            .any(|id| Self::own_nonce(&key.master, &rp_hash, id).is_some())
+        {
+            return Err(GateError::AlreadyEnrolled);
+        }
+        let mut nonce = [0u8; 16];
+        getrandom::getrandom(&mut nonce).map_err(|e| GateError::Device {
+            detail: format!("no randomness: {e}"),
+        })?;
+        let id = Self::credential_id(&key.master, &rp_hash, &nonce);
+        let sk = Self::signing_key(&key.master, b"es256", &rp_hash, &nonce);
+        let public = PublicKey::Es256(*sk.verifying_key());
+        let mut flags = FLAG_UP | FLAG_AT;
+        if request.require_uv {
+            flags |= FLAG_UV;
+        }
+        let mut ad = Self::auth_data(&rp_hash, flags, key.counter);
+        ad.extend_from_slice(&SOFT_AAGUID);
+        ad.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        ad.extend_from_slice(&id);
+        ad.extend_from_slice(&public.to_cose());
+        Ok(MadeCredential {
+            auth_data: ad,
+            device: self.device(),
+        })
+    }
+
+    fn get_assertion_inner(
+        &self,
+        request: &GetAssertionRequest,
+        cancel: &CancelSignal,
+    ) -> Result<AssertionResponse, GateError> {
+        self.touch(cancel)?;
+        if self.behavior == SoftBehavior::Replay {
+            if let Some(first) = self
+                .first_assertion
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
+                return Ok(first);
+            }
+        }
+        let mut key = self.key();
+        let rp_hash = rp_id_hash(&request.rp_id);
+        let Some((id, nonce)) = request
+            .allow
+            .iter()
+            .find_map(|id| Self::own_nonce(&key.master, &rp_hash, id).map(|n| (id.clone(), n)))
+        else {
+            return Err(GateError::NoCredential);
+        };
+        // A real key advances its counter before it signs; a clone made at the last
+        // use signs that same count again.
+        if self.behavior != SoftBehavior::ClonedCounter {
+            key.counter = key
+                .counter
+                .checked_add(1)
+                .ok_or_else(|| GateError::Device {
+                    detail: "software authenticator counter exhausted".to_string(),
+                })?;
+            key.persist()?;
+        }
+        let mut flags = FLAG_UP;
+        if request.require_uv {
+            flags |= FLAG_UV;
+        }
+        let mut signed_rp = rp_hash;
+        let mut label: &[u8] = b"es256";
+        match self.behavior {
+            SoftBehavior::UpClear => flags &= !FLAG_UP,
+            SoftBehavior::WrongRp => signed_rp = rp_id_hash(WRONG_RP),
+            SoftBehavior::ForeignKey => label = b"foreign",
+            _ => {}
+        }
+        let ad = Self::auth_data(&signed_rp, flags, key.counter);
+        let sk = Self::signing_key(&key.master, label, &rp_hash, &nonce);
+        let mut msg = ad.clone();
+        msg.extend_from_slice(&client_data_hash(&request.challenge));
+        let sig: p256::ecdsa::Signature = sk.sign(&msg);
+        let response = AssertionResponse {
+            credential_id: Some(id),
+            auth_data: ad,
+            signature: sig.to_der().as_bytes().to_vec(),
+            device: self.device(),
+        };
+        let mut first = self
+            .first_assertion
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            *first = Some(response.clone());
+        }
+        Ok(response)
+    }
+}
+
+impl Authenticator for SoftAuthenticator {
+    fn describe(&self) -> String {
+        let key = match &self.key().file {
+            Some(f) => format!("key file {}", f.display()),
+            None => "in-memory key".to_string(),
+        };
+        format!(
+            "SOFTWARE authenticator (tests only; no key is checked), behaviour {}, {key}",
+            self.behavior
+        )
+    }
+
+    fn check_presence(&self, cancel: &CancelSignal) -> Result<Presence, GateError> {
+        self.op(|| {
+            if cancel.is_cancelled() {
+                return Err(GateError::Cancelled);
+            }
+            match self.behavior {
+                SoftBehavior::NoKey => Err(GateError::NoKey),
+                // Presence needs no touch, but a key nobody answers for never answers.
+                SoftBehavior::NoTouch => self.touch(cancel).and(Err(GateError::Cancelled)),
+                _ => Ok(Presence {
+                    device: "software authenticator".to_string(),
+                }),
+            }
+        })
+    }
+
+    fn wait_for_touch(&self, cancel: &CancelSignal) -> Result<Presence, GateError> {
+        self.op(|| {
+            // The touch level cannot see a signature problem (nothing is signed), so
+            // only the touch behaviours matter here.
+            self.touch(cancel)?;
+            Ok(Presence {
+                device: self.device(),
+            })
+        })
+    }
+
+    fn make_credential(
+        &self,
+        request: &MakeCredentialRequest,
+        cancel: &CancelSignal,
+    ) -> Result<MadeCredential, GateError> {
+        self.op(|| self.make_credential_inner(request, cancel))
+    }
+
+    fn get_assertion(
+        &self,
+        request: &GetAssertionRequest,
+        cancel: &CancelSignal,
+    ) -> Result<AssertionResponse, GateError> {
+        self.op(|| self.get_assertion_inner(request, cancel))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verify::{parse_auth_data, verify_new_credential};
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn parses_the_three_behaviours_and_lists_choices_on_error() {
-        for b in [
-            SoftBehavior::Present,
-            SoftBehavior::NoKey,
-            SoftBehavior::NoTouch,
-        ] {
+    fn parses_every_behaviour_and_lists_choices_on_error() {
+        for b in SoftBehavior::ALL {
             assert_eq!(b.to_string().parse::<SoftBehavior>().unwrap(), b);
+            assert!(SoftBehavior::CHOICES.contains(b.as_str()));
         }
         let err = "yes".parse::<SoftBehavior>().unwrap_err().to_string();
         assert!(err.contains("present, no-key, no-touch"), "{err}");
@@ -158,7 +567,119 @@ mod tests {
     fn no_touch_returns_cancelled_when_already_cancelled() {
         let c = CancelSignal::new();
         c.cancel();
-        let r = SoftAuthenticator::new(SoftBehavior::NoTouch).check_presence(&c);
-        assert!(matches!(r, Err(GateError::Cancelled)));
+        let a = SoftAuthenticator::new(SoftBehavior::NoTouch);
+        assert!(matches!(a.check_presence(&c), Err(GateError::Cancelled)));
+        assert!(matches!(a.wait_for_touch(&c), Err(GateError::Cancelled)));
+    }
+
+    fn mc(rp: &str) -> MakeCredentialRequest {
+        MakeCredentialRequest {
+            rp_id: rp.into(),
+            challenge: [1; 32],
+            user_id: vec![1],
+            user_name: "alice".into(),
+            require_uv: false,
+            exclude: vec![],
+        }
+    }
+
+    #[test]
+    fn make_credential_gives_real_authenticator_data() {
+        let a = SoftAuthenticator::new(SoftBehavior::Present);
+        let made = a
+            .make_credential(&mc("chromecard"), &CancelSignal::new())
+            .unwrap();
+        let new = verify_new_credential(&made.auth_data, &rp_id_hash("chromecard"), false).unwrap();
+        assert_eq!(new.credential_id.len(), 32);
+        assert_eq!(new.aaguid, SOFT_AAGUID);
+        // The same id is recognised for this rp only.
+        let key = a.key();
+        assert!(SoftAuthenticator::own_nonce(
+            &key.master,
+            &rp_id_hash("chromecard"),
+            &new.credential_id
+        )
+        .is_some());
+        assert!(SoftAuthenticator::own_nonce(
+            &key.master,
+            &rp_id_hash("other"),
+            &new.credential_id
+        )
+        .is_none());
+        let mut tampered = new.credential_id.clone();
+        tampered[31] ^= 1;
+        assert!(
+            SoftAuthenticator::own_nonce(&key.master, &rp_id_hash("chromecard"), &tampered)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_key_file_is_0600_and_reloads_with_its_counter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("soft.key");
+        let a = SoftAuthenticator::with_key_file(SoftBehavior::Present, &path).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let made = a.make_credential(&mc("rp"), &CancelSignal::new()).unwrap();
+        let id = verify_new_credential(&made.auth_data, &rp_id_hash("rp"), false)
+            .unwrap()
+            .credential_id;
+        let req = GetAssertionRequest {
+            rp_id: "rp".into(),
+            challenge: [2; 32],
+            allow: vec![id.clone()],
+            require_uv: false,
+        };
+        let r1 = a.get_assertion(&req, &CancelSignal::new()).unwrap();
+        assert_eq!(parse_auth_data(&r1.auth_data).unwrap().sign_count, 1);
+        drop(a);
+        // Another process: same master, counter carried on.
+        let b = SoftAuthenticator::with_key_file(SoftBehavior::Present, &path).unwrap();
+        let r2 = b.get_assertion(&req, &CancelSignal::new()).unwrap();
+        assert_eq!(parse_auth_data(&r2.auth_data).unwrap().sign_count, 2);
+        // A cloned-counter key signs the last count again.
+        let c = SoftAuthenticator::with_key_file(SoftBehavior::ClonedCounter, &path).unwrap();
+        let r3 = c.get_assertion(&req, &CancelSignal::new()).unwrap();
+        assert_eq!(parse_auth_data(&r3.auth_data).unwrap().sign_count, 2);
+        // A different key does not hold the credential.
+        let other = SoftAuthenticator::new(SoftBehavior::Present);
+        assert!(matches!(
+            other.get_assertion(&req, &CancelSignal::new()),
+            Err(GateError::NoCredential)
+        ));
+        // Readable by others: refused.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = SoftAuthenticator::with_key_file(SoftBehavior::Present, &path)
+            .err()
+            .unwrap();
+        assert!(e.contains("chmod 600"), "{e}");
+        // Garbage: refused.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&path, "master xyz\n").unwrap();
+        assert!(SoftAuthenticator::with_key_file(SoftBehavior::Present, &path).is_err());
+    }
+
+    #[test]
+    fn overlapping_operations_are_refused() {
+        let a = Arc::new(SoftAuthenticator::new(SoftBehavior::NoTouch));
+        let c = CancelSignal::new();
+        let t = {
+            let (a, c) = (a.clone(), c.clone());
+            std::thread::spawn(move || a.wait_for_touch(&c))
+        };
+        while a.in_flight.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let second = a.wait_for_touch(&CancelSignal::new());
+        assert!(
+            matches!(second, Err(GateError::Device { .. })),
+            "{second:?}"
+        );
+        c.cancel();
+        assert!(matches!(t.join().unwrap(), Err(GateError::Cancelled)));
+        assert_eq!(a.in_flight.load(Ordering::SeqCst), 0);
     }
 }

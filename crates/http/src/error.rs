@@ -31,6 +31,7 @@ pub struct ApiError {
     pub fault: Fault,
     allow: Option<&'static str>,
     www_authenticate: Option<String>,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -52,6 +53,7 @@ impl ApiError {
             fault,
             allow: None,
             www_authenticate: None,
+            retry_after: None,
         }
     }
 
@@ -103,6 +105,12 @@ impl ApiError {
         self
     }
 
+    /// Adds `Retry-After: <seconds>` (429 and 503 answers).
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
+    }
+
     pub fn into_response(self) -> HttpResponse {
         #[derive(Serialize)]
         struct Body<'a> {
@@ -119,6 +127,9 @@ impl ApiError {
         let headers = response.headers_mut();
         if let Some(allow) = self.allow {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if let Some(challenge) = self.www_authenticate {
             if let Ok(value) = HeaderValue::from_str(&challenge) {

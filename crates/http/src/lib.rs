@@ -11,5 +11,5 @@ mod telemetry;
 
 pub use error::{json_response, ApiError, Fault, HttpResponse};
 pub use limits::{body_too_large, check_header_limits, read_body_limited, HeaderLimits};
-pub use serve::{serve, shutdown_signal, ConnInfo, ServeSettings};
-pub use telemetry::init_tracing;
+pub use serve::{serve, shutdown_signal, ConnInfo, ReloadableTls, ServeSettings};
+pub use telemetry::{describe_error, init_tracing};

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::HttpResponse;
@@ -46,6 +47,15 @@ pub struct ServeSettings {
     pub max_buf_size: usize,
 }
 
+impl ServeSettings {
+    /// Sizes hyper's read buffer for a JSON 431 limit of `max_header_bytes`: hyper's own
+    /// (bare) refusal must sit above ours.
+    pub fn with_header_limit(mut self, max_header_bytes: usize) -> Self {
+        self.max_buf_size = (max_header_bytes * 2).max(64 * 1024);
+        self
+    }
+}
+
 impl Default for ServeSettings {
     fn default() -> Self {
         Self {
@@ -58,24 +68,62 @@ impl Default for ServeSettings {
     }
 }
 
+/// A TLS acceptor that can be replaced while serving (SIGHUP reload): each new connection
+/// takes the current one; connections already open keep theirs.
+#[derive(Clone)]
+pub struct ReloadableTls(Arc<std::sync::RwLock<TlsAcceptor>>);
+
+impl ReloadableTls {
+    pub fn new(acceptor: TlsAcceptor) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(acceptor)))
+    }
+
+    pub fn current(&self) -> TlsAcceptor {
+        match self.0.read() {
+            Ok(acceptor) => acceptor.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn replace(&self, acceptor: TlsAcceptor) {
+        match self.0.write() {
+            Ok(mut current) => *current = acceptor,
+            Err(poisoned) => *poisoned.into_inner() = acceptor,
+        }
+    }
+}
+
+impl From<TlsAcceptor> for ReloadableTls {
+    fn from(acceptor: TlsAcceptor) -> Self {
+        Self::new(acceptor)
+    }
+}
+
 /// Serves `listener` until `shutdown` resolves, then stops accepting and waits at most
 /// `drain_timeout` for open connections to finish their current request.
-pub async fn serve<H, F>(
+pub async fn serve<H, F, T>(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<T>,
     settings: ServeSettings,
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) where
     H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = HttpResponse> + Send + 'static,
+    T: Into<ReloadableTls>,
 {
+    let tls: Option<ReloadableTls> = tls.map(Into::into);
     let graceful = GracefulShutdown::new();
+    // Set when shutdown starts: connections that never made a request close at once
+    // instead of holding the drain up until their header-read timeout.
+    let (stopping_tx, stopping) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
         .max_buf_size(settings.max_buf_size)
+        // Above the JSON 431 limit (100 fields), so clients normally get our answer.
+        .max_headers(256)
         .keep_alive(true);
     let http = Arc::new(http);
 
@@ -100,9 +148,10 @@ pub async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
+        let mut stopping = stopping.clone();
         let http = http.clone();
         let handler = handler.clone();
-        let tls = tls.clone();
+        let tls = tls.as_ref().map(ReloadableTls::current);
         tokio::spawn(async move {
             let _slot = slot;
             match tls {
@@ -112,14 +161,17 @@ pub async fn serve<H, F>(
                         tls: false,
                         client_cert: None,
                     });
-                    serve_connection(&http, watcher, stream, info, handler).await;
+                    serve_connection(&http, watcher, stopping, stream, info, handler).await;
                 }
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(
-                        settings.tls_handshake_timeout,
-                        acceptor.accept(stream),
-                    )
-                    .await;
+                    let handshake = tokio::select! {
+                        handshake = tokio::time::timeout(
+                            settings.tls_handshake_timeout,
+                            acceptor.accept(stream),
+                        ) => handshake,
+                        // Shutting down: a handshake in progress has no request to finish.
+                        () = stopped(&mut stopping) => return,
+                    };
                     let stream = match handshake {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(err)) => {
@@ -142,13 +194,14 @@ pub async fn serve<H, F>(
                         tls: true,
                         client_cert,
                     });
-                    serve_connection(&http, watcher, stream, info, handler).await;
+                    serve_connection(&http, watcher, stopping, stream, info, handler).await;
                 }
             }
         });
     }
 
     drop(listener);
+    let _ = stopping_tx.send(true);
     tracing::info!("shutting down: no longer accepting; draining open connections");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
@@ -161,6 +214,7 @@ pub async fn serve<H, F>(
 async fn serve_connection<IO, H, F>(
     http: &http1::Builder,
     watcher: hyper_util::server::graceful::Watcher,
+    mut stopping: watch::Receiver<bool>,
     io: IO,
     info: Arc<ConnInfo>,
     handler: H,
@@ -170,15 +224,36 @@ async fn serve_connection<IO, H, F>(
     F: Future<Output = HttpResponse> + Send + 'static,
 {
     let peer = info.peer;
+    let started = Arc::new(AtomicBool::new(false));
+    let seen = started.clone();
     let service = service_fn(move |request| {
+        seen.store(true, Ordering::Relaxed);
         let response = handler(request, info.clone());
         async move { Ok::<_, std::convert::Infallible>(response.await) }
     });
-    let connection = http.serve_connection(TokioIo::new(io), service);
-    if let Err(err) = watcher.watch(connection).await {
+    let connection = watcher.watch(http.serve_connection(TokioIo::new(io), service));
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = &mut connection => result,
+        () = stopped(&mut stopping) => {
+            // hyper's graceful shutdown closes only connections idle *between* requests;
+            // one that never sent a complete request head (fresh, slow or partial) would
+            // keep the drain waiting until its header-read timeout. Close it now.
+            if !started.load(Ordering::Relaxed) {
+                return;
+            }
+            connection.await
+        }
+    };
+    if let Err(err) = result {
         // Timeouts and resets by clients are routine; they are not our errors.
         tracing::debug!(%peer, error = %err, "connection ended with an error");
     }
+}
+
+/// Resolves once shutdown has started (or the accept loop is gone).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
 }
 
 /// Resolves on SIGTERM or Ctrl-C (SIGINT).

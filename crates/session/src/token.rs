@@ -63,6 +63,14 @@ impl TokenHash {
         self.0.ct_eq(&other.0).into()
     }
 
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
     /// A short non-secret id derived from the hash, for logs and session listings.
     /// (Eight bytes of a SHA-256 of a 256-bit secret reveal nothing usable about it.)
     pub fn public_id(&self) -> String {

@@ -1,32 +1,62 @@
 #![forbid(unsafe_code)]
-//! k_server's durable resources: one counter in an embedded ACID store (redb).
+//! k_server's durable resources in an embedded ACID store (redb): the counter and
+//! per-user secrets.
 //!
-//! Every [`CounterStore::increment`] runs in its own write transaction with
-//! `Durability::Immediate` (redb's default), so the value it returns has been
-//! fsync'd before the caller sees it. The methods block; call them from
-//! `tokio::task::spawn_blocking`. A `CounterStore` is `Send + Sync` and can be shared
-//! in an `Arc`; concurrent increments are serialised by redb's single writer.
+//! * [`Store::apply`] runs a batch of writes in ONE write transaction with
+//!   `Durability::Immediate` (redb's default: the commit is fsync'd before it returns),
+//!   and gives every write its own outcome. [`Writer`] is the group-commit front end:
+//!   one thread owns the write path, drains whatever callers queued, commits them
+//!   together, and answers each caller only after the commit succeeded.
+//! * Reads ([`Store::counter`], [`Store::secret`], [`Store::secret_names`]) run in
+//!   their own read transactions, concurrently with the writer.
+//! * The methods block; call them from a blocking thread (the [`Writer`] does).
 //!
 //! The store never resets itself: a file it cannot read, a file locked by another
 //! process, or a directory other users may write to is an error that names the path
-//! and says what to do.
+//! and says what to do. After an I/O error (a full disk, say) redb refuses every later
+//! operation until the file is reopened; the store then reopens it, at most once a
+//! second, and never creates a new file in its place, so the values come back exactly
+//! as last committed.
 
-use std::ffi::OsString;
-use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
+mod backend;
+mod fs;
+mod writer;
+
+use std::collections::HashMap;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableTable, TableDefinition, TableError};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, TableError};
+
+use crate::backend::Backend;
+pub use crate::fs::default_data_dir;
+pub use crate::writer::{CommitMode, WriteError, Writer, WriterThread, MAX_BATCH, QUEUE_DEPTH};
 
 /// File name of the store inside the data directory.
 pub const DB_FILE_NAME: &str = "k_server.redb";
 
-const DIR_MODE: u32 = 0o700;
-const FILE_MODE: u32 = 0o600;
+/// Longest secret name, in bytes (names are ASCII).
+pub const MAX_SECRET_NAME_LEN: usize = 128;
+/// Largest secret value, in bytes.
+pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+/// Most secrets one user may hold.
+pub const MAX_SECRETS_PER_USER: usize = 1000;
+
+/// After an I/O error, how long to wait between attempts to reopen the file (shorter
+/// in the unit tests, which wait it out).
+const REOPEN_INTERVAL: Duration = if cfg!(test) {
+    Duration::from_millis(200)
+} else {
+    Duration::from_secs(1)
+};
 
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const COUNTER_KEY: &str = "counter";
+/// (user, secret name) → value.
+const SECRETS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("secrets");
 
 /// Why the store could not be opened, read or written. Every message is a sentence
 /// that names the path concerned and, where there is one, the fix.
@@ -71,22 +101,31 @@ pub enum StoreError {
         source: io::Error,
     },
 
+    #[error("the store file {} has disappeared while k_server was running; it will not start a new, empty one in its place: restore the file and restart k_server", path.display())]
+    Vanished { path: PathBuf },
+
     #[error("the store file {} is locked by another process (is another k_server running with the same data directory?); stop that process or choose another data directory", path.display())]
     Locked { path: PathBuf },
 
-    #[error("the store file {} is corrupt or is not a k_server store ({detail}); nothing was changed; restore it from a backup, or move it aside to start the counter again from 0", path.display())]
+    #[error("the store file {} is corrupt or is not a k_server store ({detail}); nothing was changed; restore it from a backup, or move it aside to start again from an empty store", path.display())]
     Corrupt { path: PathBuf, detail: String },
 
-    #[error("the store file {} was written in an older redb file format (version {version}) that this k_server cannot read; upgrade it with a matching tool, or move it aside to start the counter again from 0", path.display())]
+    #[error("the store file {} was written in an older redb file format (version {version}) that this k_server cannot read; upgrade it with a matching tool, or move it aside to start again from an empty store", path.display())]
     Incompatible { path: PathBuf, version: u8 },
 
-    #[error("I/O error on the store file {} while {action}: {source}", path.display())]
+    #[error("I/O error on the store file {} while {action}: {source}; nothing was written (check free space and the disk)", path.display())]
     Io {
         path: PathBuf,
         action: &'static str,
         #[source]
         source: io::Error,
     },
+
+    #[error("an earlier I/O error left the store file {} unusable until it is reopened, which is retried every second; nothing was written (check free space and the disk)", path.display())]
+    Poisoned { path: PathBuf },
+
+    #[error("the store file {} is closed after an I/O error and could not be reopened yet ({detail}); reopening is retried every second; nothing was written", path.display())]
+    Closed { path: PathBuf, detail: String },
 
     #[error("the store {} failed while {action}: {detail}", path.display())]
     Database {
@@ -95,25 +134,109 @@ pub enum StoreError {
         detail: String,
     },
 
-    #[error("the counter in {} is at its maximum ({}) and cannot be incremented", path.display(), u64::MAX)]
-    Overflow { path: PathBuf },
+    #[error("the store's writer thread has stopped; nothing was written")]
+    WriterStopped,
+
+    #[error(transparent)]
+    Refused(#[from] Refused),
 }
 
-/// The durable counter of k_server.
-pub struct CounterStore {
-    db: Database,
+impl StoreError {
+    /// True for the errors after which redb wants the file reopened.
+    fn wants_reopen(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Io { .. } | StoreError::Poisoned { .. } | StoreError::Corrupt { .. }
+        )
+    }
+}
+
+/// One write refused on its own merits: nothing was written for it, and the other
+/// writes of its batch are unaffected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refused {
+    #[error(
+        "the counter is at its maximum ({}) and cannot be incremented",
+        u64::MAX
+    )]
+    CounterOverflow,
+    #[error("a secret name is 1 to {MAX_SECRET_NAME_LEN} characters of letters, digits, '.', '_' and '-', and not '.' or '..'")]
+    InvalidName,
+    #[error("a secret value is at most {limit} bytes")]
+    ValueTooLarge { limit: usize },
+    #[error("a user may hold at most {limit} secrets; delete one first")]
+    TooManySecrets { limit: usize },
+}
+
+/// A write, applied by [`Store::apply`] or queued on the [`Writer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Add one to the counter.
+    Increment,
+    /// Create or replace `user`'s secret `name`.
+    PutSecret {
+        user: String,
+        name: String,
+        value: Vec<u8>,
+    },
+    /// Remove `user`'s secret `name`.
+    DeleteSecret { user: String, name: String },
+}
+
+/// What a committed write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The counter's new value, distinct for every increment.
+    Counter(u64),
+    /// The secret is stored; `created` is false when it replaced an older value.
+    SecretStored { created: bool },
+    /// `existed` is false when there was no such secret (nothing changed).
+    SecretDeleted { existed: bool },
+}
+
+/// 1 to [`MAX_SECRET_NAME_LEN`] characters of `[A-Za-z0-9._-]`, and not `.` or `..`.
+pub fn validate_secret_name(name: &str) -> Result<&str, Refused> {
+    let allowed = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+    if name.is_empty()
+        || name.len() > MAX_SECRET_NAME_LEN
+        || name == "."
+        || name == ".."
+        || !name.as_bytes().iter().all(allowed)
+    {
+        return Err(Refused::InvalidName);
+    }
+    Ok(name)
+}
+
+/// k_server's durable store. `Send + Sync`; share it in an `Arc`.
+pub struct Store {
+    /// None only while a reopen after an I/O error has not succeeded yet.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
+    /// Set by an operation that failed in a way that needs the file reopened.
+    broken: AtomicBool,
+    /// When reopening was last tried, and why the store is broken.
+    recovery: Mutex<Recovery>,
+    #[cfg(test)]
+    fault: Option<backend::FaultSwitch>,
 }
 
-impl std::fmt::Debug for CounterStore {
+#[derive(Default)]
+struct Recovery {
+    last_attempt: Option<Instant>,
+    last_error: Option<String>,
+}
+
+impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CounterStore")
+        f.debug_struct("Store")
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
 }
 
-impl CounterStore {
+impl Store {
     /// Opens or creates `<dir>/k_server.redb`.
     ///
     /// Creates `dir` (and missing parents) with mode 0700 and the file with mode 0600,
@@ -121,68 +244,215 @@ impl CounterStore {
     /// world-writable, a store path that is a symbolic link, a file locked by another
     /// process and a file that is not a valid store.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        prepare_dir(dir)?;
+        Self::open_inner(
+            dir,
+            #[cfg(test)]
+            None,
+        )
+    }
+
+    fn open_inner(
+        dir: &Path,
+        #[cfg(test)] fault: Option<backend::FaultSwitch>,
+    ) -> Result<Self, StoreError> {
+        fs::prepare_dir(dir)?;
         let path = dir.join(DB_FILE_NAME);
-        let file = open_file(&path)?;
-
-        let mut builder = Database::builder();
-        {
-            let path = path.clone();
-            builder.set_repair_callback(move |session| {
-                if session.progress() == 0.0 {
-                    tracing::warn!(
-                        path = %path.display(),
-                        "the store was not closed cleanly; redb is repairing it back to the last committed transaction"
-                    );
-                }
-            });
-        }
-        let db = builder
-            .create_file(file)
-            .map_err(|e| classify(&path, "opening the store", e.into()))?;
-
-        let store = CounterStore { db, path };
-        // Create the table now, so a store that cannot be written fails at start-up
-        // and `get` never has to special-case a missing table.
-        store.write(|_| Ok(None))?;
-        tracing::debug!(path = %store.path.display(), counter = store.get()?, "counter store open");
+        let db = open_db(
+            &path,
+            true,
+            #[cfg(test)]
+            fault.clone(),
+        )?;
+        let store = Store {
+            db: RwLock::new(Some(db)),
+            path,
+            broken: AtomicBool::new(false),
+            recovery: Mutex::new(Recovery::default()),
+            #[cfg(test)]
+            fault,
+        };
+        // Create the tables now, so a store that cannot be written fails at start-up
+        // and reads never have to special-case a missing table.
+        store.apply(&[])?;
+        tracing::debug!(path = %store.path.display(), counter = store.counter()?, "store open");
         Ok(store)
     }
 
-    /// Increments the counter in one durable write transaction and returns the new
-    /// value, only after the commit succeeded. At `u64::MAX` it fails with
-    /// [`StoreError::Overflow`] and leaves the value as it is.
+    /// Applies `ops` in one durable write transaction, in order, and returns each op's
+    /// outcome, only after the commit succeeded. An op refused on its own merits
+    /// ([`Refused`]) writes nothing and leaves the others alone. Any other error aborts
+    /// the whole transaction: nothing of the batch was written.
+    pub fn apply(&self, ops: &[WriteOp]) -> Result<Vec<Result<WriteOutcome, Refused>>, StoreError> {
+        self.with_db(|db, path| {
+            // Durability::Immediate is redb's default for a write transaction; it is
+            // not changed here on purpose.
+            let txn = db
+                .begin_write()
+                .map_err(|e| classify(path, "starting a write transaction", e.into()))?;
+            let mut results = Vec::with_capacity(ops.len());
+            {
+                let mut counters = txn
+                    .open_table(COUNTERS)
+                    .map_err(|e| classify(path, "opening the counter table", e.into()))?;
+                let mut secrets = txn
+                    .open_table(SECRETS)
+                    .map_err(|e| classify(path, "opening the secrets table", e.into()))?;
+                let mut counter: Option<u64> = None;
+                let mut counter_changed = false;
+                // Secrets held per user, counted once per batch when first needed.
+                let mut held: HashMap<&str, usize> = HashMap::new();
+                for op in ops {
+                    let outcome = match op {
+                        WriteOp::Increment => {
+                            let current = match counter {
+                                Some(value) => value,
+                                None => counters
+                                    .get(COUNTER_KEY)
+                                    .map_err(|e| classify(path, "reading the counter", e.into()))?
+                                    .map(|guard| guard.value())
+                                    .unwrap_or(0),
+                            };
+                            match current.checked_add(1) {
+                                Some(next) => {
+                                    counter = Some(next);
+                                    counter_changed = true;
+                                    Ok(WriteOutcome::Counter(next))
+                                }
+                                None => {
+                                    counter = Some(current);
+                                    Err(Refused::CounterOverflow)
+                                }
+                            }
+                        }
+                        WriteOp::PutSecret { user, name, value } => {
+                            put_secret(&mut secrets, &mut held, path, user, name, value)?
+                        }
+                        WriteOp::DeleteSecret { user, name } => match validate_secret_name(name) {
+                            Err(refused) => Err(refused),
+                            Ok(name) => {
+                                let existed = secrets
+                                    .remove((user.as_str(), name))
+                                    .map_err(|e| classify(path, "deleting a secret", e.into()))?
+                                    .is_some();
+                                if existed {
+                                    if let Some(n) = held.get_mut(user.as_str()) {
+                                        *n = n.saturating_sub(1);
+                                    }
+                                }
+                                Ok(WriteOutcome::SecretDeleted { existed })
+                            }
+                        },
+                    };
+                    results.push(outcome);
+                }
+                if let (true, Some(value)) = (counter_changed, counter) {
+                    counters
+                        .insert(COUNTER_KEY, value)
+                        .map_err(|e| classify(path, "writing the counter", e.into()))?;
+                }
+            }
+            // On any error above, dropping `txn` aborts it.
+            txn.commit()
+                .map_err(|e| classify(path, "committing a write transaction", e.into()))?;
+            Ok(results)
+        })
+    }
+
+    /// Increments the counter in its own durable write transaction and returns the new
+    /// value, only after the commit succeeded.
     pub fn increment(&self) -> Result<u64, StoreError> {
-        let value = self.write(|current| {
-            current
-                .checked_add(1)
-                .map(Some)
-                .ok_or_else(|| StoreError::Overflow {
-                    path: self.path.clone(),
-                })
-        })?;
-        // `write` returns Some whenever the closure returned Some.
-        Ok(value.unwrap_or_default())
+        match self.apply(&[WriteOp::Increment])?.pop() {
+            Some(Ok(WriteOutcome::Counter(value))) => Ok(value),
+            Some(Err(refused)) => Err(refused.into()),
+            _ => Err(StoreError::Database {
+                path: self.path.clone(),
+                action: "incrementing the counter",
+                detail: "no outcome for the increment".into(),
+            }),
+        }
     }
 
     /// Reads the counter (0 before the first increment).
-    pub fn get(&self) -> Result<u64, StoreError> {
-        let path = &self.path;
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| classify(path, "starting a read transaction", e.into()))?;
-        let table = match txn.open_table(COUNTERS) {
-            Ok(table) => table,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(0),
-            Err(e) => return Err(classify(path, "opening the counter table", e.into())),
-        };
-        let value = table
-            .get(COUNTER_KEY)
-            .map_err(|e| classify(path, "reading the counter", e.into()))?
-            .map(|guard| guard.value())
-            .unwrap_or(0);
-        Ok(value)
+    pub fn counter(&self) -> Result<u64, StoreError> {
+        self.with_db(|db, path| {
+            let txn = db
+                .begin_read()
+                .map_err(|e| classify(path, "starting a read transaction", e.into()))?;
+            let table = match txn.open_table(COUNTERS) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(classify(path, "opening the counter table", e.into())),
+            };
+            let value = table
+                .get(COUNTER_KEY)
+                .map_err(|e| classify(path, "reading the counter", e.into()))?
+                .map(|guard| guard.value())
+                .unwrap_or(0);
+            Ok(value)
+        })
+    }
+
+    /// `user`'s secret `name`, if there is one.
+    pub fn secret(&self, user: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let name = validate_secret_name(name)?;
+        self.with_db(|db, path| {
+            let txn = db
+                .begin_read()
+                .map_err(|e| classify(path, "starting a read transaction", e.into()))?;
+            let table = match txn.open_table(SECRETS) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(classify(path, "opening the secrets table", e.into())),
+            };
+            let value = table
+                .get((user, name))
+                .map_err(|e| classify(path, "reading a secret", e.into()))?
+                .map(|guard| guard.value().to_vec());
+            Ok(value)
+        })
+    }
+
+    /// The names of `user`'s secrets, sorted (byte order).
+    pub fn secret_names(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        self.with_db(|db, path| {
+            let txn = db
+                .begin_read()
+                .map_err(|e| classify(path, "starting a read transaction", e.into()))?;
+            let table = match txn.open_table(SECRETS) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(classify(path, "opening the secrets table", e.into())),
+            };
+            let mut names = Vec::new();
+            let range = table
+                .range((user, "")..)
+                .map_err(|e| classify(path, "listing secrets", e.into()))?;
+            for entry in range {
+                let (key, _) = entry.map_err(|e| classify(path, "listing secrets", e.into()))?;
+                let (owner, name) = key.value();
+                if owner != user {
+                    break;
+                }
+                names.push(name.to_owned());
+            }
+            Ok(names)
+        })
+    }
+
+    /// How many secrets are stored, for all users together.
+    pub fn secret_count(&self) -> Result<u64, StoreError> {
+        self.with_db(|db, path| {
+            let txn = db
+                .begin_read()
+                .map_err(|e| classify(path, "starting a read transaction", e.into()))?;
+            match txn.open_table(SECRETS) {
+                Ok(table) => table
+                    .len()
+                    .map_err(|e| classify(path, "counting secrets", e.into())),
+                Err(TableError::TableDoesNotExist(_)) => Ok(0),
+                Err(e) => Err(classify(path, "opening the secrets table", e.into())),
+            }
+        })
     }
 
     /// The path of the store file (`<dir>/k_server.redb`).
@@ -190,160 +460,171 @@ impl CounterStore {
         &self.path
     }
 
-    /// Runs one durable write transaction: `next` maps the current value to the value
-    /// to store (None: store nothing). Returns what was stored, after commit.
-    fn write(
+    /// Runs `f` on the open database; marks the store broken when `f` fails in a way
+    /// that needs the file reopened, and reopens it first when it is broken and the
+    /// last attempt is at least [`REOPEN_INTERVAL`] old.
+    fn with_db<T>(
         &self,
-        next: impl FnOnce(u64) -> Result<Option<u64>, StoreError>,
-    ) -> Result<Option<u64>, StoreError> {
-        let path = &self.path;
-        // Durability::Immediate is redb's default for a write transaction; it is
-        // not changed here on purpose.
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(|e| classify(path, "starting a write transaction", e.into()))?;
-        let stored = {
-            let mut table = txn
-                .open_table(COUNTERS)
-                .map_err(|e| classify(path, "opening the counter table", e.into()))?;
-            let current = table
-                .get(COUNTER_KEY)
-                .map_err(|e| classify(path, "reading the counter", e.into()))?
-                .map(|guard| guard.value())
-                .unwrap_or(0);
-            let new = next(current)?;
-            if let Some(value) = new {
-                table
-                    .insert(COUNTER_KEY, value)
-                    .map_err(|e| classify(path, "writing the counter", e.into()))?;
-            }
-            new
+        f: impl FnOnce(&Database, &Path) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if self.broken.load(Ordering::Acquire) {
+            self.try_reopen();
+        }
+        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(db) = guard.as_ref() else {
+            let detail = self
+                .recovery
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "not reopened yet".into());
+            return Err(StoreError::Closed {
+                path: self.path.clone(),
+                detail,
+            });
         };
-        // On any error above, dropping `txn` aborts it.
-        txn.commit()
-            .map_err(|e| classify(path, "committing the counter", e.into()))?;
-        Ok(stored)
+        let result = f(db, &self.path);
+        if let Err(err) = &result {
+            if err.wants_reopen() && !self.broken.swap(true, Ordering::AcqRel) {
+                tracing::error!(path = %self.path.display(), error = %err, "the store failed; it will be reopened (at most once a second) and answers 503 until then");
+            }
+        }
+        result
+    }
+
+    /// Drops the database handle (releasing its file lock) and opens the file again,
+    /// without ever creating it. redb repairs it back to the last committed
+    /// transaction.
+    fn try_reopen(&self) {
+        let mut recovery = self.recovery.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self.broken.load(Ordering::Acquire) {
+            return; // another thread has just reopened it
+        }
+        if recovery
+            .last_attempt
+            .is_some_and(|at| at.elapsed() < REOPEN_INTERVAL)
+        {
+            return;
+        }
+        recovery.last_attempt = Some(Instant::now());
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        drop(db.take());
+        match open_db(
+            &self.path,
+            false,
+            #[cfg(test)]
+            self.fault.clone(),
+        ) {
+            Ok(reopened) => {
+                *db = Some(reopened);
+                recovery.last_error = None;
+                self.broken.store(false, Ordering::Release);
+                tracing::warn!(path = %self.path.display(), "the store was reopened after an I/O error; it holds what was last committed");
+            }
+            Err(err) => {
+                tracing::error!(path = %self.path.display(), error = %err, "cannot reopen the store yet; retrying in a second");
+                recovery.last_error = Some(err.to_string());
+            }
+        }
     }
 }
 
-/// The default data directory: `$XDG_STATE_HOME/chromecard/k_server`, else
-/// `$HOME/.local/state/chromecard/k_server`; None if neither is set (empty or
-/// relative values count as unset, as the XDG base directory spec asks).
-pub fn default_data_dir() -> Option<PathBuf> {
-    data_dir_from(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME"))
+/// The PutSecret step of [`Store::apply`]: the outer error aborts the transaction, the
+/// inner one refuses only this write.
+fn put_secret<'u>(
+    secrets: &mut redb::Table<(&str, &str), &[u8]>,
+    held: &mut HashMap<&'u str, usize>,
+    path: &Path,
+    user: &'u str,
+    name: &str,
+    value: &[u8],
+) -> Result<Result<WriteOutcome, Refused>, StoreError> {
+    let name = match validate_secret_name(name) {
+        Ok(name) => name,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    if value.len() > MAX_SECRET_BYTES {
+        return Ok(Err(Refused::ValueTooLarge {
+            limit: MAX_SECRET_BYTES,
+        }));
+    }
+    let exists = secrets
+        .get((user, name))
+        .map_err(|e| classify(path, "reading a secret", e.into()))?
+        .is_some();
+    if !exists {
+        let count = match held.get(user) {
+            Some(&count) => count,
+            None => count_secrets(secrets, path, user)?,
+        };
+        if count >= MAX_SECRETS_PER_USER {
+            held.insert(user, count);
+            return Ok(Err(Refused::TooManySecrets {
+                limit: MAX_SECRETS_PER_USER,
+            }));
+        }
+        held.insert(user, count + 1);
+    }
+    secrets
+        .insert((user, name), value)
+        .map_err(|e| classify(path, "writing a secret", e.into()))?;
+    Ok(Ok(WriteOutcome::SecretStored { created: !exists }))
 }
 
-/// The pure part of [`default_data_dir`].
-fn data_dir_from(xdg_state_home: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
-    let absolute = |v: Option<OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
-    let state =
-        absolute(xdg_state_home).or_else(|| absolute(home).map(|h| h.join(".local/state")))?;
-    Some(state.join("chromecard").join("k_server"))
+/// How many secrets `user` holds, counting at most [`MAX_SECRETS_PER_USER`].
+fn count_secrets(
+    secrets: &redb::Table<(&str, &str), &[u8]>,
+    path: &Path,
+    user: &str,
+) -> Result<usize, StoreError> {
+    let range = secrets
+        .range((user, "")..)
+        .map_err(|e| classify(path, "counting a user's secrets", e.into()))?;
+    let mut count = 0usize;
+    for entry in range {
+        let (key, _) = entry.map_err(|e| classify(path, "counting a user's secrets", e.into()))?;
+        if key.value().0 != user || count >= MAX_SECRETS_PER_USER {
+            break;
+        }
+        count += 1;
+    }
+    Ok(count)
 }
 
-/// Creates `dir` with mode 0700, or checks an existing one.
-fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
-    match fs::metadata(dir) {
-        Ok(meta) => {
-            if !meta.is_dir() {
-                return Err(StoreError::NotADirectory {
-                    path: dir.to_path_buf(),
-                });
-            }
-            let mode = meta.permissions().mode() & 0o7777;
-            if mode & 0o022 != 0 {
-                return Err(StoreError::InsecurePermissions {
-                    path: dir.to_path_buf(),
-                    mode,
-                });
-            }
-            if mode & 0o077 != 0 {
+/// Opens the store file as a redb database. `create`: a missing file is created
+/// (start-up); otherwise it is an error (reopening after an I/O fault).
+fn open_db(
+    path: &Path,
+    create: bool,
+    #[cfg(test)] fault: Option<backend::FaultSwitch>,
+) -> Result<Database, StoreError> {
+    let (file, created) = fs::open_file(path, create)?;
+    let backend = Backend::new(
+        file,
+        #[cfg(test)]
+        fault,
+    )
+    .map_err(|e| classify(path, "opening the store", e.into()))?;
+    let mut builder = Database::builder();
+    {
+        let path = path.to_path_buf();
+        builder.set_repair_callback(move |session| {
+            if session.progress() == 0.0 {
                 tracing::warn!(
-                    path = %dir.display(),
-                    mode = format_args!("{mode:04o}"),
-                    "the data directory is readable by other users; consider `chmod 0700` on it"
+                    path = %path.display(),
+                    "the store was not closed cleanly; redb is repairing it back to the last committed transaction"
                 );
             }
-            Ok(())
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(DIR_MODE)
-                .create(dir)
-                .map_err(|source| StoreError::CreateDir {
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
-            // The umask may have removed bits; set the mode explicitly.
-            set_mode(dir, DIR_MODE)
-        }
-        Err(source) => Err(StoreError::Inspect {
-            path: dir.to_path_buf(),
-            source,
-        }),
+        });
     }
-}
-
-/// Opens (or creates) the store file with mode 0600 without following a symlink.
-fn open_file(path: &Path) -> Result<File, StoreError> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_file() => {
-            return Err(StoreError::NotARegularFile {
-                path: path.to_path_buf(),
-            })
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(StoreError::Inspect {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+    let db = builder
+        .create_with_backend(backend)
+        .map_err(|e| classify(path, "opening the store", e.into()))?;
+    if created {
+        tracing::warn!(path = %path.display(), "created a new, empty store file: the counter starts at 0 and there are no secrets");
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(FILE_MODE)
-        .open(path)
-        .map_err(|source| StoreError::OpenFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    // Set explicitly: the umask may have removed bits, and an existing file may be
-    // more open than it should be.
-    let mode = file
-        .metadata()
-        .map_err(|source| StoreError::Inspect {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .permissions()
-        .mode()
-        & 0o7777;
-    if mode != FILE_MODE {
-        file.set_permissions(Permissions::from_mode(FILE_MODE))
-            .map_err(|source| StoreError::SetPermissions {
-                path: path.to_path_buf(),
-                mode: FILE_MODE,
-                source,
-            })?;
-    }
-    Ok(file)
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<(), StoreError> {
-    fs::set_permissions(path, Permissions::from_mode(mode)).map_err(|source| {
-        StoreError::SetPermissions {
-            path: path.to_path_buf(),
-            mode,
-            source,
-        }
-    })
+    Ok(db)
 }
 
 /// Maps a redb error to a StoreError naming `path`.
@@ -353,6 +634,7 @@ fn classify(path: &Path, action: &'static str, err: redb::Error) -> StoreError {
         redb::Error::DatabaseAlreadyOpen => StoreError::Locked { path },
         redb::Error::Corrupted(detail) => StoreError::Corrupt { path, detail },
         redb::Error::UpgradeRequired(version) => StoreError::Incompatible { path, version },
+        redb::Error::PreviousIo => StoreError::Poisoned { path },
         // A file too short for a header, or one whose header cannot be parsed, is
         // reported by redb as an I/O error while opening.
         redb::Error::Io(source)
@@ -381,210 +663,4 @@ fn classify(path: &Path, action: &'static str, err: redb::Error) -> StoreError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-    use std::sync::Arc;
-
-    fn mode_of(path: &Path) -> u32 {
-        fs::metadata(path).unwrap().permissions().mode() & 0o7777
-    }
-
-    #[test]
-    fn increments_are_consecutive_from_one() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = CounterStore::open(&tmp.path().join("data")).unwrap();
-        assert_eq!(store.get().unwrap(), 0);
-        for expected in 1..=5 {
-            assert_eq!(store.increment().unwrap(), expected);
-        }
-        assert_eq!(store.get().unwrap(), 5);
-    }
-
-    #[test]
-    fn value_survives_drop_and_reopen() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("data");
-        {
-            let store = CounterStore::open(&dir).unwrap();
-            store.increment().unwrap();
-            store.increment().unwrap();
-            assert_eq!(store.increment().unwrap(), 3);
-        }
-        let store = CounterStore::open(&dir).unwrap();
-        assert_eq!(store.get().unwrap(), 3);
-        assert_eq!(store.increment().unwrap(), 4);
-    }
-
-    #[test]
-    fn second_open_of_same_dir_is_an_error() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("data");
-        let first = CounterStore::open(&dir).unwrap();
-        first.increment().unwrap();
-        let err = CounterStore::open(&dir).unwrap_err();
-        assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
-        let msg = err.to_string();
-        assert!(msg.contains(&first.path().display().to_string()), "{msg}");
-        // The first handle is unaffected.
-        assert_eq!(first.increment().unwrap(), 2);
-        drop(first);
-        assert_eq!(CounterStore::open(&dir).unwrap().get().unwrap(), 2);
-    }
-
-    #[test]
-    fn garbage_file_is_an_error_naming_the_path_and_is_left_alone() {
-        for garbage in [
-            b"this is not a database\n".to_vec(),
-            vec![0xA5u8; 64 * 1024],
-        ] {
-            let tmp = tempfile::tempdir().unwrap();
-            let dir = tmp.path().join("data");
-            fs::create_dir(&dir).unwrap();
-            set_mode(&dir, 0o700).unwrap();
-            let path = dir.join(DB_FILE_NAME);
-            File::create(&path).unwrap().write_all(&garbage).unwrap();
-
-            let err = CounterStore::open(&dir).unwrap_err();
-            assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
-            let msg = err.to_string();
-            assert!(msg.contains(&path.display().to_string()), "{msg}");
-            assert!(msg.contains("move it aside"), "{msg}");
-            assert_eq!(fs::read(&path).unwrap(), garbage, "file must not be reset");
-        }
-    }
-
-    #[test]
-    fn new_dir_and_file_get_0700_and_0600() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("a/b/data");
-        let store = CounterStore::open(&dir).unwrap();
-        assert_eq!(mode_of(&dir), 0o700);
-        assert_eq!(mode_of(store.path()), 0o600);
-        assert_eq!(store.path(), dir.join(DB_FILE_NAME));
-        // Created parents are not more open than the leaf.
-        assert_eq!(mode_of(&tmp.path().join("a")) & 0o077, 0);
-    }
-
-    #[test]
-    fn existing_file_is_tightened_to_0600() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("data");
-        drop(CounterStore::open(&dir).unwrap());
-        let path = dir.join(DB_FILE_NAME);
-        set_mode(&path, 0o644).unwrap();
-        drop(CounterStore::open(&dir).unwrap());
-        assert_eq!(mode_of(&path), 0o600);
-    }
-
-    #[test]
-    fn group_or_world_writable_dir_is_refused() {
-        for mode in [0o770, 0o702, 0o777] {
-            let tmp = tempfile::tempdir().unwrap();
-            let dir = tmp.path().join("data");
-            fs::create_dir(&dir).unwrap();
-            set_mode(&dir, mode).unwrap();
-            let err = CounterStore::open(&dir).unwrap_err();
-            assert!(
-                matches!(err, StoreError::InsecurePermissions { mode: m, .. } if m == mode),
-                "{err:?}"
-            );
-            assert!(err.to_string().contains(&dir.display().to_string()));
-            assert!(!dir.join(DB_FILE_NAME).exists());
-        }
-    }
-
-    #[test]
-    fn dir_that_is_a_file_is_refused() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("data");
-        File::create(&dir).unwrap();
-        let err = CounterStore::open(&dir).unwrap_err();
-        assert!(matches!(err, StoreError::NotADirectory { .. }), "{err:?}");
-    }
-
-    #[test]
-    fn symlinked_store_file_is_refused() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("data");
-        fs::create_dir(&dir).unwrap();
-        set_mode(&dir, 0o700).unwrap();
-        let target = tmp.path().join("elsewhere.redb");
-        std::os::unix::fs::symlink(&target, dir.join(DB_FILE_NAME)).unwrap();
-        let err = CounterStore::open(&dir).unwrap_err();
-        assert!(matches!(err, StoreError::NotARegularFile { .. }), "{err:?}");
-        assert!(!target.exists());
-    }
-
-    #[test]
-    fn overflow_is_an_error_and_keeps_the_value() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = CounterStore::open(&tmp.path().join("data")).unwrap();
-        store.write(|_| Ok(Some(u64::MAX - 1))).unwrap();
-        assert_eq!(store.increment().unwrap(), u64::MAX);
-        let err = store.increment().unwrap_err();
-        assert!(matches!(err, StoreError::Overflow { .. }), "{err:?}");
-        assert!(err
-            .to_string()
-            .contains(&store.path().display().to_string()));
-        assert_eq!(store.get().unwrap(), u64::MAX);
-    }
-
-    #[test]
-    fn concurrent_increments_are_distinct() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Arc::new(CounterStore::open(&tmp.path().join("data")).unwrap());
-        let handles: Vec<_> = (0..4)
-            .map(|_| {
-                let store = Arc::clone(&store);
-                std::thread::spawn(move || {
-                    (0..10)
-                        .map(|_| store.increment().unwrap())
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        let mut all: Vec<u64> = handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect();
-        all.sort_unstable();
-        assert_eq!(all, (1..=40).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn store_and_error_are_send_and_sync() {
-        fn check<T: Send + Sync + 'static>() {}
-        check::<CounterStore>();
-        check::<StoreError>();
-    }
-
-    #[test]
-    fn data_dir_prefers_xdg_state_home() {
-        assert_eq!(
-            data_dir_from(Some("/x/state".into()), Some("/home/u".into())),
-            Some(PathBuf::from("/x/state/chromecard/k_server"))
-        );
-    }
-
-    #[test]
-    fn data_dir_falls_back_to_home() {
-        let expected = Some(PathBuf::from("/home/u/.local/state/chromecard/k_server"));
-        assert_eq!(data_dir_from(None, Some("/home/u".into())), expected);
-        assert_eq!(
-            data_dir_from(Some("".into()), Some("/home/u".into())),
-            expected
-        );
-        assert_eq!(
-            data_dir_from(Some("relative/state".into()), Some("/home/u".into())),
-            expected
-        );
-    }
-
-    #[test]
-    fn data_dir_none_without_either() {
-        assert_eq!(data_dir_from(None, None), None);
-        assert_eq!(data_dir_from(Some("".into()), Some("".into())), None);
-        assert_eq!(data_dir_from(None, Some("relative".into())), None);
-    }
-}
+mod tests;

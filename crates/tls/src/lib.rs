@@ -24,6 +24,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
 mod der;
+mod validity;
+
+pub use validity::{check_certificate_file, CertificateStatus, EXPIRY_WARNING_DAYS};
 
 /// The only application protocol either side offers or accepts.
 const ALPN_HTTP1: &[u8] = b"http/1.1";
@@ -156,6 +159,32 @@ pub enum TlsError {
         /// The rustls error.
         source: rustls::Error,
     },
+
+    /// A certificate cannot be parsed as X.509 to read its validity.
+    #[error("{}: certificate #{index} cannot be read as X.509: {detail}", path.display())]
+    X509 {
+        path: PathBuf,
+        index: usize,
+        detail: String,
+    },
+
+    /// A certificate is past its notAfter date: refusing to start with it.
+    #[error("{}: certificate #{index} ({subject}) expired on {not_after}; make new certificates (tls/make-certs.sh --force)", path.display())]
+    Expired {
+        path: PathBuf,
+        index: usize,
+        subject: String,
+        not_after: String,
+    },
+
+    /// A certificate is not valid yet (its notBefore is in the future): usually a wrong clock.
+    #[error("{}: certificate #{index} ({subject}) is not valid before {not_before}; check this machine's clock", path.display())]
+    NotYetValid {
+        path: PathBuf,
+        index: usize,
+        subject: String,
+        not_before: String,
+    },
 }
 
 /// Loads every certificate from a PEM file, in file order (leaf first for a chain).
@@ -218,12 +247,43 @@ pub fn make_server_config(
     key_file: &Path,
     client_auth: &ClientAuth,
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    make_server_config_with(cert_file, key_file, client_auth, TlsVersions::Tls13Only)
+}
+
+/// Which TLS versions a configuration speaks. TLS 1.3 only unless an operator asks for 1.2
+/// by an explicit flag (for an old client); there is no way to get anything older.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TlsVersions {
+    #[default]
+    Tls13Only,
+    AllowTls12,
+}
+
+impl TlsVersions {
+    fn versions(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        static TLS13_ONLY: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        static WITH_TLS12: [&rustls::SupportedProtocolVersion; 2] =
+            [&rustls::version::TLS13, &rustls::version::TLS12];
+        match self {
+            Self::Tls13Only => &TLS13_ONLY,
+            Self::AllowTls12 => &WITH_TLS12,
+        }
+    }
+}
+
+/// [`make_server_config`] with an explicit version policy.
+pub fn make_server_config_with(
+    cert_file: &Path,
+    key_file: &Path,
+    client_auth: &ClientAuth,
+    versions: TlsVersions,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let certs = load_certs(cert_file)?;
     let key = load_private_key(key_file)?;
 
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
+        .with_protocol_versions(versions.versions())
         .map_err(|source| TlsError::Provider { source })?;
 
     let builder = match client_auth {
@@ -257,9 +317,18 @@ pub fn make_client_config(
     server_ca_file: &Path,
     client_identity: Option<(&Path, &Path)>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
+    make_client_config_with(server_ca_file, client_identity, TlsVersions::Tls13Only)
+}
+
+/// [`make_client_config`] with an explicit version policy.
+pub fn make_client_config_with(
+    server_ca_file: &Path,
+    client_identity: Option<(&Path, &Path)>,
+    versions: TlsVersions,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = load_roots(server_ca_file)?;
     let builder = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
+        .with_protocol_versions(versions.versions())
         .map_err(|source| TlsError::Provider { source })?
         .with_root_certificates(roots);
 

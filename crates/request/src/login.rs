@@ -1,4 +1,5 @@
-//! The login request body: `{"username": "alice"}` and nothing else.
+//! The login request body: `{"username": "alice"}`, optionally with `"scope": ["counter"]`
+//! (the resources the session may reach) and `"cookie": true` (also set a session cookie).
 
 use chromecard_hop::{validate_username, UsernameError};
 use chromecard_http::ApiError;
@@ -27,8 +28,22 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// The username asked for, checked against the shared username rules.
-pub fn parse_login(body: &[u8]) -> Result<String, ApiError> {
+/// Scope entries are resource names: the first path segment after `/resource/`.
+const MAX_SCOPE_ENTRIES: usize = 16;
+const MAX_SCOPE_NAME: usize = 32;
+
+/// What a login asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginRequest {
+    pub username: String,
+    /// None: every resource.
+    pub scope: Option<Vec<String>>,
+    /// Also answer with a `Set-Cookie` holding the token, for browsers.
+    pub cookie: bool,
+}
+
+/// Parses and checks a login body against the shared username rules.
+pub fn parse_login(body: &[u8]) -> Result<LoginRequest, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|_| {
         ApiError::bad_request(
             "invalid_json",
@@ -41,10 +56,13 @@ pub fn parse_login(body: &[u8]) -> Result<String, ApiError> {
             "The body must be a JSON object like {\"username\":\"alice\"}.",
         ));
     };
-    if let Some(unknown) = fields.keys().find(|key| key.as_str() != "username") {
+    if let Some(unknown) = fields
+        .keys()
+        .find(|key| !matches!(key.as_str(), "username" | "scope" | "cookie"))
+    {
         return Err(ApiError::bad_request(
             "invalid_body",
-            format!("Unknown field {unknown:?}; the login body has only \"username\"."),
+            format!("Unknown field {unknown:?}; a login body has \"username\" and optionally \"scope\" and \"cookie\"."),
         ));
     }
     let username = match fields.get("username") {
@@ -69,7 +87,55 @@ pub fn parse_login(body: &[u8]) -> Result<String, ApiError> {
         };
         ApiError::bad_request("invalid_username", sentence)
     })?;
-    Ok(username.clone())
+    let scope = fields.get("scope").map(parse_scope).transpose()?;
+    let cookie = match fields.get("cookie") {
+        None => false,
+        Some(Value::Bool(cookie)) => *cookie,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "\"cookie\" must be true or false.",
+            ))
+        }
+    };
+    Ok(LoginRequest {
+        username: username.clone(),
+        scope,
+        cookie,
+    })
+}
+
+fn parse_scope(value: &Value) -> Result<Vec<String>, ApiError> {
+    let invalid = || {
+        ApiError::bad_request(
+            "invalid_scope",
+            format!("\"scope\" must be a list of 1 to {MAX_SCOPE_ENTRIES} resource names (lowercase letters, digits, '-', '_'), e.g. [\"counter\"]."),
+        )
+    };
+    let Value::Array(entries) = value else {
+        return Err(invalid());
+    };
+    if entries.is_empty() || entries.len() > MAX_SCOPE_ENTRIES {
+        return Err(invalid());
+    }
+    let mut scope = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::String(name) = entry else {
+            return Err(invalid());
+        };
+        let valid = !name.is_empty()
+            && name.len() <= MAX_SCOPE_NAME
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !valid {
+            return Err(invalid());
+        }
+        if !scope.contains(name) {
+            scope.push(name.clone());
+        }
+    }
+    Ok(scope)
 }
 
 #[cfg(test)]
@@ -82,8 +148,30 @@ mod tests {
     }
 
     #[test]
-    fn accepts_a_username() {
-        assert_eq!(parse_login(br#"{"username":"alice"}"#).unwrap(), "alice");
+    fn accepts_a_username_with_optional_scope_and_cookie() {
+        let plain = parse_login(br#"{"username":"alice"}"#).unwrap();
+        assert_eq!(plain.username, "alice");
+        assert_eq!(plain.scope, None);
+        assert!(!plain.cookie);
+        let full =
+            parse_login(br#"{"username":"alice","scope":["counter","counter"],"cookie":true}"#)
+                .unwrap();
+        assert_eq!(full.scope, Some(vec!["counter".to_owned()]));
+        assert!(full.cookie);
+    }
+
+    #[test]
+    fn refuses_bad_scopes_and_cookie_flags() {
+        for body in [
+            r#"{"username":"a","scope":[]}"#,
+            r#"{"username":"a","scope":"counter"}"#,
+            r#"{"username":"a","scope":[1]}"#,
+            r#"{"username":"a","scope":["Counter"]}"#,
+            r#"{"username":"a","scope":["../x"]}"#,
+        ] {
+            assert_eq!(code(body), "invalid_scope", "{body}");
+        }
+        assert_eq!(code(r#"{"username":"a","cookie":"yes"}"#), "invalid_body");
     }
 
     #[test]

@@ -1,0 +1,317 @@
+//! The two ceremonies: login at assertion level, and enrolment. Each runs as one
+//! blocking operation inside [`crate::Gate`]: device call, verification, and the
+//! durable write, in that order, before the answer.
+
+use sha2::{Digest, Sha256};
+
+use crate::credentials::{credential_label, CommitError, Credential, CredentialStore};
+use crate::gate::{EnrolOptions, Enrolled, Passed};
+use crate::verify::{self, client_data_hash, rp_id_hash, Expected, Rejection, Verified};
+use crate::{
+    AssertionResponse, Authenticator, CancelSignal, GateError, GateLevel, GetAssertionRequest,
+    MakeCredentialRequest,
+};
+
+/// 32 fresh bytes from the OS CSPRNG: a new challenge for every login and enrolment.
+pub(crate) fn random_challenge() -> Result<[u8; 32], GateError> {
+    let mut c = [0u8; 32];
+    getrandom::getrandom(&mut c).map_err(|e| GateError::Device {
+        detail: format!("no randomness for a challenge: {e}"),
+    })?;
+    Ok(c)
+}
+
+fn storage(e: impl std::fmt::Display) -> GateError {
+    GateError::Storage {
+        detail: e.to_string(),
+    }
+}
+
+/// Picks the credential the key used and verifies the answer against it
+/// (authenticator data, rpIdHash, signature, UP, UV when the credential asks for it).
+/// The credential must be one of the user's and in the allow list we sent. When the
+/// key leaves the credential out (allowed with a one-entry allow list), it is that
+/// one entry, and the signature decides.
+pub(crate) fn verify_response<'c>(
+    creds: &'c [Credential],
+    request: &GetAssertionRequest,
+    response: &AssertionResponse,
+) -> Result<(&'c Credential, Verified), Rejection> {
+    let id: &[u8] = match &response.credential_id {
+        Some(id) if !id.is_empty() => id,
+        _ if request.allow.len() == 1 => &request.allow[0],
+        _ => return Err(Rejection::UnknownCredential),
+    };
+    if !request.allow.iter().any(|a| a.as_slice() == id) {
+        return Err(Rejection::UnknownCredential);
+    }
+    let cred = creds
+        .iter()
+        .find(|c| c.id == id)
+        .ok_or(Rejection::UnknownCredential)?;
+    let rp_hash = rp_id_hash(&request.rp_id);
+    let cdh = client_data_hash(&request.challenge);
+    let verified = verify::verify_assertion(
+        &cred.public_key,
+        &response.auth_data,
+        &response.signature,
+        &Expected {
+            rp_id_hash: &rp_hash,
+            client_data_hash: &cdh,
+            require_uv: cred.require_uv,
+        },
+    )?;
+    Ok((cred, verified))
+}
+
+/// Login at assertion level: the user's credentials, a fresh challenge,
+/// getAssertion, verification, the signCount rule and its durable update.
+pub(crate) fn login(
+    auth: &dyn Authenticator,
+    rp_id: &str,
+    store: &CredentialStore,
+    username: &str,
+    cancel: &CancelSignal,
+) -> Result<Passed, GateError> {
+    // Re-read at every login: `k_proxy enroll` may have changed it.
+    let enrolments = store.load().map_err(storage)?;
+    let creds = enrolments.credentials_of(username);
+    if creds.is_empty() {
+        return Err(GateError::NotEnrolled {
+            username: username.to_string(),
+        });
+    }
+    let request = GetAssertionRequest {
+        rp_id: rp_id.to_string(),
+        challenge: random_challenge()?,
+        allow: creds.iter().map(|c| c.id.clone()).collect(),
+        require_uv: creds.iter().any(|c| c.require_uv),
+    };
+    let response = auth.get_assertion(&request, cancel)?;
+    if cancel.is_cancelled() {
+        // The caller has given up (timeout or disconnect): change nothing.
+        return Err(GateError::Cancelled);
+    }
+    let (cred, verified) = verify_response(creds, &request, &response).map_err(|r| {
+        tracing::warn!(user = ?username, device = %response.device, reason = %r, "assertion rejected");
+        GateError::Rejected(r)
+    })?;
+    match store.check_and_commit(username, &cred.id, verified.sign_count) {
+        Ok(_) => Ok(Passed {
+            level: GateLevel::Assertion,
+            device: response.device,
+            credential: Some(cred.label()),
+            sign_count: Some(verified.sign_count),
+        }),
+        Err(CommitError::Rejected(r)) => {
+            tracing::warn!(
+                user = ?username,
+                credential = %cred.label(),
+                device = %response.device,
+                reason = %r,
+                "POSSIBLE CLONED KEY: the signature counter did not increase; login refused"
+            );
+            Err(GateError::Rejected(r))
+        }
+        Err(CommitError::Store(e)) => Err(storage(e)),
+    }
+}
+
+/// Enrolment: makeCredential with a fresh challenge (excluding the user's existing
+/// credentials), verification of the new credential, and the atomic rewrite of the
+/// enrolment file.
+pub(crate) fn enrol(
+    auth: &dyn Authenticator,
+    rp_id: &str,
+    store: &CredentialStore,
+    username: &str,
+    options: EnrolOptions,
+    cancel: &CancelSignal,
+) -> Result<Enrolled, GateError> {
+    let before = store.load().map_err(storage)?;
+    let user_id = Sha256::digest(format!("chromecard user {username}").as_bytes())[..16].to_vec();
+    let request = MakeCredentialRequest {
+        rp_id: rp_id.to_string(),
+        challenge: random_challenge()?,
+        user_id,
+        user_name: username.to_string(),
+        require_uv: options.require_uv,
+        exclude: before
+            .credentials_of(username)
+            .iter()
+            .map(|c| c.id.clone())
+            .collect(),
+    };
+    let made = auth.make_credential(&request, cancel)?;
+    if cancel.is_cancelled() {
+        return Err(GateError::Cancelled);
+    }
+    let new =
+        verify::verify_new_credential(&made.auth_data, &rp_id_hash(rp_id), options.require_uv)
+            .map_err(GateError::Rejected)?;
+    let cred = Credential {
+        id: new.credential_id,
+        public_key: new.public_key,
+        require_uv: options.require_uv,
+    };
+    let enrolled = Enrolled {
+        credential: credential_label(&cred.id),
+        kind: cred.public_key.kind().as_str(),
+        aaguid: new.aaguid.iter().map(|b| format!("{b:02x}")).collect(),
+        device: made.device,
+    };
+    // Re-read just before writing, so an edit made while the key waited for a touch is kept.
+    let mut now = store.load().map_err(storage)?;
+    if now.credentials_of(username).iter().any(|c| c.id == cred.id) {
+        return Err(GateError::AlreadyEnrolled);
+    }
+    now.add(username, cred).map_err(storage)?;
+    store.save(&now).map_err(storage)?;
+    Ok(enrolled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::{FLAG_UP, FLAG_UV};
+    use p256::ecdsa::signature::Signer as _;
+
+    fn key(seed: u8) -> (p256::ecdsa::SigningKey, crate::verify::PublicKey) {
+        let sk = p256::ecdsa::SigningKey::from_slice(&[seed; 32]).unwrap();
+        let pk = crate::verify::PublicKey::Es256(*sk.verifying_key());
+        (sk, pk)
+    }
+
+    fn answer(
+        sk: &p256::ecdsa::SigningKey,
+        req: &GetAssertionRequest,
+        cred: Option<&[u8]>,
+        flags: u8,
+        count: u32,
+    ) -> AssertionResponse {
+        let mut ad = rp_id_hash(&req.rp_id).to_vec();
+        ad.push(flags);
+        ad.extend_from_slice(&count.to_be_bytes());
+        let mut msg = ad.clone();
+        msg.extend_from_slice(&client_data_hash(&req.challenge));
+        let sig: p256::ecdsa::Signature = sk.sign(&msg);
+        AssertionResponse {
+            credential_id: cred.map(<[u8]>::to_vec),
+            auth_data: ad,
+            signature: sig.to_der().as_bytes().to_vec(),
+            device: "test".into(),
+        }
+    }
+
+    fn req(allow: &[&[u8]]) -> GetAssertionRequest {
+        GetAssertionRequest {
+            rp_id: "chromecard".into(),
+            challenge: [7; 32],
+            allow: allow.iter().map(|a| a.to_vec()).collect(),
+            require_uv: false,
+        }
+    }
+
+    #[test]
+    fn picks_the_credential_the_key_used() {
+        let (sk1, pk1) = key(1);
+        let (sk2, pk2) = key(2);
+        let creds = vec![
+            Credential {
+                id: b"one".to_vec(),
+                public_key: pk1,
+                require_uv: false,
+            },
+            Credential {
+                id: b"two".to_vec(),
+                public_key: pk2,
+                require_uv: true,
+            },
+        ];
+        let r = req(&[b"one", b"two"]);
+        let (c, v) =
+            verify_response(&creds, &r, &answer(&sk1, &r, Some(b"one"), FLAG_UP, 3)).unwrap();
+        assert_eq!(c.id, b"one");
+        assert_eq!(v.sign_count, 3);
+        // Credential two asks for UV.
+        assert_eq!(
+            verify_response(&creds, &r, &answer(&sk2, &r, Some(b"two"), FLAG_UP, 3)).unwrap_err(),
+            Rejection::UserNotVerified
+        );
+        assert!(verify_response(
+            &creds,
+            &r,
+            &answer(&sk2, &r, Some(b"two"), FLAG_UP | FLAG_UV, 3)
+        )
+        .is_ok());
+        // Signed by key 2 but claiming credential one.
+        assert_eq!(
+            verify_response(&creds, &r, &answer(&sk2, &r, Some(b"one"), FLAG_UP, 3)).unwrap_err(),
+            Rejection::BadSignature
+        );
+    }
+
+    #[test]
+    fn another_users_credential_is_refused() {
+        let (sk, pk) = key(1);
+        let (_, bob_pk) = key(2);
+        // Alice's credential, signed correctly, offered for bob's login.
+        let bob = vec![Credential {
+            id: b"bob".to_vec(),
+            public_key: bob_pk,
+            require_uv: false,
+        }];
+        let r = req(&[b"bob"]);
+        assert_eq!(
+            verify_response(&bob, &r, &answer(&sk, &r, Some(b"alice"), FLAG_UP, 1)).unwrap_err(),
+            Rejection::UnknownCredential
+        );
+        // An id that is the user's but was not in the allow list we sent.
+        let both = vec![
+            Credential {
+                id: b"bob".to_vec(),
+                public_key: pk.clone(),
+                require_uv: false,
+            },
+            Credential {
+                id: b"bob2".to_vec(),
+                public_key: pk,
+                require_uv: false,
+            },
+        ];
+        assert_eq!(
+            verify_response(&both, &r, &answer(&sk, &r, Some(b"bob2"), FLAG_UP, 1)).unwrap_err(),
+            Rejection::UnknownCredential
+        );
+    }
+
+    #[test]
+    fn an_omitted_credential_id_is_the_single_allowed_one_only() {
+        let (sk, pk) = key(1);
+        let creds = vec![
+            Credential {
+                id: b"one".to_vec(),
+                public_key: pk.clone(),
+                require_uv: false,
+            },
+            Credential {
+                id: b"two".to_vec(),
+                public_key: pk,
+                require_uv: false,
+            },
+        ];
+        let one = req(&[b"one"]);
+        assert!(verify_response(&creds, &one, &answer(&sk, &one, None, FLAG_UP, 1)).is_ok());
+        assert!(verify_response(&creds, &one, &answer(&sk, &one, Some(b""), FLAG_UP, 1)).is_ok());
+        let two = req(&[b"one", b"two"]);
+        assert_eq!(
+            verify_response(&creds, &two, &answer(&sk, &two, None, FLAG_UP, 1)).unwrap_err(),
+            Rejection::UnknownCredential
+        );
+    }
+
+    #[test]
+    fn challenges_are_fresh() {
+        assert_ne!(random_challenge().unwrap(), random_challenge().unwrap());
+    }
+}

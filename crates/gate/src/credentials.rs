@@ -1,0 +1,678 @@
+//! The enrolment file and the sign counts kept beside it.
+//!
+//! The enrolment file follows pam-u2f's authfile: one line per user,
+//!
+//! ```text
+//! alice:CREDENTIAL_ID_B64,PUBLIC_KEY_B64,es256,+presence:CREDENTIAL_ID_B64,PUBLIC_KEY_B64,eddsa,+presence+verification
+//! ```
+//!
+//! i.e. the user name, then one `:`-separated entry per credential with four
+//! `,`-separated fields: the credential id (standard base64), the public key
+//! (standard base64 of the 65-byte uncompressed P-256 point for `es256`, of the
+//! 32-byte key for `eddsa`), the COSE type, and the options (`+presence`, always
+//! enforced; `+verification`, also require UV). `#` starts a comment line. Anything
+//! else (an unknown option, a bad key, a user listed twice) refuses the whole file:
+//! the gate fails closed rather than guess.
+//!
+//! Sign counts live in `<file>.counters`, one `user:credential_id_b64:count` line
+//! each, written by k_proxy after every successful login. Both files are replaced
+//! atomically (temp file, fsync, rename, fsync of the directory) and refused when
+//! group- or world-writable.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
+use crate::fsutil;
+use crate::verify::{check_sign_count, KeyKind, PublicKey, Rejection, MAX_CREDENTIAL_ID_LEN};
+
+/// Largest enrolment or counter file read (a generous bound for hand-edited files).
+const MAX_FILE_BYTES: u64 = 1 << 20;
+/// Credentials one user may hold.
+pub const MAX_CREDENTIALS_PER_USER: usize = 16;
+
+/// One enrolled credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// The credential id the key gave at enrolment.
+    pub id: Vec<u8>,
+    /// Its public key.
+    pub public_key: PublicKey,
+    /// `+verification`: also require the UV flag.
+    pub require_uv: bool,
+}
+
+impl Credential {
+    /// A short, stable label for logs: the first 12 base64 characters of the id.
+    pub fn label(&self) -> String {
+        credential_label(&self.id)
+    }
+}
+
+/// The first 12 base64 characters of a credential id, for logs and `list`.
+pub fn credential_label(id: &[u8]) -> String {
+    STANDARD.encode(id).chars().take(12).collect()
+}
+
+/// The parsed enrolment file: users in name order, credentials in file order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Enrolments {
+    users: BTreeMap<String, Vec<Credential>>,
+}
+
+/// Why the enrolment file or the counters file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A line does not parse. Never quotes the line (it holds key material).
+    #[error("{path}: line {line}: {reason}")]
+    Parse {
+        path: String,
+        line: usize,
+        reason: String,
+    },
+    /// Reading, writing or a permission check failed.
+    #[error("{path}: {detail}")]
+    Io { path: String, detail: String },
+}
+
+impl Enrolments {
+    /// Parses the enrolment file's text. `path` is for messages only.
+    pub fn parse(text: &str, path: &str) -> Result<Self, StoreError> {
+        let mut users: BTreeMap<String, Vec<Credential>> = BTreeMap::new();
+        let mut seen_ids: HashMap<Vec<u8>, usize> = HashMap::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line_no = i + 1;
+            let err = |reason: String| StoreError::Parse {
+                path: path.to_string(),
+                line: line_no,
+                reason,
+            };
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut parts = line.split(':');
+            let user = parts.next().unwrap_or_default();
+            chromecard_hop::validate_username(user)
+                .map_err(|e| err(format!("the user name is not valid: {e}")))?;
+            if users.contains_key(user) {
+                return Err(err(format!(
+                    "user {user:?} is listed twice; put all of a user's credentials on one line"
+                )));
+            }
+            let mut creds = Vec::new();
+            for entry in parts {
+                let cred = parse_entry(entry).map_err(&err)?;
+                if let Some(other) = seen_ids.insert(cred.id.clone(), line_no) {
+                    return Err(err(format!(
+                        "credential {} is already listed on line {other}",
+                        cred.label()
+                    )));
+                }
+                creds.push(cred);
+            }
+            if creds.is_empty() {
+                return Err(err(format!("user {user:?} has no credential entries")));
+            }
+            if creds.len() > MAX_CREDENTIALS_PER_USER {
+                return Err(err(format!(
+                    "user {user:?} has {} credentials; at most {MAX_CREDENTIALS_PER_USER}",
+                    creds.len()
+                )));
+            }
+            users.insert(user.to_string(), creds);
+        }
+        Ok(Self { users })
+    }
+
+    /// The file's text (a header comment, then one line per user).
+    pub fn render(&self) -> String {
+        let mut out = String::from(
+            "# chromecard enrolment file (pam-u2f authfile format):\n\
+             # user:credential_id_b64,public_key_b64,cose_type,options[:...]\n\
+             # Written by `k_proxy enroll`; sign counts are kept in the .counters file beside it.\n",
+        );
+        for (user, creds) in &self.users {
+            out.push_str(user);
+            for c in creds {
+                out.push(':');
+                out.push_str(&STANDARD.encode(&c.id));
+                out.push(',');
+                out.push_str(&STANDARD.encode(c.public_key.to_raw()));
+                out.push(',');
+                out.push_str(c.public_key.kind().as_str());
+                out.push(',');
+                out.push_str(if c.require_uv {
+                    "+presence+verification"
+                } else {
+                    "+presence"
+                });
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The credentials of `user` (empty when not enrolled).
+    pub fn credentials_of(&self, user: &str) -> &[Credential] {
+        self.users.get(user).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// All users and their credentials, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[Credential])> {
+        self.users.iter().map(|(u, c)| (u.as_str(), c.as_slice()))
+    }
+
+    /// Adds a credential. Refuses a credential id that is already enrolled (for anyone)
+    /// and more than [`MAX_CREDENTIALS_PER_USER`].
+    pub fn add(&mut self, user: &str, cred: Credential) -> Result<(), String> {
+        chromecard_hop::validate_username(user).map_err(|e| e.to_string())?;
+        if let Some((owner, _)) = self
+            .users
+            .iter()
+            .find(|(_, creds)| creds.iter().any(|c| c.id == cred.id))
+        {
+            return Err(format!(
+                "credential {} is already enrolled for {owner:?}",
+                cred.label()
+            ));
+        }
+        let creds = self.users.entry(user.to_string()).or_default();
+        if creds.len() >= MAX_CREDENTIALS_PER_USER {
+            return Err(format!(
+                "{user:?} already has {MAX_CREDENTIALS_PER_USER} credentials"
+            ));
+        }
+        creds.push(cred);
+        Ok(())
+    }
+
+    /// Removes `user`'s credentials whose base64 id starts with `id_prefix` (all of them
+    /// when `None`). Returns how many were removed.
+    pub fn remove(&mut self, user: &str, id_prefix: Option<&str>) -> usize {
+        let Some(creds) = self.users.get_mut(user) else {
+            return 0;
+        };
+        let before = creds.len();
+        match id_prefix {
+            None => creds.clear(),
+            Some(prefix) => creds.retain(|c| !STANDARD.encode(&c.id).starts_with(prefix)),
+        }
+        let removed = before - creds.len();
+        if creds.is_empty() {
+            self.users.remove(user);
+        }
+        removed
+    }
+}
+
+fn parse_entry(entry: &str) -> Result<Credential, String> {
+    let fields: Vec<&str> = entry.split(',').collect();
+    let [id, key, kind, options] = fields.as_slice() else {
+        return Err(format!(
+            "a credential entry has {} fields; expected 4 (credential_id,public_key,cose_type,options)",
+            fields.len()
+        ));
+    };
+    let id = STANDARD
+        .decode(id)
+        .map_err(|_| "the credential id is not valid base64".to_string())?;
+    if id.is_empty() || id.len() > MAX_CREDENTIAL_ID_LEN {
+        return Err(format!(
+            "the credential id is {} bytes; expected 1 to {MAX_CREDENTIAL_ID_LEN}",
+            id.len()
+        ));
+    }
+    let kind = KeyKind::parse(kind)
+        .ok_or_else(|| format!("COSE type {kind:?} is not supported; use es256 or eddsa"))?;
+    let raw = STANDARD
+        .decode(key)
+        .map_err(|_| "the public key is not valid base64".to_string())?;
+    let public_key = PublicKey::from_raw(kind, &raw).map_err(|_| {
+        format!(
+            "the public key is not a valid {} key",
+            kind.as_str().to_uppercase()
+        )
+    })?;
+    let require_uv = parse_options(options)?;
+    Ok(Credential {
+        id,
+        public_key,
+        require_uv,
+    })
+}
+
+/// `+presence`, `+verification`, or both; empty means `+presence`. Anything else
+/// (pam-u2f's `+pin`, a typo) is refused: k_proxy cannot enforce it.
+fn parse_options(options: &str) -> Result<bool, String> {
+    if options.is_empty() {
+        return Ok(false);
+    }
+    let Some(rest) = options.strip_prefix('+') else {
+        return Err(format!(
+            "options {options:?} must be like +presence or +presence+verification"
+        ));
+    };
+    let mut uv = false;
+    for opt in rest.split('+') {
+        match opt {
+            "presence" => {}
+            "verification" => uv = true,
+            other => {
+                return Err(format!(
+                "option {other:?} is not supported (k_proxy enforces +presence and +verification)"
+            ))
+            }
+        }
+    }
+    Ok(uv)
+}
+
+/// The enrolment file and its counters on disk.
+///
+/// One k_proxy process serves logins from one enrolment file: the counters are
+/// updated under an in-process lock (and the in-memory maximum is kept, so a
+/// counter never goes back even if the file were rolled back). `k_proxy enroll`
+/// rewrites only the enrolment file, which k_proxy re-reads at every login.
+pub struct CredentialStore {
+    path: PathBuf,
+    counters_path: PathBuf,
+    /// (user, credential id) -> highest count seen; also the lock for counter updates.
+    counters: Mutex<HashMap<(String, Vec<u8>), u32>>,
+}
+
+impl std::fmt::Debug for CredentialStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CredentialStore {
+    /// A store for the enrolment file at `path` (which need not exist yet).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        let mut counters_path = path.clone().into_os_string();
+        counters_path.push(".counters");
+        Self {
+            path,
+            counters_path: counters_path.into(),
+            counters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The enrolment file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The sign-count file beside it.
+    pub fn counters_path(&self) -> &Path {
+        &self.counters_path
+    }
+
+    fn io_err(path: &Path, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Io {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// Reads and checks the enrolment file. A missing file is an empty enrolment.
+    pub fn load(&self) -> Result<Enrolments, StoreError> {
+        let exists = fsutil::check_not_writable_by_others(&self.path)
+            .map_err(|e| Self::io_err(&self.path, e))?;
+        if !exists {
+            return Ok(Enrolments::default());
+        }
+        let text = fsutil::read_small(&self.path, MAX_FILE_BYTES)
+            .map_err(|e| Self::io_err(&self.path, e))?;
+        Enrolments::parse(&text, &self.path.display().to_string())
+    }
+
+    /// Checks that the enrolment file exists, is acceptable and parses; returns it.
+    pub fn load_existing(&self) -> Result<Enrolments, StoreError> {
+        if !self.path.is_file() {
+            return Err(Self::io_err(
+                &self.path,
+                "does not exist; enrol a key first with `k_proxy enroll --username NAME --credentials-file ...`",
+            ));
+        }
+        let e = self.load()?;
+        self.read_counters()?;
+        Ok(e)
+    }
+
+    /// Writes `enrolments` atomically.
+    pub fn save(&self, enrolments: &Enrolments) -> Result<(), StoreError> {
+        // Refuse to write beside a file others could have planted or may change.
+        fsutil::check_not_writable_by_others(&self.path)
+            .map_err(|e| Self::io_err(&self.path, e))?;
+        fsutil::write_atomic(&self.path, enrolments.render().as_bytes())
+            .map_err(|e| Self::io_err(&self.path, e))
+    }
+
+    fn read_counters(&self) -> Result<HashMap<(String, Vec<u8>), u32>, StoreError> {
+        let p = &self.counters_path;
+        let exists = fsutil::check_not_writable_by_others(p).map_err(|e| Self::io_err(p, e))?;
+        let mut map = HashMap::new();
+        if !exists {
+            return Ok(map);
+        }
+        let text = fsutil::read_small(p, MAX_FILE_BYTES).map_err(|e| Self::io_err(p, e))?;
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = |reason: &str| StoreError::Parse {
+                path: p.display().to_string(),
+                line: i + 1,
+                reason: reason.to_string(),
+            };
+            let mut it = line.split(':');
+            let (Some(user), Some(id), Some(count), None) =
+                (it.next(), it.next(), it.next(), it.next())
+            else {
+                return Err(err("expected user:credential_id_b64:count"));
+            };
+            let id = STANDARD
+                .decode(id)
+                .map_err(|_| err("the credential id is not valid base64"))?;
+            let count: u32 = count
+                .parse()
+                .map_err(|_| err("the count is not a 32-bit unsigned number"))?;
+            let slot = map.entry((user.to_string(), id)).or_insert(0);
+            *slot = (*slot).max(count);
+        }
+        Ok(map)
+    }
+
+    /// The stored sign count of a credential (0 when none is stored).
+    pub fn stored_count(&self, user: &str, id: &[u8]) -> Result<u32, StoreError> {
+        let mem = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let file = self.read_counters()?;
+        let key = (user.to_string(), id.to_vec());
+        Ok(file
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
+            .max(mem.get(&key).copied().unwrap_or(0)))
+    }
+
+    /// The counter step of a login, atomic with respect to other logins in this
+    /// process: checks `received` against the stored count ([`check_sign_count`]) and,
+    /// if it passes, writes it durably before returning. On a refusal nothing is written.
+    pub fn check_and_commit(
+        &self,
+        user: &str,
+        id: &[u8],
+        received: u32,
+    ) -> Result<u32, CommitError> {
+        let mut mem = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = self.read_counters().map_err(CommitError::Store)?;
+        // Merge both ways: the file may be ahead (another store in this process wrote
+        // it) or behind (rolled back); keep the highest of each.
+        for (k, v) in mem.iter() {
+            let slot = all.entry(k.clone()).or_insert(0);
+            *slot = (*slot).max(*v);
+        }
+        for (k, v) in &all {
+            mem.insert(k.clone(), *v);
+        }
+        let key = (user.to_string(), id.to_vec());
+        let stored = all.get(&key).copied().unwrap_or(0);
+        check_sign_count(stored, received).map_err(CommitError::Rejected)?;
+        if received == 0 && stored == 0 {
+            // A key without a counter: nothing to record.
+            return Ok(stored);
+        }
+        all.insert(key.clone(), received);
+        let mut lines: Vec<String> = all
+            .iter()
+            .map(|((u, id), n)| format!("{u}:{}:{n}", STANDARD.encode(id)))
+            .collect();
+        lines.sort();
+        let mut text = String::from(
+            "# chromecard sign counts: user:credential_id_b64:count (written by k_proxy)\n",
+        );
+        for l in lines {
+            text.push_str(&l);
+            text.push('\n');
+        }
+        fsutil::check_not_writable_by_others(&self.counters_path)
+            .and_then(|_| fsutil::write_atomic(&self.counters_path, text.as_bytes()))
+            .map_err(|e| CommitError::Store(Self::io_err(&self.counters_path, e)))?;
+        mem.insert(key, received);
+        Ok(stored)
+    }
+}
+
+/// Why [`CredentialStore::check_and_commit`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The count did not increase.
+    #[error(transparent)]
+    Rejected(Rejection),
+    /// The counters could not be read or written: fail closed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn key(seed: u8) -> PublicKey {
+        let sk = p256::ecdsa::SigningKey::from_slice(&[seed; 32]).unwrap();
+        PublicKey::Es256(*sk.verifying_key())
+    }
+
+    fn ed(seed: u8) -> PublicKey {
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        PublicKey::EdDsa(sk.verifying_key())
+    }
+
+    fn cred(id: &[u8], seed: u8, uv: bool) -> Credential {
+        Credential {
+            id: id.to_vec(),
+            public_key: key(seed),
+            require_uv: uv,
+        }
+    }
+
+    #[test]
+    fn render_then_parse_round_trips() {
+        let mut e = Enrolments::default();
+        e.add("alice", cred(b"id-a1", 1, false)).unwrap();
+        e.add("alice", cred(b"id-a2", 2, true)).unwrap();
+        e.add(
+            "bob",
+            Credential {
+                id: b"id-b".to_vec(),
+                public_key: ed(3),
+                require_uv: false,
+            },
+        )
+        .unwrap();
+        let text = e.render();
+        let back = Enrolments::parse(&text, "f").unwrap();
+        assert_eq!(back, e);
+        assert_eq!(back.credentials_of("alice").len(), 2);
+        assert!(back.credentials_of("alice")[1].require_uv);
+        assert!(back.credentials_of("carol").is_empty());
+        let line = text.lines().find(|l| l.starts_with("alice:")).unwrap();
+        assert_eq!(line.split(':').count(), 3);
+        assert!(line.contains(",es256,+presence:"));
+        assert!(line.ends_with(",es256,+presence+verification"));
+        assert!(text.contains(",eddsa,+presence\n"));
+    }
+
+    #[test]
+    fn duplicate_ids_are_refused() {
+        let mut e = Enrolments::default();
+        e.add("alice", cred(b"same", 1, false)).unwrap();
+        let err = e.add("bob", cred(b"same", 2, false)).unwrap_err();
+        assert!(err.contains("already enrolled for \"alice\""), "{err}");
+    }
+
+    #[test]
+    fn remove_by_prefix_and_all() {
+        let mut e = Enrolments::default();
+        e.add("alice", cred(b"\x00\x01", 1, false)).unwrap();
+        e.add("alice", cred(b"\xff\xfe", 2, false)).unwrap();
+        let p = STANDARD.encode(b"\xff\xfe");
+        assert_eq!(e.remove("alice", Some(&p[..3])), 1);
+        assert_eq!(e.credentials_of("alice").len(), 1);
+        assert_eq!(e.remove("alice", None), 1);
+        assert!(e.credentials_of("alice").is_empty());
+        assert_eq!(e.iter().count(), 0);
+        assert_eq!(e.remove("nobody", None), 0);
+    }
+
+    fn line_for(seed: u8, kind: &str, options: &str) -> String {
+        format!(
+            "alice:{},{},{kind},{options}",
+            STANDARD.encode(b"cred"),
+            STANDARD.encode(key(seed).to_raw())
+        )
+    }
+
+    #[test]
+    fn bad_lines_are_refused_with_the_line_number_and_no_key_material() {
+        let good = line_for(1, "es256", "+presence");
+        assert!(Enrolments::parse(&good, "f").is_ok());
+        let cases = [
+            (
+                format!("# c\n\n{}", line_for(1, "es256", "+pin")),
+                "line 3",
+                "\"pin\"",
+            ),
+            (line_for(1, "rs256", "+presence"), "line 1", "not supported"),
+            (
+                line_for(1, "eddsa", "+presence"),
+                "line 1",
+                "not a valid EDDSA key",
+            ),
+            (line_for(1, "es256", "presence"), "line 1", "must be like"),
+            ("alice".to_string(), "line 1", "no credential entries"),
+            ("alice:abc".to_string(), "line 1", "1 fields"),
+            ("al ice:a,b,es256,".to_string(), "line 1", "user name"),
+            (
+                format!("{good}\n{}", good.replace("cred", "crex")),
+                "line 2",
+                "listed twice",
+            ),
+            (
+                format!("{good}\n{}", good.replace("alice", "bob")),
+                "line 2",
+                "already listed on line 1",
+            ),
+            ("alice:!!!,AAAA,es256,".to_string(), "line 1", "base64"),
+        ];
+        for (text, line, what) in cases {
+            let e = Enrolments::parse(&text, "f").unwrap_err().to_string();
+            assert!(e.contains(line) && e.contains(what), "{text:?} -> {e}");
+            assert!(!e.contains(&STANDARD.encode(key(1).to_raw())), "{e}");
+        }
+        // A point that is not on the curve.
+        let mut raw = key(1).to_raw();
+        raw[64] ^= 1;
+        let text = format!(
+            "alice:{},{},es256,",
+            STANDARD.encode(b"c"),
+            STANDARD.encode(&raw)
+        );
+        assert!(Enrolments::parse(&text, "f").is_err());
+    }
+
+    #[test]
+    fn store_saves_atomically_and_refuses_writable_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CredentialStore::new(dir.path().join("creds"));
+        assert!(store.load().unwrap().iter().next().is_none());
+        assert!(store.load_existing().is_err());
+        let mut e = Enrolments::default();
+        e.add("alice", cred(b"a", 1, false)).unwrap();
+        store.save(&e).unwrap();
+        assert_eq!(store.load_existing().unwrap(), e);
+        let mode = std::fs::metadata(store.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::set_permissions(store.path(), std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains("writable by group or others"), "{err}");
+        assert!(store.save(&e).is_err());
+    }
+
+    #[test]
+    fn counters_only_go_up_and_survive_a_new_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("creds");
+        let store = CredentialStore::new(&path);
+        assert_eq!(store.stored_count("alice", b"a").unwrap(), 0);
+        assert_eq!(store.check_and_commit("alice", b"a", 5).unwrap(), 0);
+        assert_eq!(store.stored_count("alice", b"a").unwrap(), 5);
+        for bad in [5, 4, 0] {
+            match store.check_and_commit("alice", b"a", bad) {
+                Err(CommitError::Rejected(Rejection::CounterNotIncreased {
+                    stored: 5,
+                    received,
+                })) => {
+                    assert_eq!(received, bad)
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert_eq!(store.check_and_commit("alice", b"a", 6).unwrap(), 5);
+        // Other credentials are independent.
+        assert_eq!(store.check_and_commit("bob", b"b", 1).unwrap(), 0);
+        // A key without a counter (always 0) is accepted and nothing is written for it.
+        assert_eq!(store.check_and_commit("carol", b"c", 0).unwrap(), 0);
+        assert_eq!(store.check_and_commit("carol", b"c", 0).unwrap(), 0);
+
+        // A new process (new store) reads the durable counts.
+        let again = CredentialStore::new(&path);
+        assert_eq!(again.stored_count("alice", b"a").unwrap(), 6);
+        assert_eq!(again.stored_count("bob", b"b").unwrap(), 1);
+        assert!(matches!(
+            again.check_and_commit("alice", b"a", 6),
+            Err(CommitError::Rejected(_))
+        ));
+
+        // Rolling the file back does not lower what this process has seen.
+        std::fs::write(again.counters_path(), "alice:YQ==:1\n").unwrap();
+        assert_eq!(again.stored_count("alice", b"a").unwrap(), 6);
+        assert_eq!(store.stored_count("alice", b"a").unwrap(), 6);
+
+        // A counters file others may write is refused: fail closed.
+        std::fs::set_permissions(
+            again.counters_path(),
+            std::fs::Permissions::from_mode(0o622),
+        )
+        .unwrap();
+        assert!(matches!(
+            again.check_and_commit("alice", b"a", 7),
+            Err(CommitError::Store(_))
+        ));
+    }
+
+    #[test]
+    fn a_garbled_counters_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CredentialStore::new(dir.path().join("creds"));
+        std::fs::write(store.counters_path(), "alice:YQ==:many\n").unwrap();
+        assert!(store.stored_count("alice", b"a").is_err());
+        assert!(matches!(
+            store.check_and_commit("alice", b"a", 1),
+            Err(CommitError::Store(_))
+        ));
+    }
+}

@@ -1,0 +1,193 @@
+//! Small file helpers shared by the enrolment file, the sign-count file and the
+//! software authenticator's key file: refuse files (and directories) that other
+//! users may write, and replace a file atomically and durably.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Group- and world-write bits.
+const OTHERS_WRITE: u32 = 0o022;
+/// The sticky bit: in a sticky directory only a file's owner may rename or delete it.
+const STICKY: u32 = 0o1000;
+
+/// Refuses `path` when its group or others may write it, and when its directory may be
+/// written by group or others without the sticky bit (they could swap the file).
+/// `Ok(false)` when the file does not exist.
+pub(crate) fn check_not_writable_by_others(path: &Path) -> io::Result<bool> {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    let mode = meta.mode();
+    if mode & OTHERS_WRITE != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is writable by group or others (mode {:o}); run `chmod go-w {}`",
+                path.display(),
+                mode & 0o7777,
+                path.display()
+            ),
+        ));
+    }
+    let dir = parent_dir(path);
+    let dmeta = fs::metadata(&dir)?;
+    let dmode = dmeta.mode();
+    if dmode & OTHERS_WRITE != 0 && dmode & STICKY == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the directory {} is writable by group or others (mode {:o}): they could replace {}",
+                dir.display(),
+                dmode & 0o7777,
+                path.display()
+            ),
+        ));
+    }
+    Ok(true)
+}
+
+/// Refuses `path` when group or others may read it (for secret key material).
+pub(crate) fn check_private(path: &Path) -> io::Result<()> {
+    let mode = fs::metadata(path)?.mode();
+    if mode & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} holds key material but is accessible to group or others (mode {:o}); run `chmod 600 {}`",
+                path.display(),
+                mode & 0o7777,
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a small text file, refusing anything larger than `max` bytes.
+pub(crate) fn read_small(path: &Path, max: u64) -> io::Result<String> {
+    let len = fs::metadata(path)?.len();
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is {len} bytes; more than the {max} expected",
+                path.display()
+            ),
+        ));
+    }
+    fs::read_to_string(path)
+}
+
+/// The directory holding `path` ("." for a bare file name).
+pub(crate) fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Replaces `path` with `contents` atomically and durably: write a new file (mode 0600)
+/// beside it, fsync it, rename it over `path`, fsync the directory. A crash leaves
+/// either the old or the new file, never a torn one.
+pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let dir = parent_dir(path);
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?
+        .to_string_lossy()
+        .into_owned();
+    let mut suffix = [0u8; 8];
+    getrandom::getrandom(&mut suffix).map_err(io::Error::other)?;
+    let hex: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = dir.join(format!(".{name}.tmp-{hex}"));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // create_new + mode is subject to the umask, which can only remove bits; make sure.
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_creates_0600_and_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        write_atomic(&p, b"one").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"one");
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        // No temp files left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert!(check_not_writable_by_others(&p).unwrap());
+        check_private(&p).unwrap();
+    }
+
+    #[test]
+    fn writable_by_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        write_atomic(&p, b"x").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o620)).unwrap();
+        let e = check_not_writable_by_others(&p).unwrap_err().to_string();
+        assert!(e.contains("writable by group or others"), "{e}");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o602)).unwrap();
+        assert!(check_not_writable_by_others(&p).is_err());
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(check_not_writable_by_others(&p).unwrap());
+        assert!(check_private(&p).is_err());
+    }
+
+    #[test]
+    fn a_directory_writable_by_others_is_refused_unless_sticky() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        write_atomic(&p, b"x").unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(check_not_writable_by_others(&p).is_err());
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(check_not_writable_by_others(&p).unwrap());
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    }
+
+    #[test]
+    fn missing_file_is_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!check_not_writable_by_others(&dir.path().join("nope")).unwrap());
+    }
+
+    #[test]
+    fn read_small_refuses_big_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        write_atomic(&p, &[b'a'; 100]).unwrap();
+        assert!(read_small(&p, 99).is_err());
+        assert_eq!(read_small(&p, 100).unwrap().len(), 100);
+    }
+}

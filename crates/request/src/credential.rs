@@ -1,0 +1,317 @@
+//! Taking the client's credential: `Authorization: Bearer <token>` (RFC 6750), or for
+//! browsers the session cookie, which must pass a CSRF check on state-changing requests.
+
+use chromecard_http::ApiError;
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "chromecard_session";
+/// Header a browser client must send with state-changing cookie requests. A cross-site
+/// page cannot add it without a CORS preflight, which k_proxy never grants.
+pub const CSRF_HEADER: &str = "x-chromecard-csrf";
+
+/// Where the token came from: the answer to a cookie request refreshes or clears the cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSource {
+    Bearer,
+    Cookie,
+}
+
+/// The token as the client presented it, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Credential<'a> {
+    pub token: &'a str,
+    pub source: CredentialSource,
+}
+
+/// The Bearer header if there is one, else the session cookie (CSRF-checked).
+pub fn take_credential<'a>(
+    headers: &'a HeaderMap,
+    method: &Method,
+) -> Result<Credential<'a>, ApiError> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return Ok(Credential {
+            token: bearer_token(headers)?,
+            source: CredentialSource::Bearer,
+        });
+    }
+    match session_cookie(headers)? {
+        Some(token) => {
+            check_csrf(headers, method)?;
+            Ok(Credential {
+                token,
+                source: CredentialSource::Cookie,
+            })
+        }
+        None => bearer_token(headers).map(|token| Credential {
+            token,
+            source: CredentialSource::Bearer,
+        }),
+    }
+}
+
+/// The session cookie's value, if sent. Two copies are refused: a sibling site may have
+/// planted one (cookie tossing), and we cannot tell which is ours.
+fn session_cookie(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let mut found = None;
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(value) = value.to_str() else { continue };
+        for pair in value.split(';') {
+            let Some((name, token)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            if name == SESSION_COOKIE {
+                if found.is_some() {
+                    return Err(ApiError::unauthorized(
+                        "malformed_cookie",
+                        "The session cookie was sent more than once; clear this site's cookies and log in again.",
+                    ));
+                }
+                found = Some(token);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Cookie-authenticated requests that change state must come from our own origin.
+fn check_csrf(headers: &HeaderMap, method: &Method) -> Result<(), ApiError> {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    let refuse = |why: &str| {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf_check_failed",
+            format!("A cookie-authenticated {method} request was refused: {why}."),
+        ))
+    };
+    if headers.get(CSRF_HEADER).is_none() {
+        return refuse("send the X-Chromecard-CSRF: 1 header with state-changing requests");
+    }
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if !matches!(site, "same-origin" | "none") {
+            return refuse("it came from another site");
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        let origin_host = origin
+            .to_str()
+            .ok()
+            .and_then(|origin| origin.split_once("://"))
+            .map(|(_, authority)| authority);
+        if host.is_none() || origin_host != host {
+            return refuse("its Origin is not this server");
+        }
+    }
+    Ok(())
+}
+
+/// `Set-Cookie` for a new token: a session cookie (no Expires), HttpOnly, SameSite=Strict,
+/// Path=/, and Secure when the client connection is TLS.
+pub fn set_session_cookie(token: &str, tls: bool) -> Option<HeaderValue> {
+    let secure = if tls { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}"
+    ))
+    .ok()
+}
+
+/// `Set-Cookie` that removes the session cookie.
+pub fn clear_session_cookie(tls: bool) -> HeaderValue {
+    let value = if tls {
+        "chromecard_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict; Secure"
+    } else {
+        "chromecard_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"
+    };
+    HeaderValue::from_static(value)
+}
+
+/// The token text as the client presented it. Syntax only: whether it is a live session
+/// is the session store's question.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = match (values.next(), values.next()) {
+        (None, _) => {
+            return Err(ApiError::unauthorized(
+                "missing_token",
+                "This endpoint needs a session: send Authorization: Bearer <session_token> from POST /session/login.",
+            ))
+        }
+        (Some(value), None) => value,
+        (Some(_), Some(_)) => return Err(malformed("more than one Authorization header was sent")),
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| malformed("the Authorization header is not ASCII"))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| malformed("expected \"Bearer <token>\""))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(malformed("only the Bearer scheme is accepted"));
+    }
+    let token = token.trim_start_matches(' ');
+    if !is_b64token(token) {
+        return Err(malformed(
+            "the bearer token is empty or has characters a token cannot have",
+        ));
+    }
+    Ok(token)
+}
+
+fn malformed(why: &str) -> ApiError {
+    ApiError::unauthorized(
+        "malformed_authorization",
+        format!("The Authorization header is malformed: {why}."),
+    )
+}
+
+/// RFC 6750's b64token: 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+fn is_b64token(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for value in values {
+            map.append(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    fn code(values: &[&str]) -> &'static str {
+        bearer_token(&headers(values)).unwrap_err().code
+    }
+
+    #[test]
+    fn takes_the_token() {
+        assert_eq!(
+            bearer_token(&headers(&["Bearer abc-DEF_123"])).unwrap(),
+            "abc-DEF_123"
+        );
+        assert_eq!(bearer_token(&headers(&["bearer abc"])).unwrap(), "abc");
+    }
+
+    fn with(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn cookie_is_accepted_for_reads_and_csrf_checked_for_writes() {
+        let cookie = ("cookie", "theme=dark; chromecard_session=abc");
+        let read = with(&[cookie]);
+        let credential = take_credential(&read, &Method::GET).unwrap();
+        assert_eq!(credential.token, "abc");
+        assert_eq!(credential.source, CredentialSource::Cookie);
+
+        let err = take_credential(&read, &Method::POST).unwrap_err();
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::FORBIDDEN, "csrf_check_failed")
+        );
+
+        let same_site = with(&[
+            cookie,
+            ("x-chromecard-csrf", "1"),
+            ("host", "127.0.0.1:8771"),
+            ("origin", "https://127.0.0.1:8771"),
+        ]);
+        assert!(take_credential(&same_site, &Method::POST).is_ok());
+
+        let cross_origin = with(&[
+            cookie,
+            ("x-chromecard-csrf", "1"),
+            ("host", "127.0.0.1:8771"),
+            ("origin", "https://evil.example"),
+        ]);
+        assert_eq!(
+            take_credential(&cross_origin, &Method::POST)
+                .unwrap_err()
+                .code,
+            "csrf_check_failed"
+        );
+
+        let cross_site = with(&[
+            cookie,
+            ("x-chromecard-csrf", "1"),
+            ("sec-fetch-site", "cross-site"),
+        ]);
+        assert_eq!(
+            take_credential(&cross_site, &Method::POST)
+                .unwrap_err()
+                .code,
+            "csrf_check_failed"
+        );
+    }
+
+    #[test]
+    fn bearer_wins_and_duplicate_cookies_are_refused() {
+        let both = with(&[
+            ("authorization", "Bearer tok"),
+            ("cookie", "chromecard_session=abc"),
+        ]);
+        let credential = take_credential(&both, &Method::POST).unwrap();
+        assert_eq!(
+            (credential.token, credential.source),
+            ("tok", CredentialSource::Bearer)
+        );
+        let twice = with(&[("cookie", "chromecard_session=a; chromecard_session=b")]);
+        assert_eq!(
+            take_credential(&twice, &Method::GET).unwrap_err().code,
+            "malformed_cookie"
+        );
+        assert_eq!(
+            take_credential(&HeaderMap::new(), &Method::GET)
+                .unwrap_err()
+                .code,
+            "missing_token"
+        );
+    }
+
+    #[test]
+    fn cookie_attributes_are_exact() {
+        assert_eq!(
+            set_session_cookie("abc", true).unwrap(),
+            "chromecard_session=abc; Path=/; HttpOnly; SameSite=Strict; Secure"
+        );
+        assert_eq!(
+            set_session_cookie("abc", false).unwrap(),
+            "chromecard_session=abc; Path=/; HttpOnly; SameSite=Strict"
+        );
+        assert!(clear_session_cookie(true)
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn tells_missing_from_malformed() {
+        assert_eq!(code(&[]), "missing_token");
+        for bad in [
+            "Basic YWxpY2U6eA==",
+            "Bearer",
+            "Bearer ",
+            "Bearer a b",
+            "Bearer a\"b",
+            "Token abc",
+            "Bearer ====",
+        ] {
+            assert_eq!(code(&[bad]), "malformed_authorization", "{bad:?}");
+        }
+        assert_eq!(code(&["Bearer a", "Bearer b"]), "malformed_authorization");
+    }
+}

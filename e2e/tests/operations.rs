@@ -1,0 +1,430 @@
+//! Operating k_proxy: login throttling, the waiting-login bound, /metrics on the admin
+//! listener, /readyz, the TLS version policy and certificate checks at start-up.
+
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use chromecard_e2e::*;
+
+fn scrape(port: u16) -> String {
+    let r = curl([format!("http://127.0.0.1:{port}/metrics")]);
+    assert_eq!(r.status, 200, "{}", r.ctx());
+    assert!(
+        r.header("content-type")
+            .unwrap_or("")
+            .starts_with("text/plain"),
+        "{}",
+        r.ctx()
+    );
+    r.body
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[test]
+fn refused_logins_ban_the_username_with_retry_after_but_not_other_users() {
+    let (_p, _port, c) = start_proxy_plain(
+        "http://127.0.0.1:9",
+        &[
+            "--gate",
+            "soft",
+            "--soft-behavior",
+            "no-key",
+            "--login-max-failures",
+            "2",
+            "--login-ban",
+            "60",
+        ],
+    );
+    c.login("mallory").expect_error(401, "no_key");
+    c.login("mallory").expect_error(401, "no_key");
+    let r = c.login("mallory");
+    r.expect_json_error(429, &["login_throttled"]);
+    let retry: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("429 must carry Retry-After{}", r.ctx()));
+    assert!((55..=60).contains(&retry), "{}", r.ctx());
+    // Another username is judged on its own record (the key is still absent: 401).
+    c.login("alice").expect_error(401, "no_key");
+}
+
+#[test]
+fn metrics_move_as_the_test_drives_them_and_readyz_follows_k_server() {
+    let (mut server, sport) = start_server_plain();
+    let admin = free_port();
+    let (_p, _port, c) = start_proxy_plain(
+        &format!("http://127.0.0.1:{sport}"),
+        &[
+            "--gate",
+            "soft",
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ],
+    );
+    let before = scrape(admin);
+    assert_eq!(
+        metric(&before, "chromecard_sessions_live"),
+        Some(0.0),
+        "{before}"
+    );
+
+    let tok = c.login_ok("alice");
+    c.counter_post(&tok).expect(200);
+    c.counter_post(&tok).expect(200);
+    c.req("GET", "/resource/nope", &[&Client::bearer(&tok)], &[])
+        .expect_json_error(404, &["not_found"]);
+    c.login("bad name").expect_error(400, "invalid_username");
+
+    let after = scrape(admin);
+    assert_eq!(
+        metric(&after, "chromecard_logins_total{outcome=\"ok\"}"),
+        Some(1.0),
+        "{after}"
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "chromecard_logins_total{outcome=\"invalid_username\"}"
+        ),
+        Some(1.0),
+        "{after}"
+    );
+    assert_eq!(
+        metric(&after, "chromecard_sessions_live"),
+        Some(1.0),
+        "{after}"
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "chromecard_forwarded_requests_total{status=\"200\"}"
+        ),
+        Some(2.0),
+        "{after}"
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "chromecard_forwarded_requests_total{status=\"404\"}"
+        ),
+        Some(1.0),
+        "{after}"
+    );
+    assert_eq!(
+        metric(&after, "chromecard_upstream_latency_seconds_count"),
+        Some(3.0),
+        "{after}"
+    );
+    assert_eq!(
+        metric(&after, "chromecard_gate_latency_seconds_count"),
+        Some(1.0),
+        "{after}"
+    );
+
+    // Readiness follows k_server; liveness does not.
+    let ready = c.req("GET", "/readyz", &[], &[]);
+    assert_eq!(ready.expect(200)["ready"], true, "{}", ready.ctx());
+    server.kill();
+    c.req("GET", "/readyz", &[], &[])
+        .expect_json_error(503, &["not_ready"]);
+    c.healthz().expect(200);
+    c.counter_post(&tok)
+        .expect_json_error(502, &["upstream_unavailable"]);
+    let down = scrape(admin);
+    assert_eq!(
+        metric(&down, "chromecard_forwarded_requests_total{status=\"502\"}"),
+        Some(1.0),
+        "{down}"
+    );
+    // Only /metrics lives on the admin listener.
+    let other = curl([format!("http://127.0.0.1:{admin}/session/login")]);
+    assert_eq!(other.status, 404, "{}", other.ctx());
+}
+
+#[test]
+fn waiting_logins_are_bounded() {
+    let (_p, _port, c) = start_proxy_plain(
+        "http://127.0.0.1:9",
+        &[
+            "--gate",
+            "soft",
+            "--soft-behavior",
+            "no-touch",
+            "--touch-timeout",
+            "3",
+            "--device-wait",
+            "5",
+            "--max-waiting-logins",
+            "1",
+        ],
+    );
+    let first = {
+        let c = c.clone();
+        thread::spawn(move || c.login("alice"))
+    };
+    thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let second = c.login("bob");
+    second.expect_json_error(503, &["login_queue_full"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a full queue answers at once, not after the device wait{}",
+        second.ctx()
+    );
+    first.join().unwrap().expect_error(401, "touch_timeout");
+}
+
+#[test]
+fn tls12_is_refused_unless_allowed() {
+    let certs = Certs::generate();
+    let tls_flags = |extra: &[&str]| {
+        let mut flags = vec![
+            "--gate".to_owned(),
+            "soft".to_owned(),
+            "--tls-certfile".to_owned(),
+            s(certs.proxy_crt()),
+            "--tls-keyfile".to_owned(),
+            s(certs.proxy_key()),
+        ];
+        flags.extend(extra.iter().map(|f| f.to_string()));
+        flags
+    };
+    for (extra, tls12_ok) in [(&[][..], false), (&["--allow-tls12"][..], true)] {
+        let port = free_port();
+        let _proxy = Spawn::k_proxy()
+            .args(["--port", &port.to_string(), "--proxy-token", PROXY_TOKEN])
+            .args(tls_flags(extra))
+            .start(port);
+        let url = format!("https://127.0.0.1:{port}/healthz");
+        let ca = s(certs.ca());
+        let tls13 = curl(["--cacert", ca.as_str(), url.as_str()]);
+        assert_eq!(tls13.status, 200, "{}", tls13.ctx());
+        let tls12 = curl(["--cacert", ca.as_str(), "--tls-max", "1.2", url.as_str()]);
+        if tls12_ok {
+            assert_eq!(
+                tls12.status,
+                200,
+                "--allow-tls12 must accept TLS 1.2{}",
+                tls12.ctx()
+            );
+        } else {
+            assert_eq!(
+                tls12.status,
+                0,
+                "TLS 1.2 must be refused by default{}",
+                tls12.ctx()
+            );
+        }
+    }
+}
+
+/// A certificate from the chain's CA whose validity ended in 2020.
+fn expired_certificate(certs: &Certs) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = certs.dir();
+    let sh = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "old.key",
+        "-out",
+        "old.csr",
+        "-subj",
+        "/CN=k_proxy",
+    ]);
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(dir.join("serial"), "01\n").unwrap();
+    std::fs::write(
+        dir.join("old-ca.cnf"),
+        "[ca]\ndefault_ca=c\n[c]\ndatabase=index.txt\nnew_certs_dir=.\nserial=serial\ndefault_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n",
+    )
+    .unwrap();
+    sh(&[
+        "ca",
+        "-batch",
+        "-config",
+        "old-ca.cnf",
+        "-cert",
+        "ca.crt",
+        "-keyfile",
+        "ca.key",
+        "-in",
+        "old.csr",
+        "-out",
+        "old.crt",
+        "-startdate",
+        "20200101000000Z",
+        "-enddate",
+        "20200201000000Z",
+        "-notext",
+    ]);
+    (dir.join("old.crt"), dir.join("old.key"))
+}
+
+#[test]
+fn an_expired_certificate_is_refused_at_start_up() {
+    require_tool("openssl", "version");
+    let certs = Certs::generate();
+    let (crt, key) = expired_certificate(&certs);
+    let port = free_port();
+    Spawn::k_proxy()
+        .args([
+            "--port",
+            &port.to_string(),
+            "--proxy-token",
+            PROXY_TOKEN,
+            "--gate",
+            "soft",
+            "--tls-certfile",
+            &s(&crt),
+            "--tls-keyfile",
+            &s(&key),
+        ])
+        .run_to_exit(Duration::from_secs(10))
+        .assert_refused(&["expired", "old.crt"]);
+}
+
+fn hangup(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    thread::sleep(Duration::from_millis(700));
+}
+
+#[test]
+fn sighup_reloads_the_proxy_token_and_certificates_keeping_sessions() {
+    let ours = Certs::generate();
+    let theirs = Certs::generate();
+    let (_server, sport) = start_server_tls(&ours);
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("proxy-token");
+    let listener_crt = dir.path().join("listener.crt");
+    let listener_key = dir.path().join("listener.key");
+    std::fs::write(&token_file, PROXY_TOKEN).unwrap();
+    std::fs::copy(ours.proxy_crt(), &listener_crt).unwrap();
+    std::fs::copy(ours.proxy_key(), &listener_key).unwrap();
+    let port = free_port();
+    let mut proxy = Spawn::k_proxy()
+        .args([
+            "--port",
+            &port.to_string(),
+            "--gate",
+            "soft",
+            "--server-base-url",
+            &format!("https://127.0.0.1:{sport}"),
+            "--server-ca-file",
+            &s(ours.ca()),
+            "--proxy-token-file",
+            &s(&token_file),
+            "--tls-certfile",
+            &s(&listener_crt),
+            "--tls-keyfile",
+            &s(&listener_key),
+            "--client-certfile",
+            &s(ours.proxy_crt()),
+            "--client-keyfile",
+            &s(ours.proxy_key()),
+        ])
+        .start(port);
+    let c = Client::tls(port, &ours.ca());
+    let tok = c.login_ok("alice");
+    c.counter_post(&tok).expect(200);
+
+    // A new (wrong) proxy token takes effect on SIGHUP: k_server now refuses k_proxy.
+    std::fs::write(&token_file, "a-rotated-token-k_server-does-not-know").unwrap();
+    hangup(proxy.pid());
+    c.counter_post(&tok)
+        .expect_json_error(502, &["upstream_rejected_proxy"]);
+    std::fs::write(&token_file, PROXY_TOKEN).unwrap();
+    hangup(proxy.pid());
+    c.counter_post(&tok).expect(200);
+
+    // A new listener certificate (from another CA) is served to new connections.
+    std::fs::copy(theirs.proxy_crt(), &listener_crt).unwrap();
+    std::fs::copy(theirs.proxy_key(), &listener_key).unwrap();
+    hangup(proxy.pid());
+    Client::tls(port, &theirs.ca())
+        .counter_post(&tok)
+        .expect(200);
+    assert_eq!(
+        c.healthz().status,
+        0,
+        "the old CA must no longer verify k_proxy"
+    );
+
+    // A broken reload changes nothing.
+    std::fs::write(&listener_crt, "not a certificate").unwrap();
+    hangup(proxy.pid());
+    Client::tls(port, &theirs.ca())
+        .counter_post(&tok)
+        .expect(200);
+    proxy.assert_running();
+    assert!(proxy.logs().contains("reload failed"), "{}", proxy.logs());
+}
+
+#[test]
+fn sigterm_cancels_a_login_waiting_for_a_touch_and_exits_zero() {
+    let (mut proxy, _port, c) = start_proxy_plain(
+        "http://127.0.0.1:9",
+        &[
+            "--gate",
+            "soft",
+            "--soft-behavior",
+            "no-touch",
+            "--touch-timeout",
+            "30",
+        ],
+    );
+    let waiting = {
+        let c = c.clone();
+        thread::spawn(move || c.login("alice"))
+    };
+    thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let answer = waiting.join().unwrap();
+    answer.expect_json_error(503, &["shutting_down"]);
+    let exit = loop {
+        if let Some(exit) = proxy.try_exited() {
+            break exit;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "k_proxy did not exit within 5 s of SIGTERM:\n{}",
+            proxy.logs()
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit:?}:\n{}", proxy.logs());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}

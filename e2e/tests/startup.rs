@@ -1,0 +1,312 @@
+//! Start-up: bad configurations are refused (non-zero exit, the flag named on stderr),
+//! and the defaults bind IPv4 loopback.
+
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use chromecard_e2e::*;
+
+const LIMIT: Duration = Duration::from_secs(5);
+
+fn port_s() -> String {
+    free_port().to_string()
+}
+
+#[test]
+fn k_server_refuses_certfile_without_keyfile() {
+    let certs = Certs::generate();
+    Spawn::k_server()
+        .args([
+            "--port",
+            &port_s(),
+            "--proxy-token",
+            PROXY_TOKEN,
+            "--tls-certfile",
+            &s(certs.server_crt()),
+        ])
+        .run_to_exit(LIMIT)
+        .assert_refused(&["--tls-keyfile"]);
+    Spawn::k_server()
+        .args([
+            "--port",
+            &port_s(),
+            "--proxy-token",
+            PROXY_TOKEN,
+            "--tls-keyfile",
+            &s(certs.server_key()),
+        ])
+        .run_to_exit(LIMIT)
+        .assert_refused(&["--tls-certfile"]);
+}
+
+#[test]
+fn k_server_refuses_tls_without_client_ca() {
+    let certs = Certs::generate();
+    let lonely = tempfile::tempdir().expect("tempdir");
+    let crt = lonely.path().join("k_server.crt");
+    let key = lonely.path().join("k_server.key");
+    fs::copy(certs.server_crt(), &crt).expect("copy");
+    fs::copy(certs.server_key(), &key).expect("copy");
+    Spawn::k_server()
+        .args([
+            "--port",
+            &port_s(),
+            "--proxy-token",
+            PROXY_TOKEN,
+            "--tls-certfile",
+            &s(&crt),
+            "--tls-keyfile",
+            &s(&key),
+        ])
+        .run_to_exit(LIMIT)
+        .assert_refused(&["--client-ca-file"]);
+    // With --client-ca-file it starts (positive control).
+    let port = free_port();
+    let mut p = Spawn::k_server()
+        .args([
+            "--port",
+            &port.to_string(),
+            "--proxy-token",
+            PROXY_TOKEN,
+            "--tls-certfile",
+            &s(&crt),
+            "--tls-keyfile",
+            &s(&key),
+            "--client-ca-file",
+            &s(certs.ca()),
+        ])
+        .start(port);
+    server_client_as_proxy(port, &certs).healthz().expect(200);
+    p.assert_running();
+}
+
+#[test]
+fn k_server_refuses_without_proxy_token() {
+    let e = Spawn::k_server()
+        .args(["--port", &port_s()])
+        .run_to_exit(LIMIT);
+    e.assert_refused(&["--proxy-token", "--proxy-token-file"]);
+    assert_eq!(
+        e.status.and_then(|s| s.code()),
+        Some(2),
+        "no proxy token source must exit 2\n{}",
+        e.stderr
+    );
+    // An empty token is no token.
+    Spawn::k_server()
+        .args(["--port", &port_s()])
+        .env("CHROMECARD_PROXY_TOKEN", "")
+        .run_to_exit(LIMIT)
+        .assert_refused(&["CHROMECARD_PROXY_TOKEN"]);
+}
+
+#[test]
+fn k_server_refuses_two_proxy_token_sources() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("token");
+    fs::write(&f, "file-token\n").expect("write");
+    Spawn::k_server()
+        .args([
+            "--port",
+            &port_s(),
+            "--proxy-token",
+            PROXY_TOKEN,
+            "--proxy-token-file",
+            &s(&f),
+        ])
+        .run_to_exit(LIMIT)
+        .assert_refused(&["--proxy-token"]);
+}
+
+#[test]
+fn k_server_reads_proxy_token_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("token");
+    fs::write(&f, "file-token\n").expect("write");
+    let port = free_port();
+    let _p = Spawn::k_server()
+        .args(["--port", &port.to_string(), "--proxy-token-file", &s(&f)])
+        .start(port);
+    let k = Client::plain(port);
+    let r = k.req(
+        "POST",
+        "/resource/counter",
+        &["X-Proxy-Token: file-token", "X-Chromecard-User: alice"],
+        &[],
+    );
+    assert_eq!(
+        counter_of(&r),
+        1,
+        "token from --proxy-token-file (trailing newline trimmed){}",
+        r.ctx()
+    );
+}
+
+#[test]
+fn k_proxy_refuses_bad_configurations() {
+    let certs = Certs::generate();
+    let base = |extra: &[&str]| {
+        Spawn::k_proxy()
+            .args([
+                "--port",
+                &port_s(),
+                "--proxy-token",
+                PROXY_TOKEN,
+                "--gate",
+                "soft",
+            ])
+            .args(extra)
+    };
+    let (crt, key) = (s(certs.proxy_crt()), s(certs.proxy_key()));
+    // Everything else right (client certificate given): only the CA is missing.
+    base(&[
+        "--server-base-url",
+        "https://127.0.0.1:9780",
+        "--tls-certfile",
+        &crt,
+        "--tls-keyfile",
+        &key,
+    ])
+    .run_to_exit(LIMIT)
+    .assert_refused(&["--server-ca-file"]);
+    base(&["--session-ttl", "0"])
+        .run_to_exit(LIMIT)
+        .assert_refused(&["--session-ttl"]);
+    base(&["--session-ttl=-5"])
+        .run_to_exit(LIMIT)
+        .assert_refused(&["--session-ttl"]);
+    base(&["--bogus-flag"])
+        .run_to_exit(LIMIT)
+        .assert_refused(&["--bogus-flag"]);
+    base(&["--gate", "bogus"])
+        .run_to_exit(LIMIT)
+        .assert_refused(&["--gate"]);
+    base(&["--tls-certfile", &s(certs.proxy_crt())])
+        .run_to_exit(LIMIT)
+        .assert_refused(&["--tls-keyfile"]);
+    let e = Spawn::k_proxy()
+        .args(["--port", &port_s(), "--gate", "soft"])
+        .run_to_exit(LIMIT);
+    e.assert_refused(&["--proxy-token", "--proxy-token-file"]);
+    assert_eq!(
+        e.status.and_then(|s| s.code()),
+        Some(2),
+        "no proxy token source must exit 2\n{}",
+        e.stderr
+    );
+}
+
+#[test]
+fn k_proxy_names_unreadable_server_ca_file() {
+    let certs = Certs::generate();
+    Spawn::k_proxy()
+        .args([
+            "--port",
+            &port_s(),
+            "--proxy-token",
+            PROXY_TOKEN,
+            "--gate",
+            "soft",
+            "--server-ca-file",
+            "/nonexistent/ca.crt",
+            "--server-base-url",
+            "https://127.0.0.1:9780",
+            "--tls-certfile",
+            &s(certs.proxy_crt()),
+            "--tls-keyfile",
+            &s(certs.proxy_key()),
+        ])
+        .run_to_exit(LIMIT)
+        .assert_refused(&["--server-ca-file", "/nonexistent/ca.crt"]);
+}
+
+#[test]
+fn k_server_names_unreadable_tls_files() {
+    let certs = Certs::generate();
+    Spawn::k_server()
+        .args([
+            "--port",
+            &port_s(),
+            "--proxy-token",
+            PROXY_TOKEN,
+            "--tls-certfile",
+            "/nonexistent/k_server.crt",
+            "--tls-keyfile",
+            &s(certs.server_key()),
+            "--client-ca-file",
+            &s(certs.ca()),
+        ])
+        .run_to_exit(LIMIT)
+        .assert_refused(&["--tls-certfile", "/nonexistent/k_server.crt"]);
+}
+
+#[test]
+fn k_server_refuses_unknown_flag() {
+    Spawn::k_server()
+        .args([
+            "--port",
+            &port_s(),
+            "--proxy-token",
+            PROXY_TOKEN,
+            "--bogus-flag",
+        ])
+        .run_to_exit(LIMIT)
+        .assert_refused(&["--bogus-flag"]);
+}
+
+/// Listening sockets on `port` as shown by `ss -ltnH`.
+fn listeners(port: u16) -> Vec<String> {
+    let ran = run(
+        Command::new("ss").args(["-ltnH"]),
+        None,
+        Duration::from_secs(10),
+    );
+    assert!(
+        ran.success(),
+        "ss -ltnH failed: {}\n{}",
+        ran.describe_status(),
+        ran.stderr
+    );
+    let suffix = format!(":{port}");
+    ran.stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .filter(|local| local.ends_with(&suffix))
+        .collect()
+}
+
+#[test]
+fn defaults_bind_ipv4_loopback_only() {
+    require_tool("ss", "-V");
+    let sport = free_port();
+    let mut server = Spawn::k_server()
+        .args(["--port", &sport.to_string(), "--proxy-token", PROXY_TOKEN])
+        .start(sport);
+    let pport = free_port();
+    let mut proxy = Spawn::k_proxy()
+        .args([
+            "--port",
+            &pport.to_string(),
+            "--proxy-token",
+            PROXY_TOKEN,
+            "--server-base-url",
+            &format!("http://127.0.0.1:{sport}"),
+            "--gate",
+            "soft",
+        ])
+        .start(pport);
+    for (name, port) in [("k_server", sport), ("k_proxy", pport)] {
+        let l = listeners(port);
+        assert_eq!(
+            l,
+            vec![format!("127.0.0.1:{port}")],
+            "{name} with the default --host must listen on 127.0.0.1:{port} only (not 0.0.0.0, not ::)"
+        );
+    }
+    Client::plain(pport).healthz().expect(200);
+    Client::plain(sport).healthz().expect(200);
+    assert_eq!(login_and_count(&Client::plain(pport)), 1);
+    server.assert_running();
+    proxy.assert_running();
+}

@@ -1,0 +1,154 @@
+//! Builds the gate from the flags: the authenticator (`--gate`), the level
+//! (`--gate-level`, default from `--credentials-file`), and the enrolment file.
+//! Every refusal names the flag and the fix. The level is logged loudly at start-up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use chromecard_gate::{
+    Authenticator, CredentialStore, Fido2Key, Gate, GateLevel, GateSettings, LevelConfig,
+    SoftAuthenticator, SoftBehavior,
+};
+
+use crate::args::{Args, GateKind};
+
+/// The authenticator the flags name. `purpose` is for the soft gate's warning.
+pub fn make_authenticator(args: &Args) -> anyhow::Result<Arc<dyn Authenticator>> {
+    match args.gate {
+        GateKind::Fido2 => {
+            if args.soft_key_file.is_some() {
+                tracing::warn!("--soft-key-file is ignored: --gate fido2 uses the real USB key");
+            }
+            Ok(Arc::new(Fido2Key::new(args.device.clone())))
+        }
+        GateKind::Soft => {
+            tracing::warn!("================================================================");
+            tracing::warn!("--gate soft: SOFTWARE AUTHENTICATOR. No USB key, no person: it");
+            tracing::warn!("answers and signs every request. For development and tests only;");
+            tracing::warn!("never deploy this.");
+            tracing::warn!("================================================================");
+            let auth = match &args.soft_key_file {
+                Some(path) => SoftAuthenticator::with_key_file(args.soft_behavior, path)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("--soft-key-file {}", path.display()))?,
+                None => SoftAuthenticator::new(args.soft_behavior),
+            };
+            if args.soft_behavior != SoftBehavior::Present {
+                tracing::warn!(behavior = %args.soft_behavior, "the software authenticator simulates a misbehaving key");
+            }
+            Ok(Arc::new(auth))
+        }
+    }
+}
+
+/// The time limits from the flags.
+pub fn settings(args: &Args) -> GateSettings {
+    GateSettings {
+        op_timeout: Duration::from_secs(args.touch_timeout),
+        device_wait: Duration::from_secs(args.device_wait),
+    }
+}
+
+/// The level the flags ask for: `--gate-level`, else assertion when an enrolment file
+/// is given, else presence (the prototype's check, so the runbook keeps working).
+pub fn level(args: &Args) -> GateLevel {
+    args.gate_level
+        .unwrap_or(if args.credentials_file.is_some() {
+            GateLevel::Assertion
+        } else {
+            GateLevel::Presence
+        })
+}
+
+/// The assertion-level configuration: the enrolment file (`must_exist` for serving).
+pub fn assertion_config(args: &Args, must_exist: bool) -> anyhow::Result<LevelConfig> {
+    let Some(path) = &args.credentials_file else {
+        bail!(
+            "--gate-level assertion needs --credentials-file PATH (the enrolment file; \
+             create it with `k_proxy enroll --username NAME --credentials-file PATH`)"
+        );
+    };
+    if args.rp_id.is_empty() || args.rp_id.len() > 253 {
+        bail!("--rp-id must be 1 to 253 characters");
+    }
+    let store = CredentialStore::new(path);
+    if must_exist {
+        let enrolments = store
+            .load_existing()
+            .with_context(|| format!("--credentials-file {}", path.display()))?;
+        let users = enrolments.iter().count();
+        let credentials: usize = enrolments.iter().map(|(_, c)| c.len()).sum();
+        tracing::info!(file = %path.display(), users, credentials, "enrolment file loaded (re-read at every login)");
+    } else {
+        store
+            .load()
+            .with_context(|| format!("--credentials-file {}", path.display()))?;
+    }
+    Ok(LevelConfig::Assertion {
+        rp_id: args.rp_id.clone(),
+        store: Arc::new(store),
+    })
+}
+
+/// The gate k_proxy serves with. Refuses configurations that could not log anyone in
+/// (assertion level without an enrolment file; a software key that dies with the process).
+pub fn make_gate(args: &Args) -> anyhow::Result<Gate> {
+    let level = level(args);
+    let config = match level {
+        GateLevel::Presence | GateLevel::Touch => {
+            if let Some(path) = &args.credentials_file {
+                tracing::warn!(file = %path.display(), %level, "--credentials-file is IGNORED at this gate level: no assertion is checked");
+            }
+            if level == GateLevel::Presence {
+                LevelConfig::Presence
+            } else {
+                LevelConfig::Touch
+            }
+        }
+        GateLevel::Assertion => {
+            let config = assertion_config(args, true)?;
+            if args.gate == GateKind::Soft && args.soft_key_file.is_none() {
+                bail!(
+                    "--gate soft at assertion level needs --soft-key-file PATH: the key that was \
+                     enrolled with `k_proxy enroll --gate soft --soft-key-file PATH` (an in-memory \
+                     software key holds no enrolled credential)"
+                );
+            }
+            config
+        }
+    };
+    let authenticator = make_authenticator(args)?;
+    let gate = Gate::with_level(authenticator, settings(args), config);
+    announce(&gate, args);
+    Ok(gate)
+}
+
+/// Says at start-up, loudly, what a login proves at this level.
+fn announce(gate: &Gate, args: &Args) {
+    let level = gate.level();
+    match level {
+        GateLevel::Presence => {
+            tracing::warn!("GATE LEVEL: PRESENCE. A login proves only that some FIDO2 key answered authenticatorGetInfo:");
+            tracing::warn!("  not that a person touched it, not which key it is, not which user. Any username passes.");
+            tracing::warn!(
+                "  For real logins enrol keys and start with --credentials-file (assertion level)."
+            );
+        }
+        GateLevel::Touch => {
+            tracing::warn!("GATE LEVEL: TOUCH. A login needs a touch on the key, but nothing signed proves it,");
+            tracing::warn!(
+                "  any key (or any USB device that claims to be one) passes, for any username."
+            );
+            tracing::warn!(
+                "  For real logins enrol keys and start with --credentials-file (assertion level)."
+            );
+        }
+        GateLevel::Assertion => {
+            tracing::info!(rp_id = %args.rp_id, "GATE LEVEL: ASSERTION. Each login needs the user's enrolled key to sign a fresh");
+            tracing::info!("  32-byte challenge after a touch; k_proxy verifies rpIdHash, UP (and UV where enrolled), the");
+            tracing::info!("  ES256/EdDSA signature with the enrolled public key, and a strictly increasing signCount.");
+        }
+    }
+    tracing::info!(gate = %gate.describe(), level = %level, "gate ready");
+}

@@ -1,0 +1,58 @@
+//! What k_proxy tells its operator on the opt-in admin listener (`--admin-listen`).
+
+use std::sync::Arc;
+
+use chromecard_metrics::{Histogram, LabeledCounter, Registry, LATENCY_BOUNDS, TOUCH_BOUNDS};
+use chromecard_session::SessionStore;
+
+pub struct ProxyMetrics {
+    registry: Registry,
+    /// Logins by outcome: "ok" or the error code the client got.
+    pub logins: Arc<LabeledCounter>,
+    /// Forwarded /resource requests by the status the client got.
+    pub forwarded: Arc<LabeledCounter>,
+    pub upstream_latency: Arc<Histogram>,
+    pub gate_latency: Arc<Histogram>,
+}
+
+impl ProxyMetrics {
+    pub fn new(sessions: Arc<SessionStore>) -> Self {
+        let mut registry = Registry::default();
+        let logins = registry.labeled_counter(
+            "chromecard_logins_total",
+            "Login attempts by outcome (ok, or the error code returned).",
+            "outcome",
+        );
+        registry.gauge(
+            "chromecard_sessions_live",
+            "Sessions currently held (ended ones until the next sweep).",
+            move || sessions.len() as f64,
+        );
+        let forwarded = registry.labeled_counter(
+            "chromecard_forwarded_requests_total",
+            "Requests to /resource/* by the HTTP status returned to the client.",
+            "status",
+        );
+        let upstream_latency = registry.histogram(
+            "chromecard_upstream_latency_seconds",
+            "Time from forwarding a request to k_server to having its whole answer.",
+            LATENCY_BOUNDS,
+        );
+        let gate_latency = registry.histogram(
+            "chromecard_gate_latency_seconds",
+            "Time one login spent at the gate (waiting for and using the key).",
+            TOUCH_BOUNDS,
+        );
+        Self {
+            registry,
+            logins,
+            forwarded,
+            upstream_latency,
+            gate_latency,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        self.registry.render()
+    }
+}
