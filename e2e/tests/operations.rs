@@ -147,6 +147,43 @@ fn metrics_move_as_the_test_drives_them_and_readyz_follows_k_server() {
 }
 
 #[test]
+fn a_client_that_hangs_up_during_the_touch_counts_as_a_refused_login() {
+    // No touch ever comes; each client gives up after 1 s, well before the 20 s touch
+    // timeout. Hanging up must not be a free way to keep the key blinking.
+    let (p, _port, c) = start_proxy_plain(
+        "http://127.0.0.1:9",
+        &[
+            "--gate",
+            "soft",
+            "--soft-behavior",
+            "no-touch",
+            "--touch-timeout",
+            "20",
+            "--login-max-failures",
+            "2",
+        ],
+    );
+    let body = json!({ "username": "mallory" }).to_string();
+    for _ in 0..2 {
+        let r = c.req(
+            "POST",
+            "/session/login",
+            &["Content-Type: application/json"],
+            &["--data-binary", &body, "--max-time", "1"],
+        );
+        assert_ne!(r.status, 200, "{}", r.ctx());
+        // The key operation is cancelled and the device freed before the next login.
+        thread::sleep(Duration::from_millis(500));
+    }
+    let started = Instant::now();
+    c.login("mallory")
+        .expect_json_error(429, &["login_throttled"]);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let logs = p.stderr();
+    assert_eq!(logs.matches("client_gone").count(), 2, "{logs}");
+}
+
+#[test]
 fn waiting_logins_are_bounded() {
     let (_p, _port, c) = start_proxy_plain(
         "http://127.0.0.1:9",

@@ -293,9 +293,16 @@ impl App {
         };
         let started = Instant::now();
         let mut stopping = self.stopping.clone();
+        let mut abandoned = AbandonedLogin {
+            throttle: &self.throttle,
+            username: &login.username,
+            peer: conn.peer,
+            armed: true,
+        };
         let checked = tokio::select! {
             checked = self.gate.check(&login.username) => checked,
             _ = stopping.wait_for(|stopping| *stopping) => {
+                abandoned.armed = false;
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "shutting_down",
@@ -303,6 +310,7 @@ impl App {
                 ));
             }
         };
+        abandoned.armed = false;
         self.metrics.gate_latency.observe(started.elapsed());
         if let Err(err) = checked {
             tracing::info!(event = "login_refused", user = %login.username, code = err.code(), peer = %conn.peer, "audit");
@@ -399,6 +407,28 @@ fn throttled(banned: &Banned) -> ApiError {
         ),
     )
     .with_retry_after(seconds)
+}
+
+/// Counts a login as refused when its client goes away while the gate runs (the request
+/// future is dropped and the key operation cancelled). Otherwise a client that hangs up
+/// just before each touch timeout could keep the key blinking without ever being banned.
+struct AbandonedLogin<'a> {
+    throttle: &'a LoginThrottle,
+    username: &'a str,
+    peer: std::net::SocketAddr,
+    armed: bool,
+}
+
+impl Drop for AbandonedLogin<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        tracing::info!(event = "login_refused", user = %self.username, code = "client_gone", peer = %self.peer, "audit");
+        if let Some(banned) = self.throttle.record_failure(self.username, self.peer.ip()) {
+            tracing::warn!(event = "login_ban", user = %self.username, banned = banned.scope, seconds = banned.retry_after.as_secs(), peer = %self.peer, "audit");
+        }
+    }
 }
 
 /// Counts a login among those waiting for the key while it lives.

@@ -168,7 +168,8 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub login_max_failures_per_address: u32,
 
-    /// Seconds over which refused logins are counted.
+    /// Seconds after which refused logins are forgotten: failures add up while each comes
+    /// within this long of the one before.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub login_window: u64,
 

@@ -32,7 +32,9 @@ pub fn make_authenticator(args: &Args) -> anyhow::Result<Arc<dyn Authenticator>>
                 Some(path) => SoftAuthenticator::with_key_file(args.soft_behavior, path)
                     .map_err(anyhow::Error::msg)
                     .with_context(|| format!("--soft-key-file {}", path.display()))?,
-                None => SoftAuthenticator::new(args.soft_behavior),
+                None => SoftAuthenticator::try_new(args.soft_behavior)
+                    .map_err(anyhow::Error::msg)
+                    .context("--gate soft")?,
             };
             if args.soft_behavior != SoftBehavior::Present {
                 tracing::warn!(behavior = %args.soft_behavior, "the software authenticator simulates a misbehaving key");

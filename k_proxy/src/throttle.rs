@@ -30,7 +30,10 @@ pub struct ThrottleSettings {
 
 #[derive(Debug, Clone, Copy)]
 struct Record {
-    window_start: Instant,
+    /// Failures count up while each comes within `window` of the one before. A window
+    /// fixed at the first failure would never fill: key operations run one at a time and
+    /// a timeout takes --touch-timeout (30 s), so 4 fit in 120 s and the 5th starts anew.
+    last_failure: Instant,
     failures: u32,
     banned_until: Option<Instant>,
 }
@@ -113,7 +116,7 @@ impl LoginThrottle {
         let settings = self.settings;
         let live = |r: &Record| {
             r.banned_until.is_some_and(|until| until > now)
-                || now < r.window_start + settings.window
+                || now < r.last_failure + settings.window
         };
         self.users.retain(|_, r| live(r));
         self.addresses.retain(|_, r| live(r));
@@ -132,19 +135,18 @@ fn count<K: std::hash::Hash + Eq>(
         return None;
     }
     let mut record = map.entry(key).or_insert(Record {
-        window_start: now,
+        last_failure: now,
         failures: 0,
         banned_until: None,
     });
-    if now >= record.window_start + settings.window {
-        record.window_start = now;
+    if now >= record.last_failure + settings.window {
         record.failures = 0;
     }
+    record.last_failure = now;
     record.failures += 1;
     if record.failures >= max {
         record.banned_until = Some(now + settings.ban);
         record.failures = 0;
-        record.window_start = now;
         return Some(settings.ban);
     }
     None
@@ -201,6 +203,19 @@ mod tests {
         clock.advance(Duration::from_secs(121));
         assert!(throttle.record_failure("bob", HOME).is_none());
         assert!(throttle.check("bob", HOME).is_ok());
+    }
+
+    #[test]
+    fn failures_a_touch_timeout_apart_add_up_to_a_ban() {
+        // One key, one operation at a time: an attacker who lets each login time out
+        // can fail only every 30 s. Those failures must still reach the limit.
+        let (throttle, clock) = throttle();
+        assert!(throttle.record_failure("mallory", HOME).is_none());
+        clock.advance(Duration::from_secs(100));
+        assert!(throttle.record_failure("mallory", HOME).is_none());
+        clock.advance(Duration::from_secs(100));
+        assert!(throttle.record_failure("mallory", HOME).is_some());
+        assert!(throttle.check("mallory", HOME).is_err());
     }
 
     #[test]

@@ -165,8 +165,16 @@ pub(crate) fn enrol(
     if now.credentials_of(username).iter().any(|c| c.id == cred.id) {
         return Err(GateError::AlreadyEnrolled);
     }
+    let id = cred.id.clone();
     now.add(username, cred).map_err(storage)?;
     store.save(&now).map_err(storage)?;
+    // The count at creation is the floor for the first login (WebAuthn stores it at
+    // registration), so a clone made from this credential cannot start below it.
+    if new.sign_count > 0 {
+        store
+            .check_and_commit(username, &id, new.sign_count)
+            .map_err(|e| storage(format!("enrolled, but the sign count was not stored: {e}")))?;
+    }
     Ok(enrolled)
 }
 

@@ -227,7 +227,16 @@ fn open(chosen: Candidate, cancel: &CancelSignal) -> Result<Opened, GateError> {
 
 /// Runs `f` on `key`; meanwhile a watcher thread sends CTAPHID_CANCEL if `cancel`
 /// fires before `f` returns (see the module documentation).
-fn with_cancel<T>(opened: &Opened, cancel: &CancelSignal, f: impl FnOnce(&FidoKeyHid) -> T) -> T {
+///
+/// A key ignores a CTAPHID_CANCEL that arrives before the request it should cancel, so
+/// the watcher repeats it every [`WATCH_PERIOD`] until `f` returns; and `f` is not
+/// started at all when `cancel` has already fired (a deadline or a disconnect during
+/// `open` or GetInfo), or the key would wait for a touch with nobody left to stop it.
+fn with_cancel<T>(
+    opened: &Opened,
+    cancel: &CancelSignal,
+    f: impl FnOnce(&FidoKeyHid) -> T,
+) -> Result<T, GateError> {
     let done = CancelSignal::new();
     let watcher = {
         let key = Arc::clone(&opened.key);
@@ -244,13 +253,19 @@ fn with_cancel<T>(opened: &Opened, cancel: &CancelSignal, f: impl FnOnce(&FidoKe
                         break;
                     }
                 }
-                if done.is_cancelled() {
-                    return;
-                }
-                match guarded("CTAPHID_CANCEL", || key.cancel_selection()) {
-                    Ok(Ok(())) => tracing::info!(device = %label, "sent CTAPHID_CANCEL to the key"),
-                    Ok(Err(e)) => tracing::warn!(device = %label, error = %format!("{e:#}"), "CTAPHID_CANCEL failed"),
-                    Err(e) => tracing::warn!(device = %label, error = %e, "CTAPHID_CANCEL failed"),
+                let mut sent = 0u32;
+                while !done.is_cancelled() {
+                    let outcome = guarded("CTAPHID_CANCEL", || key.cancel_selection());
+                    sent += 1;
+                    match outcome {
+                        Ok(Ok(())) if sent == 1 => {
+                            tracing::info!(device = %label, "sent CTAPHID_CANCEL to the key")
+                        }
+                        Ok(Ok(())) => tracing::debug!(device = %label, sent, "repeated CTAPHID_CANCEL"),
+                        Ok(Err(e)) => tracing::warn!(device = %label, error = %format!("{e:#}"), "CTAPHID_CANCEL failed"),
+                        Err(e) => tracing::warn!(device = %label, error = %e, "CTAPHID_CANCEL failed"),
+                    }
+                    done.wait_timeout(WATCH_PERIOD);
                 }
             })
     };
@@ -265,7 +280,10 @@ fn with_cancel<T>(opened: &Opened, cancel: &CancelSignal, f: impl FnOnce(&FidoKe
         }
     }
     let _done = Done(done);
-    f(&opened.key)
+    if cancel.is_cancelled() {
+        return Err(GateError::Cancelled);
+    }
+    Ok(f(&opened.key))
 }
 
 fn get_info_versions(opened: &Opened) -> Result<Vec<String>, GateError> {
@@ -378,7 +396,7 @@ impl Authenticator for Fido2Key {
         if has_selection {
             guarded("authenticatorSelection", || {
                 with_cancel(&opened, cancel, |k| k.selection())
-            })?
+            })??
             .map_err(|e| ctap_error(&opened.label, "authenticatorSelection", &e))?;
             return Ok(Presence {
                 device: format!(
@@ -393,7 +411,7 @@ impl Authenticator for Fido2Key {
             .build();
         let att = guarded("makeCredential (touch check)", || {
             with_cancel(&opened, cancel, |k| k.make_credential_with_args(&args))
-        })?
+        })??
         .map_err(|e| ctap_error(&opened.label, "makeCredential (touch check)", &e))?;
         let parsed = parse_auth_data(&att.auth_data).map_err(|r| GateError::Device {
             detail: format!("{}: touch check: {r}", opened.label),
@@ -434,7 +452,7 @@ impl Authenticator for Fido2Key {
         }
         let att = guarded("authenticatorMakeCredential", || {
             with_cancel(&opened, cancel, |k| k.make_credential_with_args(&args))
-        })?
+        })??
         .map_err(|e| ctap_error(&opened.label, "authenticatorMakeCredential", &e))?;
         Ok(MadeCredential {
             auth_data: att.auth_data,
@@ -459,7 +477,7 @@ impl Authenticator for Fido2Key {
         }
         let mut answers = guarded("authenticatorGetAssertion", || {
             with_cancel(&opened, cancel, |k| k.get_assertion_with_args(&args))
-        })?
+        })??
         .map_err(|e| ctap_error(&opened.label, "authenticatorGetAssertion", &e))?;
         if answers.is_empty() {
             return Err(GateError::Device {

@@ -12,35 +12,24 @@ const OTHERS_WRITE: u32 = 0o022;
 /// The sticky bit: in a sticky directory only a file's owner may rename or delete it.
 const STICKY: u32 = 0o1000;
 
-/// Refuses `path` when its group or others may write it, and when its directory may be
-/// written by group or others without the sticky bit (they could swap the file).
-/// `Ok(false)` when the file does not exist.
+/// Refuses `path` when its group or others may write it, when another user (not this
+/// process's effective user, not root) owns it, and when its directory may be written by
+/// group or others without the sticky bit (they could swap the file) or belongs to
+/// another user. The directory is checked even when the file does not exist yet, since
+/// whoever controls the directory decides what appears there. `Ok(false)` when the file
+/// does not exist.
+///
+/// The owner check matters in a sticky directory such as /tmp: nobody else can replace
+/// our file there, but they can create it first, with a mode that passes the write-bit
+/// check and contents of their choosing.
 pub(crate) fn check_not_writable_by_others(path: &Path) -> io::Result<bool> {
-    let meta = match fs::metadata(path) {
+    let dir = parent_dir(path);
+    let dmeta = match fs::metadata(&dir) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is not a regular file", path.display()),
-        ));
-    }
-    let mode = meta.mode();
-    if mode & OTHERS_WRITE != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "{} is writable by group or others (mode {:o}); run `chmod go-w {}`",
-                path.display(),
-                mode & 0o7777,
-                path.display()
-            ),
-        ));
-    }
-    let dir = parent_dir(path);
-    let dmeta = fs::metadata(&dir)?;
+    check_owner(&dir, &dmeta, "the directory ")?;
     let dmode = dmeta.mode();
     if dmode & OTHERS_WRITE != 0 && dmode & STICKY == 0 {
         return Err(io::Error::new(
@@ -53,7 +42,49 @@ pub(crate) fn check_not_writable_by_others(path: &Path) -> io::Result<bool> {
             ),
         ));
     }
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    check_owner(path, &meta, "")?;
+    let mode = meta.mode();
+    if mode & OTHERS_WRITE != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is writable by group or others (mode {:o}); run `chmod go-w {}`",
+                path.display(),
+                mode & 0o7777,
+                path.display()
+            ),
+        ));
+    }
     Ok(true)
+}
+
+/// Refuses `path` unless this process's effective user or root owns it.
+fn check_owner(path: &Path, meta: &fs::Metadata, what: &str) -> io::Result<()> {
+    let me = rustix::process::geteuid().as_raw();
+    let owner = meta.uid();
+    if owner == me || owner == 0 {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "{what}{} belongs to uid {owner}, not to this user (uid {me}) or root: another user could have put it there; \
+             check it, then `chown {me} {}`",
+            path.display(),
+            path.display()
+        ),
+    ))
 }
 
 /// Refuses `path` when group or others may read it (for secret key material).
@@ -173,6 +204,41 @@ mod tests {
         assert!(check_not_writable_by_others(&p).is_err());
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
         assert!(check_not_writable_by_others(&p).unwrap());
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    }
+
+    #[test]
+    fn a_file_or_directory_of_another_user_is_refused() {
+        if rustix::process::geteuid().as_raw() != 0 {
+            eprintln!("skipped: only root can give a file to another user here");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        write_atomic(&p, b"x").unwrap();
+        // uid 65534 (nobody) is neither this process's user (root) nor root.
+        std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
+        let e = check_not_writable_by_others(&p).unwrap_err().to_string();
+        assert!(e.contains("belongs to uid 65534"), "{e}");
+        std::os::unix::fs::chown(&p, Some(0), None).unwrap();
+        assert!(check_not_writable_by_others(&p).unwrap());
+        std::os::unix::fs::chown(dir.path(), Some(65534), None).unwrap();
+        let e = check_not_writable_by_others(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("the directory") && e.contains("belongs to uid 65534"),
+            "{e}"
+        );
+        // Even before the file exists.
+        let e = check_not_writable_by_others(&dir.path().join("new")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        std::os::unix::fs::chown(dir.path(), Some(0), None).unwrap();
+    }
+
+    #[test]
+    fn a_missing_file_in_a_directory_others_may_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(check_not_writable_by_others(&dir.path().join("new")).is_err());
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
     }
 

@@ -510,6 +510,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_count_at_enrolment_is_stored_as_the_floor_for_the_first_login() {
+        let s = setup();
+        enrol(&s, "alice").await;
+        // Advance the soft key's global counter, then enrol bob: his credential is born
+        // at that count, and a clone of it must not be able to start below it.
+        let gate = assertion_gate(&s, SoftBehavior::Present, 5000);
+        let p = gate.check("alice").await.unwrap();
+        let born_at = p.sign_count.expect("a count");
+        assert!(born_at > 0);
+        enrol(&s, "bob").await;
+        let bob = s.store.load().unwrap().credentials_of("bob")[0].id.clone();
+        assert_eq!(s.store.stored_count("bob", &bob).unwrap(), born_at);
+        let cloned = assertion_gate(&s, SoftBehavior::ClonedCounter, 5000);
+        assert_eq!(
+            cloned.check("bob").await.unwrap_err().code(),
+            "counter_not_increased"
+        );
+        assert!(gate.check("bob").await.unwrap().sign_count.unwrap() > born_at);
+    }
+
+    #[tokio::test]
     async fn each_refusal_has_its_code() {
         let s = setup();
         enrol(&s, "alice").await;

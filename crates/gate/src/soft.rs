@@ -200,19 +200,27 @@ pub struct SoftAuthenticator {
 
 impl SoftAuthenticator {
     /// A software authenticator with a random in-memory key.
+    ///
+    /// # Panics
+    /// When the OS CSPRNG cannot be read; [`SoftAuthenticator::try_new`] reports it.
     pub fn new(behavior: SoftBehavior) -> Self {
+        Self::try_new(behavior).expect("the OS random number generator failed")
+    }
+
+    /// A software authenticator with a random in-memory key, or why the OS CSPRNG
+    /// could not give one (never a fixed fallback key).
+    pub fn try_new(behavior: SoftBehavior) -> Result<Self, String> {
         let mut master = [0u8; 32];
-        // The OS CSPRNG failing is not something a test key can recover from sensibly;
-        // fall back to a fixed key rather than panic (this authenticator proves nothing anyway).
-        let _ = getrandom::getrandom(&mut master);
-        Self::from_state(
+        getrandom::getrandom(&mut master)
+            .map_err(|e| format!("cannot read the OS random number generator: {e}"))?;
+        Ok(Self::from_state(
             behavior,
             KeyState {
                 master,
                 counter: 0,
                 file: None,
             },
-        )
+        ))
     }
 
     /// A software authenticator whose key lives in `path`: loaded if the file exists
