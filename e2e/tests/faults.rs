@@ -1010,3 +1010,59 @@ fn sigterm_does_not_wait_for_connections_without_a_request() {
     drop((fresh, partial, kept, no_hello));
     let _ = wait_exit(&mut s_client, Duration::from_secs(2));
 }
+
+// ---------------------------------------------------------------------------
+// Clients that never read their answers
+// ---------------------------------------------------------------------------
+
+/// Pipelines `GET /healthz` on a new connection and never reads; returns how long the
+/// writes went on before k_proxy closed the connection (None: still open at `give_up`).
+fn pipeline_without_reading(port: u16, give_up: Duration) -> Option<Duration> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    let batch = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(256);
+    let started = Instant::now();
+    while started.elapsed() < give_up {
+        match s.write_all(batch.as_bytes()) {
+            Ok(()) => {}
+            // Our send buffer is full because k_proxy stopped reading: keep waiting.
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            // Reset or broken pipe: k_proxy closed the connection.
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
+
+#[test]
+fn clients_that_never_read_are_closed_at_the_write_bound_and_free_their_slots() {
+    let dead = free_port();
+    let (_proxy, port, c) = start_proxy_plain(
+        &format!("http://127.0.0.1:{dead}"),
+        &[
+            "--gate",
+            "soft",
+            "--max-connections",
+            "2",
+            "--write-timeout",
+            "2",
+        ],
+    );
+    // Both slots taken by clients that pipeline requests and read nothing.
+    let hogs: Vec<_> = (0..2)
+        .map(|_| thread::spawn(move || pipeline_without_reading(port, Duration::from_secs(30))))
+        .collect();
+    for hog in hogs {
+        let closed_after = hog.join().unwrap();
+        let closed_after = closed_after
+            .expect("a client that never reads must be disconnected, not held for ever");
+        // Filling the socket buffers takes a moment; then the 2 s bound applies.
+        assert!(
+            closed_after < Duration::from_secs(20),
+            "closed only after {closed_after:?}"
+        );
+    }
+    // Their slots are free again: a normal client is served.
+    let r = c.healthz();
+    assert_eq!(r.status, 200, "{}", r.ctx());
+}

@@ -190,6 +190,11 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_read_timeout: u64,
 
+    /// Seconds a write to a client may make no progress (a client that stops reading its
+    /// answers) before the connection is closed.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub write_timeout: u64,
+
     /// Largest request head (all header lines) in bytes; larger gets 431. At most 100 fields.
     #[arg(long, value_name = "BYTES", default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(1024..=1_048_576))]
     pub max_header_bytes: u64,

@@ -63,6 +63,11 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_read_timeout: u64,
 
+    /// Seconds a write to a client may make no progress (a client that stops reading its
+    /// answers) before the connection is closed.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub write_timeout: u64,
+
     /// Connections served at once; more are closed at accept.
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,

@@ -8,8 +8,10 @@ mod error;
 mod limits;
 mod serve;
 mod telemetry;
+mod write_stall;
 
 pub use error::{json_response, ApiError, Fault, HttpResponse};
 pub use limits::{body_too_large, check_header_limits, read_body_limited, HeaderLimits};
 pub use serve::{serve, shutdown_signal, ConnInfo, ReloadableTls, ServeSettings};
 pub use telemetry::{describe_error, init_tracing};
+pub use write_stall::WriteStallLimit;

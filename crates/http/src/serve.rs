@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::HttpResponse;
+use crate::{HttpResponse, WriteStallLimit};
 
 /// What a handler may know about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -36,6 +36,9 @@ pub struct ServeSettings {
     /// Time allowed for a client to send a complete request head (slowloris bound); also
     /// how long an idle keep-alive connection waits for its next request.
     pub header_read_timeout: Duration,
+    /// Time a write to the client may make no progress (a client that stops reading)
+    /// before the connection is closed.
+    pub write_stall_timeout: Duration,
     /// Time allowed for the TLS handshake.
     pub tls_handshake_timeout: Duration,
     /// Connections served at once; beyond it new connections are closed at accept.
@@ -60,6 +63,7 @@ impl Default for ServeSettings {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
+            write_stall_timeout: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
             max_connections: 1024,
             drain_timeout: Duration::from_secs(10),
@@ -147,6 +151,7 @@ pub async fn serve<H, F, T>(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let stream = WriteStallLimit::new(stream, settings.write_stall_timeout);
         let watcher = graceful.watcher();
         let mut stopping = stopping.clone();
         let http = http.clone();
