@@ -20,6 +20,9 @@ use rustls::pki_types::ServerName;
 /// k_server's answers are small JSON; a larger one is a fault, not something to relay.
 const MAX_UPSTREAM_BODY: usize = 1024 * 1024;
 
+/// How long an idle pooled connection to k_server is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct UpstreamSettings {
     pub base: Uri,
     /// None: plain HTTP on loopback (same-VM quickstart).
@@ -81,7 +84,11 @@ impl Upstream {
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Below k_server's keep-alive wait (its --header-read-timeout, 10 s by
+            // default): a pooled connection that k_server is about to close would turn
+            // the next request into a 502 the client cannot retry safely (an increment
+            // may or may not have happened).
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(256)
             .build(connector);
         let proxy_token = HeaderValue::from_str(settings.proxy_token.header_value())?;
