@@ -180,15 +180,21 @@ impl PublicKey {
         }
     }
 
-    /// Parses the stored form (see [`PublicKey::to_raw`]); nothing else is accepted
-    /// (no compressed points).
+    /// Parses the stored form (see [`PublicKey::to_raw`]). ES256 also takes the bare
+    /// 64-byte `x || y` that pamu2fcfg writes; nothing else (no compressed points).
     pub fn from_raw(kind: KeyKind, raw: &[u8]) -> Result<Self, Rejection> {
         match kind {
             KeyKind::Es256 => {
-                if raw.len() != 65 || raw[0] != 0x04 {
-                    return Err(Rejection::BadPublicKey);
+                let mut point = [0u8; 65];
+                match raw.len() {
+                    65 if raw[0] == 0x04 => point.copy_from_slice(raw),
+                    64 => {
+                        point[0] = 0x04;
+                        point[1..].copy_from_slice(raw);
+                    }
+                    _ => return Err(Rejection::BadPublicKey),
                 }
-                p256::ecdsa::VerifyingKey::from_sec1_bytes(raw)
+                p256::ecdsa::VerifyingKey::from_sec1_bytes(&point)
                     .map(PublicKey::Es256)
                     .map_err(|_| Rejection::BadPublicKey)
             }

@@ -308,13 +308,11 @@ impl SessionStore {
     }
 
     /// Issues a new session. The token text is returned once and never kept.
+    ///
+    /// Everything that can refuse (no randomness, a full store, the session file) comes
+    /// before the user's older sessions are superseded, so a refused login ends nothing.
     pub fn create(&self, request: NewSession) -> Result<Issued, SessionError> {
         let now = self.clock.now();
-        let superseded = if request.supersede_others {
-            self.end_user_sessions(&request.username, None, EndReason::Superseded, now)
-        } else {
-            Vec::new()
-        };
         // A full store first makes room from the expired before refusing.
         if self.sessions.len() >= self.settings.max_sessions {
             self.sweep();
@@ -335,6 +333,11 @@ impl SessionStore {
             last_seen_offset: AtomicU64::new(0),
         });
         self.persist_save(&hash, &record)?;
+        let superseded = if request.supersede_others {
+            self.end_user_sessions(&request.username, None, EndReason::Superseded, now)
+        } else {
+            Vec::new()
+        };
         let session = view(&record, now);
         self.insert(hash, record);
         Ok(Issued {
@@ -360,16 +363,18 @@ impl SessionStore {
         let now = self.clock.now();
         let record = self.live_record(&old, now)?;
         let token = SessionToken::generate()?;
+        record.touch(now);
+        // The successor is on disk before the old token dies: if saving fails, the
+        // client keeps a working token instead of two dead ones.
+        self.persist_save(&token.hash(), &record)?;
         // Only the caller that removes the old token may mint its successor.
         if self.sessions.remove(&old).is_none() {
+            self.persist_delete(&[token.hash()]);
             return Err(self.why_not_live(&old));
         }
         self.unindex(&record.username, &old);
         self.bury(old, EndReason::Superseded, record.expires, now);
-        record.touch(now);
-        let saved = self.persist_save(&token.hash(), &record);
         self.persist_delete(&[old]);
-        saved?;
         let session = view(&record, now);
         self.insert(token.hash(), record);
         Ok(Issued {
@@ -875,6 +880,21 @@ mod tests {
         assert_eq!(full.map(|_| ()), Err(SessionError::Full(2)));
         clock.advance(secs(11));
         login(&store, "c");
+    }
+
+    #[test]
+    fn a_login_refused_for_a_full_store_supersedes_nothing() {
+        let (store, _) = store_with(None, 2);
+        let a = login(&store, "a");
+        login(&store, "b");
+        let refused = store.create(NewSession {
+            username: "a".into(),
+            supersede_others: true,
+            ..NewSession::default()
+        });
+        assert_eq!(refused.map(|_| ()), Err(SessionError::Full(2)));
+        // a's session lives on: the refused login changed nothing.
+        assert!(store.validate(a.token.expose()).is_ok());
     }
 
     #[test]

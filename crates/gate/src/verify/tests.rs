@@ -569,6 +569,12 @@ fn cose_keys_are_parsed_strictly() {
     off[64] ^= 1;
     assert!(PublicKey::from_raw(KeyKind::Es256, &off).is_err());
     assert!(PublicKey::from_raw(KeyKind::EdDsa, &raw).is_err());
+    // pamu2fcfg's form, x || y without the 0x04 tag, is the same key; 63 bytes is not.
+    assert!(PublicKey::from_raw(KeyKind::Es256, &raw[1..]).unwrap() == pk);
+    assert!(PublicKey::from_raw(KeyKind::Es256, &raw[2..]).is_err());
+    let mut off64 = raw[1..].to_vec();
+    off64[63] ^= 1;
+    assert!(PublicKey::from_raw(KeyKind::Es256, &off64).is_err());
 }
 
 #[test]
