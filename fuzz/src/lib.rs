@@ -356,7 +356,11 @@ pub fn cose_key(data: &[u8]) {
                 (KeyKind::Es256, 64) => [&[0x04][..], data].concat(),
                 _ => data.to_vec(),
             };
-            assert_eq!(k.to_raw(), canonical, "from_raw accepted a non-canonical form");
+            assert_eq!(
+                k.to_raw(),
+                canonical,
+                "from_raw accepted a non-canonical form"
+            );
             assert_eq!(PublicKey::from_cose(&k.to_cose()).as_ref(), Ok(&k));
         }
     }
