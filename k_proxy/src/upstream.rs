@@ -268,9 +268,10 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        // Bytes, not `to_str`: one non-ASCII byte in the value must not make us skip the
+        // whole list and forward the headers it names.
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
         .collect()
 }
 
@@ -345,6 +346,20 @@ mod tests {
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(forwarded.contains_key("accept"));
         assert!(forwarded.contains_key("content-type"));
+    }
+
+    #[test]
+    fn headers_named_in_connection_are_dropped_even_beside_non_ascii_bytes() {
+        let mut client = HeaderMap::new();
+        client.append(
+            "connection",
+            HeaderValue::from_bytes(b"x-hop, \x80junk").unwrap(),
+        );
+        client.append("x-hop", HeaderValue::from_static("v"));
+        client.append("accept", HeaderValue::from_static("*/*"));
+        let forwarded = rewrite_request_headers(&client);
+        assert!(!forwarded.contains_key("x-hop"), "{forwarded:?}");
+        assert!(forwarded.contains_key("accept"));
     }
 
     #[test]
