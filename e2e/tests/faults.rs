@@ -1066,3 +1066,44 @@ fn clients_that_never_read_are_closed_at_the_write_bound_and_free_their_slots() 
     let r = c.healthz();
     assert_eq!(r.status, 200, "{}", r.ctx());
 }
+
+// ---------------------------------------------------------------------------
+// A k_server port that accepts but never completes the TLS handshake
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_tls_handshake_that_never_completes_is_502_at_the_connect_bound() {
+    let certs = Certs::generate();
+    // The kernel completes the TCP handshake from the backlog; nobody ever reads the
+    // ClientHello.
+    let black_hole = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = black_hole.local_addr().unwrap().port();
+    let (_proxy, _pport, c) = start_proxy_plain(
+        &format!("https://127.0.0.1:{port}"),
+        &[
+            "--gate",
+            "soft",
+            "--server-ca-file",
+            &s(certs.ca()),
+            "--client-certfile",
+            &s(certs.proxy_crt()),
+            "--client-keyfile",
+            &s(certs.proxy_key()),
+            "--upstream-connect-timeout",
+            "1",
+            "--upstream-timeout",
+            "10",
+        ],
+    );
+    let tok = c.login_ok("alice");
+    let r = c.counter_get(&tok);
+    r.expect_json_error(502, &["upstream_unavailable"]);
+    assert!(
+        r.elapsed < Duration::from_secs(4),
+        "a stalled handshake must be cut at --upstream-connect-timeout (1 s), not wait for \
+         --upstream-timeout (10 s): {:?}{}",
+        r.elapsed,
+        r.ctx()
+    );
+    drop(black_hole);
+}

@@ -147,7 +147,8 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub upstream_timeout: u64,
 
-    /// Seconds to establish the connection (TCP) to k_server; then 502.
+    /// Seconds to establish the connection to k_server, TCP connect and TLS handshake
+    /// together; then 502.
     #[arg(long, value_name = "SECS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub upstream_connect_timeout: u64,
 

@@ -5,6 +5,7 @@
 mod app;
 mod args;
 mod config;
+mod connect_deadline;
 mod enroll;
 mod gate_setup;
 mod metrics;

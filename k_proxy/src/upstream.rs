@@ -17,6 +17,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
 
+use crate::connect_deadline::ConnectDeadline;
+
 /// k_server's answers are small JSON; a larger one is a fault, not something to relay.
 const MAX_UPSTREAM_BODY: usize = 1024 * 1024;
 
@@ -34,7 +36,7 @@ pub struct UpstreamSettings {
 }
 
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<ConnectDeadline<HttpsConnector<HttpConnector>>, Full<Bytes>>,
     base: Uri,
     proxy_token: HeaderValue,
     /// The Host header hyper's client would format for `base` on every request, made once.
@@ -90,7 +92,7 @@ impl Upstream {
             // may or may not have happened).
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(256)
-            .build(connector);
+            .build(ConnectDeadline::new(connector, settings.connect_timeout));
         let proxy_token = HeaderValue::from_str(settings.proxy_token.header_value())?;
         let host = host_header(&settings.base);
         Ok(Self {
