@@ -102,3 +102,25 @@ fn strips_client_headers_plain_chain() {
     server.assert_running();
     proxy.assert_running();
 }
+
+#[test]
+fn a_head_at_k_proxys_limit_is_not_refused_by_k_server() {
+    let (_server, sport) = start_server_plain();
+    let (_proxy, _pport, c) =
+        start_proxy_plain(&format!("http://127.0.0.1:{sport}"), &["--gate", "soft"]);
+    let tok = c.login_ok("alice");
+    let bearer = Client::bearer(&tok);
+    // curl sends Host, User-Agent and Accept: with Authorization and 96 more, the client's
+    // head has exactly the 100 fields k_proxy allows. k_proxy then adds its own headers;
+    // k_server must take what k_proxy took.
+    let pads: Vec<String> = (0..96).map(|i| format!("X-Pad-{i}: v")).collect();
+    let mut headers: Vec<&str> = vec![&bearer];
+    headers.extend(pads.iter().map(String::as_str));
+    let r = c.req("GET", "/resource/whoami", &headers, &[]);
+    let v = r.expect(200);
+    assert_eq!(v["user"], json!("alice"), "{}", r.ctx());
+    // One field more is k_proxy's own 431, not k_server's.
+    headers.push("X-Pad-extra: v");
+    let r = c.req("GET", "/resource/whoami", &headers, &[]);
+    r.expect_json_error(431, &["headers_too_large"]);
+}

@@ -25,6 +25,13 @@ use crate::peer::AllowList;
 const MAX_BODY_BYTES: usize = 2 * MAX_SECRET_BYTES + 1024;
 /// Time a request body may take to arrive.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request heads k_server takes: k_proxy's own bound (100 fields, 16 KiB by default) plus
+/// room for what k_proxy adds (proxy token, user, Host), so that a request k_proxy
+/// accepted is not refused one hop later with a 431 the client cannot make sense of.
+const FORWARDED_HEAD_LIMITS: HeaderLimits = HeaderLimits {
+    max_total_bytes: 32 * 1024,
+    max_count: 128,
+};
 
 /// The resources k_server holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +95,7 @@ impl App {
         conn: &ConnInfo,
         user: &mut Option<String>,
     ) -> Result<HttpResponse, ApiError> {
-        check_header_limits(request.headers(), HeaderLimits::default())?;
+        check_header_limits(request.headers(), FORWARDED_HEAD_LIMITS)?;
         // Before anything else, even /healthz: a k_proxy that is not on the list gets
         // nothing from this server.
         self.authorize_peer(conn)?;
