@@ -570,7 +570,7 @@ fn gate_error(err: &GateError) -> ApiError {
             err.code(),
             err.client_message(),
         ),
-        _ => ApiError::unauthorized(err.code(), err.client_message()).with_fault(Fault::Upstream),
+        _ => ApiError::login_refused(err.code(), err.client_message()).with_fault(Fault::Upstream),
     }
 }
 

@@ -61,17 +61,30 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
-    /// 401 with the `WWW-Authenticate: Bearer` challenge RFC 6750 asks for.
+    /// 401 with the `WWW-Authenticate: Bearer` challenge RFC 6750 asks for (§3.1): no
+    /// error attribute when the request carried no credential (`missing_token`, and a
+    /// refused login, which needs none), `invalid_request` for a malformed one,
+    /// `invalid_token` for a token that does not work.
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        let error = match code {
+            "missing_token" => None,
+            "malformed_authorization" | "malformed_cookie" => Some("invalid_request"),
+            _ => Some("invalid_token"),
+        };
+        Self::with_challenge(code, message, error)
+    }
+
+    /// 401 for a login the gate refused: the bare challenge, since no token was involved.
+    pub fn login_refused(code: &'static str, message: impl Into<String>) -> Self {
+        Self::with_challenge(code, message, None)
+    }
+
+    fn with_challenge(code: &'static str, message: impl Into<String>, error: Option<&str>) -> Self {
         let mut err = Self::new(StatusCode::UNAUTHORIZED, code, message);
-        err.www_authenticate = Some(format!(
-            "Bearer realm=\"chromecard\", error=\"{}\"",
-            if code == "missing_token" {
-                "invalid_request"
-            } else {
-                "invalid_token"
-            }
-        ));
+        err.www_authenticate = Some(match error {
+            Some(error) => format!("Bearer realm=\"chromecard\", error=\"{error}\""),
+            None => "Bearer realm=\"chromecard\"".to_string(),
+        });
         err
     }
 
@@ -204,6 +217,24 @@ mod tests {
             .unwrap();
         assert!(challenge.starts_with("Bearer realm=\"chromecard\""));
         assert!(challenge.contains("error=\"invalid_token\""));
+        let bare = |err: ApiError| {
+            err.into_response().headers()[header::WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(
+            bare(ApiError::unauthorized("missing_token", "No token.")),
+            "Bearer realm=\"chromecard\""
+        );
+        assert_eq!(
+            bare(ApiError::login_refused("touch_timeout", "No touch.")),
+            "Bearer realm=\"chromecard\""
+        );
+        assert!(
+            bare(ApiError::unauthorized("malformed_authorization", "Bad."))
+                .ends_with("error=\"invalid_request\"")
+        );
     }
 
     #[test]
