@@ -1075,6 +1075,25 @@ pub fn start_proxy_plain(server_base_url: &str, extra: &[&str]) -> (Proc, u16, C
     (p, port, Client::plain(port))
 }
 
+/// k_proxy with plain HTTP towards the test's clients and mutual TLS towards the k_server
+/// at `sport` (the real hop: `--server-ca-file` and k_proxy's client certificate from
+/// `certs`), `--gate soft`, plus `extra` flags.
+pub fn start_proxy_plain_to_tls(certs: &Certs, sport: u16, extra: &[&str]) -> (Proc, u16, Client) {
+    let (ca, crt, key) = (s(certs.ca()), s(certs.proxy_crt()), s(certs.proxy_key()));
+    let mut args = vec![
+        "--server-ca-file",
+        &ca,
+        "--client-certfile",
+        &crt,
+        "--client-keyfile",
+        &key,
+        "--gate",
+        "soft",
+    ];
+    args.extend_from_slice(extra);
+    start_proxy_plain(&format!("https://127.0.0.1:{sport}"), &args)
+}
+
 /// The full split-VM shape on ephemeral ports: k_server with mTLS, k_proxy serving TLS
 /// and talking mTLS to k_server, `--gate soft`. Returns (server, proxy, client of proxy).
 pub fn start_tls_chain(certs: &Certs) -> (Proc, u16, Proc, Client) {

@@ -186,21 +186,8 @@ fn sigkill_mid_run_loses_no_acknowledged_increment_and_repeats_no_value() {
     let sport = free_port();
     let mut server = start_k_server(&certs, sport, &data_dir);
     // k_proxy: plain HTTP toward the clients, mutual TLS toward k_server.
-    let (mut proxy, pport, chain) = start_proxy_plain(
-        &format!("https://127.0.0.1:{sport}"),
-        &[
-            "--server-ca-file",
-            &s(certs.ca()),
-            "--client-certfile",
-            &s(certs.proxy_crt()),
-            "--client-keyfile",
-            &s(certs.proxy_key()),
-            "--gate",
-            "soft",
-            "--upstream-timeout",
-            "5",
-        ],
-    );
+    let (mut proxy, pport, chain) =
+        start_proxy_plain_to_tls(&certs, sport, &["--upstream-timeout", "5"]);
     let token = chain.login_ok("alice");
 
     let progress = Arc::new(Progress::default());

@@ -357,17 +357,10 @@ fn killed_server_under_load_fails_fast_and_proxy_recovers() {
         .start(sport);
     let state = server.state_home().to_path_buf();
     // Plain HTTP toward the test's clients, mutual TLS toward k_server (the real hop).
-    let (mut proxy, _pport, c) = start_proxy_plain(
-        &format!("https://127.0.0.1:{sport}"),
+    let (mut proxy, _pport, c) = start_proxy_plain_to_tls(
+        &certs,
+        sport,
         &[
-            "--server-ca-file",
-            &s(certs.ca()),
-            "--client-certfile",
-            &s(certs.proxy_crt()),
-            "--client-keyfile",
-            &s(certs.proxy_key()),
-            "--gate",
-            "soft",
             "--upstream-timeout",
             &UPSTREAM_TIMEOUT.to_string(),
             "--upstream-connect-timeout",
@@ -1078,17 +1071,10 @@ fn a_tls_handshake_that_never_completes_is_502_at_the_connect_bound() {
     // ClientHello.
     let black_hole = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = black_hole.local_addr().unwrap().port();
-    let (_proxy, _pport, c) = start_proxy_plain(
-        &format!("https://127.0.0.1:{port}"),
+    let (_proxy, _pport, c) = start_proxy_plain_to_tls(
+        &certs,
+        port,
         &[
-            "--gate",
-            "soft",
-            "--server-ca-file",
-            &s(certs.ca()),
-            "--client-certfile",
-            &s(certs.proxy_crt()),
-            "--client-keyfile",
-            &s(certs.proxy_key()),
             "--upstream-connect-timeout",
             "1",
             "--upstream-timeout",
