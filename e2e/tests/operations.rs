@@ -184,6 +184,44 @@ fn a_client_that_hangs_up_during_the_touch_counts_as_a_refused_login() {
 }
 
 #[test]
+fn a_login_queued_before_a_ban_is_refused_when_its_turn_at_the_key_comes() {
+    let (p, _port, c) = start_proxy_plain(
+        "http://127.0.0.1:9",
+        &[
+            "--gate",
+            "soft",
+            "--soft-behavior",
+            "no-touch",
+            "--touch-timeout",
+            "2",
+            "--device-wait",
+            "5",
+            "--login-max-failures",
+            "1",
+        ],
+    );
+    // The first login holds the key until its touch times out, which bans mallory...
+    let first = {
+        let c = c.clone();
+        thread::spawn(move || c.login("mallory"))
+    };
+    thread::sleep(Duration::from_millis(300));
+    // ...while a second one for mallory waits in the queue, admitted before the ban.
+    let started = Instant::now();
+    let second = c.login("mallory");
+    second.expect_json_error(429, &["login_throttled"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refused when the key became free, not after another touch wait{}",
+        second.ctx()
+    );
+    first.join().unwrap().expect_error(401, "touch_timeout");
+    // The key was used once.
+    let logs = p.stderr();
+    assert_eq!(logs.matches("gate: refused").count(), 1, "{logs}");
+}
+
+#[test]
 fn waiting_logins_are_bounded() {
     let (_p, _port, c) = start_proxy_plain(
         "http://127.0.0.1:9",

@@ -299,8 +299,11 @@ impl App {
             peer: conn.peer,
             armed: true,
         };
+        // The ban is asked again when the key is ours: logins that queued for the key
+        // before their username or address was banned must not make it blink again.
+        let admit = || self.throttle.check(&login.username, address);
         let checked = tokio::select! {
-            checked = self.gate.check(&login.username) => checked,
+            checked = self.gate.check_admitted(&login.username, admit) => checked,
             _ = stopping.wait_for(|stopping| *stopping) => {
                 abandoned.armed = false;
                 return Err(ApiError::new(
@@ -311,6 +314,13 @@ impl App {
             }
         };
         abandoned.armed = false;
+        let checked = match checked {
+            Ok(checked) => checked,
+            Err(banned) => {
+                tracing::info!(event = "login_refused", user = %login.username, code = "login_throttled", banned = banned.scope, peer = %conn.peer, "audit");
+                return Err(throttled(&banned));
+            }
+        };
         self.metrics.gate_latency.observe(started.elapsed());
         if let Err(err) = checked {
             tracing::info!(event = "login_refused", user = %login.username, code = err.code(), peer = %conn.peer, "audit");

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::ceremony;
 use crate::credentials::CredentialStore;
@@ -146,10 +146,33 @@ impl Gate {
     /// assertion level the verification and the durable counter update run inside
     /// the same operation, before the answer.
     pub async fn check(&self, username: &str) -> Result<Passed, GateError> {
+        match self
+            .check_admitted(username, || Ok::<(), std::convert::Infallible>(()))
+            .await
+        {
+            Ok(result) => result,
+            Err(never) => match never {},
+        }
+    }
+
+    /// [`Gate::check`], but `admit` is asked once more when the device is ours, just
+    /// before the key is used; its refusal comes back as the outer `Err` and the key is
+    /// not touched. A login that queued for the device before its username was banned
+    /// is thereby refused when its turn comes, instead of making the key blink again.
+    pub async fn check_admitted<E>(
+        &self,
+        username: &str,
+        admit: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Result<Passed, GateError>, E> {
+        let permit = match self.acquire(username).await {
+            Ok(permit) => permit,
+            Err(busy) => return Ok(Err(busy)),
+        };
+        admit()?;
         let level = Arc::clone(&self.level);
         let user = username.to_string();
         let result = self
-            .run(username, move |auth, cancel| match &*level {
+            .run_holding(permit, move |auth, cancel| match &*level {
                 LevelConfig::Presence => auth.check_presence(cancel).map(|p| Passed {
                     level: GateLevel::Presence,
                     device: p.device,
@@ -180,7 +203,7 @@ impl Gate {
                 tracing::warn!(?username, level = %self.level(), code = e.code(), error = %e, "gate: refused")
             }
         }
-        result
+        Ok(result)
     }
 
     /// Enrols a new credential for `username` (one touch) and writes it to the
@@ -210,23 +233,32 @@ impl Gate {
         T: Send + 'static,
         F: FnOnce(&dyn Authenticator, &CancelSignal) -> Result<T, GateError> + Send + 'static,
     {
-        let GateSettings {
-            op_timeout,
-            device_wait,
-        } = self.settings;
+        let permit = self.acquire(username).await?;
+        self.run_holding(permit, op).await
+    }
 
-        let permit =
-            match tokio::time::timeout(device_wait, self.device.clone().acquire_owned()).await {
-                Ok(Ok(permit)) => permit,
-                // Ok(Err(_)) means the semaphore was closed; we never close it, but fail closed.
-                Ok(Err(_)) | Err(_) => {
-                    tracing::warn!(?username, ?device_wait, "gate: device busy");
-                    return Err(GateError::Busy {
-                        waited: device_wait,
-                    });
-                }
-            };
+    /// The device, waited for at most `device_wait`.
+    async fn acquire(&self, username: &str) -> Result<OwnedSemaphorePermit, GateError> {
+        let device_wait = self.settings.device_wait;
+        match tokio::time::timeout(device_wait, self.device.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // Ok(Err(_)) means the semaphore was closed; we never close it, but fail closed.
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!(?username, ?device_wait, "gate: device busy");
+                Err(GateError::Busy {
+                    waited: device_wait,
+                })
+            }
+        }
+    }
 
+    /// Runs `op` with the device held by `permit` (see [`Gate::run`]).
+    async fn run_holding<T, F>(&self, permit: OwnedSemaphorePermit, op: F) -> Result<T, GateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Authenticator, &CancelSignal) -> Result<T, GateError> + Send + 'static,
+    {
+        let op_timeout = self.settings.op_timeout;
         let cancel = CancelSignal::new();
         // Declared before the task is spawned: whatever happens from here on
         // (return, timeout, this future dropped), the operation is told to stop.
@@ -402,6 +434,44 @@ mod tests {
         }
         assert_eq!(slow.calls.load(Ordering::SeqCst), 6);
         assert_eq!(slow.max.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admission_is_asked_when_the_device_is_ours_and_a_refusal_leaves_the_key_alone() {
+        let slow = Arc::new(Slow {
+            current: AtomicUsize::new(0),
+            max: AtomicUsize::new(0),
+            calls: AtomicUsize::new(0),
+        });
+        let gate = Gate::new(slow.clone(), settings(5000, 5000));
+        let first = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.check("mallory").await })
+        };
+        // Let the first check take the device, then queue behind it.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let asked_while_busy = Arc::new(AtomicBool::new(true));
+        let flag = asked_while_busy.clone();
+        let slow_probe = slow.clone();
+        let refused = gate
+            .check_admitted("mallory", move || {
+                // The first operation (50 ms) is over by the time we are asked.
+                flag.store(
+                    slow_probe.current.load(Ordering::SeqCst) != 0,
+                    Ordering::SeqCst,
+                );
+                Err("banned meanwhile")
+            })
+            .await;
+        assert_eq!(refused.unwrap_err(), "banned meanwhile");
+        assert!(!asked_while_busy.load(Ordering::SeqCst));
+        first.await.unwrap().unwrap();
+        // Only the first check used the key; the device is free again.
+        assert_eq!(slow.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(gate.device.available_permits(), 1);
+        let admitted = gate.check_admitted("alice", || Ok::<(), &str>(())).await;
+        assert!(admitted.unwrap().is_ok());
+        assert_eq!(slow.calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
