@@ -310,3 +310,57 @@ fn defaults_bind_ipv4_loopback_only() {
     server.assert_running();
     proxy.assert_running();
 }
+
+/// The shipped Qubes unit's k_proxy command line, run as systemd would run it (the `%d`
+/// credentials directory and the enrolment file that ExecStartPre creates, both in temp
+/// dirs; only the port is changed, to a free one): k_proxy must come up at the assertion
+/// level with the real key as its gate, and refuse a login nobody enrolled.
+#[test]
+fn the_shipped_k_proxy_unit_runs_at_the_assertion_level() {
+    let unit = fs::read_to_string(workspace_file("qubes/systemd/k_proxy.service")).unwrap();
+    let exec = unit
+        .split("\nExecStart=")
+        .nth(1)
+        .expect("k_proxy.service has an ExecStart= line");
+    let mut line = String::new();
+    for part in exec.lines() {
+        match part.trim_end().strip_suffix('\\') {
+            Some(continued) => {
+                line.push_str(continued);
+                line.push(' ');
+            }
+            None => {
+                line.push_str(part.trim_end());
+                break;
+            }
+        }
+    }
+    let certs = Certs::generate();
+    fs::write(certs.path("proxy-token"), "a-token-for-the-unit-test").unwrap();
+    let state = TempDir::new().unwrap();
+    let creds = state.path().join("credentials");
+    fs::write(&creds, "").unwrap();
+    let words: Vec<String> = line
+        .split_whitespace()
+        .map(|w| {
+            w.replace("%d", &s(certs.dir()))
+                .replace("/rw/chromecard/k_proxy/credentials", &s(&creds))
+        })
+        .collect();
+    assert_eq!(words[0], "/usr/local/bin/k_proxy", "{line}");
+    assert!(words.iter().any(|w| w == "--credentials-file"), "{line}");
+    assert!(
+        !words.iter().any(|w| w == "--gate" || w == "--gate-level"),
+        "the shipped unit must use the real key at the level the enrolment file gives: {line}"
+    );
+    let mut args = words[1..].to_vec();
+    let port = free_port();
+    let at = args.iter().position(|a| a == "--port").expect("--port") + 1;
+    args[at] = port.to_string();
+    let proxy = Spawn::k_proxy().args(&args).start(port);
+    let c = Client::tls(port, &certs.ca());
+    c.login("alice").expect_json_error(401, &["not_enrolled"]);
+    let logs = proxy.stderr();
+    assert!(logs.contains("GATE LEVEL: ASSERTION"), "{logs}");
+    assert!(logs.contains("nobody is enrolled yet"), "{logs}");
+}

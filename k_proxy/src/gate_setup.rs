@@ -82,6 +82,9 @@ pub fn assertion_config(args: &Args, must_exist: bool) -> anyhow::Result<LevelCo
         let users = enrolments.iter().count();
         let credentials: usize = enrolments.iter().map(|(_, c)| c.len()).sum();
         tracing::info!(file = %path.display(), users, credentials, "enrolment file loaded (re-read at every login)");
+        if credentials == 0 {
+            tracing::warn!(file = %path.display(), "nobody is enrolled yet: every login is refused (not_enrolled) until a key is enrolled with `k_proxy enroll`");
+        }
     } else {
         store
             .load()

@@ -10,7 +10,8 @@
 #   - this machine's systemd unit library (sysinit.target, sockets.target, ...), copied;
 #   - what qubes/install.sh put there: the REAL k_server and k_proxy binaries, the units,
 #     the udev rule, the service user;
-#   - /usr/bin/install (coreutils, used by k_server's ExecStartPre), copied from this machine;
+#   - /usr/bin/install (coreutils) and /usr/bin/sh, used by the ExecStartPre= steps, copied
+#     from this machine;
 #   - /usr/bin/qrexec-client-vm: Qubes' tool exists only in a Qubes VM, so the simulation's
 #     stand-in (scripts/sim/qrexec-client-vm) is put there. This is the only substitution.
 # A check passes only if systemd-analyze exits 0 AND prints nothing (it only warns, and
@@ -53,6 +54,7 @@ new_root() {
     mkdir -p "${root}/usr/lib/systemd" "${root}/usr/bin"
     cp -a "${UNIT_LIB}" "${root}/usr/lib/systemd/system"
     cp "$(command -v install)" "${root}/usr/bin/install"
+    cp "$(command -v sh)" "${root}/usr/bin/sh"
     install -m 0755 "${HERE}/qrexec-client-vm" "${root}/usr/bin/qrexec-client-vm"
 }
 
