@@ -25,6 +25,20 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
+/// k_proxy with a software key nobody ever touches (every key operation runs until
+/// `--touch-timeout`), plus `extra` flags.
+fn start_untouched_proxy(extra: &[&str]) -> (Proc, u16, Client) {
+    let mut args = vec!["--gate", "soft", "--soft-behavior", "no-touch"];
+    args.extend_from_slice(extra);
+    start_proxy_plain("http://127.0.0.1:9", &args)
+}
+
+/// A login for `user` on its own thread, holding the key while it waits for a touch.
+fn login_in_background(c: &Client, user: &'static str) -> thread::JoinHandle<Resp> {
+    let c = c.clone();
+    thread::spawn(move || c.login(user))
+}
+
 #[test]
 fn refused_logins_ban_the_username_with_retry_after_but_not_other_users() {
     let (_p, _port, c) = start_proxy_plain(
@@ -150,19 +164,8 @@ fn metrics_move_as_the_test_drives_them_and_readyz_follows_k_server() {
 fn a_client_that_hangs_up_during_the_touch_counts_as_a_refused_login() {
     // No touch ever comes; each client gives up after 1 s, well before the 20 s touch
     // timeout. Hanging up must not be a free way to keep the key blinking.
-    let (p, _port, c) = start_proxy_plain(
-        "http://127.0.0.1:9",
-        &[
-            "--gate",
-            "soft",
-            "--soft-behavior",
-            "no-touch",
-            "--touch-timeout",
-            "20",
-            "--login-max-failures",
-            "2",
-        ],
-    );
+    let (p, _port, c) =
+        start_untouched_proxy(&["--touch-timeout", "20", "--login-max-failures", "2"]);
     let body = json!({ "username": "mallory" }).to_string();
     for _ in 0..2 {
         let r = c.req(
@@ -185,26 +188,16 @@ fn a_client_that_hangs_up_during_the_touch_counts_as_a_refused_login() {
 
 #[test]
 fn a_login_queued_before_a_ban_is_refused_when_its_turn_at_the_key_comes() {
-    let (p, _port, c) = start_proxy_plain(
-        "http://127.0.0.1:9",
-        &[
-            "--gate",
-            "soft",
-            "--soft-behavior",
-            "no-touch",
-            "--touch-timeout",
-            "2",
-            "--device-wait",
-            "5",
-            "--login-max-failures",
-            "1",
-        ],
-    );
+    let (p, _port, c) = start_untouched_proxy(&[
+        "--touch-timeout",
+        "2",
+        "--device-wait",
+        "5",
+        "--login-max-failures",
+        "1",
+    ]);
     // The first login holds the key until its touch times out, which bans mallory...
-    let first = {
-        let c = c.clone();
-        thread::spawn(move || c.login("mallory"))
-    };
+    let first = login_in_background(&c, "mallory");
     thread::sleep(Duration::from_millis(300));
     // ...while a second one for mallory waits in the queue, admitted before the ban.
     let started = Instant::now();
@@ -223,25 +216,15 @@ fn a_login_queued_before_a_ban_is_refused_when_its_turn_at_the_key_comes() {
 
 #[test]
 fn waiting_logins_are_bounded() {
-    let (_p, _port, c) = start_proxy_plain(
-        "http://127.0.0.1:9",
-        &[
-            "--gate",
-            "soft",
-            "--soft-behavior",
-            "no-touch",
-            "--touch-timeout",
-            "3",
-            "--device-wait",
-            "5",
-            "--max-waiting-logins",
-            "1",
-        ],
-    );
-    let first = {
-        let c = c.clone();
-        thread::spawn(move || c.login("alice"))
-    };
+    let (_p, _port, c) = start_untouched_proxy(&[
+        "--touch-timeout",
+        "3",
+        "--device-wait",
+        "5",
+        "--max-waiting-logins",
+        "1",
+    ]);
+    let first = login_in_background(&c, "alice");
     thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
     let second = c.login("bob");
@@ -461,21 +444,8 @@ fn sighup_reloads_the_proxy_token_and_certificates_keeping_sessions() {
 
 #[test]
 fn sigterm_cancels_a_login_waiting_for_a_touch_and_exits_zero() {
-    let (mut proxy, _port, c) = start_proxy_plain(
-        "http://127.0.0.1:9",
-        &[
-            "--gate",
-            "soft",
-            "--soft-behavior",
-            "no-touch",
-            "--touch-timeout",
-            "30",
-        ],
-    );
-    let waiting = {
-        let c = c.clone();
-        thread::spawn(move || c.login("alice"))
-    };
+    let (mut proxy, _port, c) = start_untouched_proxy(&["--touch-timeout", "30"]);
+    let waiting = login_in_background(&c, "alice");
     thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
     let status = Command::new("kill")
