@@ -13,29 +13,34 @@ fn port_s() -> String {
     free_port().to_string()
 }
 
+/// k_server on a free port with the runbook's proxy token, plus `extra` flags.
+fn k_server_with(extra: &[&str]) -> Spawn {
+    Spawn::k_server()
+        .args(["--port", &port_s(), "--proxy-token", PROXY_TOKEN])
+        .args(extra)
+}
+
+/// k_proxy on a free port with the runbook's proxy token and `--gate soft`, plus `extra`.
+fn k_proxy_with(extra: &[&str]) -> Spawn {
+    Spawn::k_proxy()
+        .args([
+            "--port",
+            &port_s(),
+            "--proxy-token",
+            PROXY_TOKEN,
+            "--gate",
+            "soft",
+        ])
+        .args(extra)
+}
+
 #[test]
 fn k_server_refuses_certfile_without_keyfile() {
     let certs = Certs::generate();
-    Spawn::k_server()
-        .args([
-            "--port",
-            &port_s(),
-            "--proxy-token",
-            PROXY_TOKEN,
-            "--tls-certfile",
-            &s(certs.server_crt()),
-        ])
+    k_server_with(&["--tls-certfile", &s(certs.server_crt())])
         .run_to_exit(LIMIT)
         .assert_refused(&["--tls-keyfile"]);
-    Spawn::k_server()
-        .args([
-            "--port",
-            &port_s(),
-            "--proxy-token",
-            PROXY_TOKEN,
-            "--tls-keyfile",
-            &s(certs.server_key()),
-        ])
+    k_server_with(&["--tls-keyfile", &s(certs.server_key())])
         .run_to_exit(LIMIT)
         .assert_refused(&["--tls-certfile"]);
 }
@@ -48,17 +53,7 @@ fn k_server_refuses_tls_without_client_ca() {
     let key = lonely.path().join("k_server.key");
     fs::copy(certs.server_crt(), &crt).expect("copy");
     fs::copy(certs.server_key(), &key).expect("copy");
-    Spawn::k_server()
-        .args([
-            "--port",
-            &port_s(),
-            "--proxy-token",
-            PROXY_TOKEN,
-            "--tls-certfile",
-            &s(&crt),
-            "--tls-keyfile",
-            &s(&key),
-        ])
+    k_server_with(&["--tls-certfile", &s(&crt), "--tls-keyfile", &s(&key)])
         .run_to_exit(LIMIT)
         .assert_refused(&["--client-ca-file"]);
     // With --client-ca-file it starts (positive control).
@@ -106,15 +101,7 @@ fn k_server_refuses_two_proxy_token_sources() {
     let dir = tempfile::tempdir().expect("tempdir");
     let f = dir.path().join("token");
     fs::write(&f, "file-token\n").expect("write");
-    Spawn::k_server()
-        .args([
-            "--port",
-            &port_s(),
-            "--proxy-token",
-            PROXY_TOKEN,
-            "--proxy-token-file",
-            &s(&f),
-        ])
+    k_server_with(&["--proxy-token-file", &s(&f)])
         .run_to_exit(LIMIT)
         .assert_refused(&["--proxy-token"]);
 }
@@ -146,21 +133,9 @@ fn k_server_reads_proxy_token_file() {
 #[test]
 fn k_proxy_refuses_bad_configurations() {
     let certs = Certs::generate();
-    let base = |extra: &[&str]| {
-        Spawn::k_proxy()
-            .args([
-                "--port",
-                &port_s(),
-                "--proxy-token",
-                PROXY_TOKEN,
-                "--gate",
-                "soft",
-            ])
-            .args(extra)
-    };
     let (crt, key) = (s(certs.proxy_crt()), s(certs.proxy_key()));
     // Everything else right (client certificate given): only the CA is missing.
-    base(&[
+    k_proxy_with(&[
         "--server-base-url",
         "https://127.0.0.1:9780",
         "--tls-certfile",
@@ -170,19 +145,19 @@ fn k_proxy_refuses_bad_configurations() {
     ])
     .run_to_exit(LIMIT)
     .assert_refused(&["--server-ca-file"]);
-    base(&["--session-ttl", "0"])
+    k_proxy_with(&["--session-ttl", "0"])
         .run_to_exit(LIMIT)
         .assert_refused(&["--session-ttl"]);
-    base(&["--session-ttl=-5"])
+    k_proxy_with(&["--session-ttl=-5"])
         .run_to_exit(LIMIT)
         .assert_refused(&["--session-ttl"]);
-    base(&["--bogus-flag"])
+    k_proxy_with(&["--bogus-flag"])
         .run_to_exit(LIMIT)
         .assert_refused(&["--bogus-flag"]);
-    base(&["--gate", "bogus"])
+    k_proxy_with(&["--gate", "bogus"])
         .run_to_exit(LIMIT)
         .assert_refused(&["--gate"]);
-    base(&["--tls-certfile", &s(certs.proxy_crt())])
+    k_proxy_with(&["--tls-certfile", &s(certs.proxy_crt())])
         .run_to_exit(LIMIT)
         .assert_refused(&["--tls-keyfile"]);
     let e = Spawn::k_proxy()
@@ -200,57 +175,38 @@ fn k_proxy_refuses_bad_configurations() {
 #[test]
 fn k_proxy_names_unreadable_server_ca_file() {
     let certs = Certs::generate();
-    Spawn::k_proxy()
-        .args([
-            "--port",
-            &port_s(),
-            "--proxy-token",
-            PROXY_TOKEN,
-            "--gate",
-            "soft",
-            "--server-ca-file",
-            "/nonexistent/ca.crt",
-            "--server-base-url",
-            "https://127.0.0.1:9780",
-            "--tls-certfile",
-            &s(certs.proxy_crt()),
-            "--tls-keyfile",
-            &s(certs.proxy_key()),
-        ])
-        .run_to_exit(LIMIT)
-        .assert_refused(&["--server-ca-file", "/nonexistent/ca.crt"]);
+    k_proxy_with(&[
+        "--server-ca-file",
+        "/nonexistent/ca.crt",
+        "--server-base-url",
+        "https://127.0.0.1:9780",
+        "--tls-certfile",
+        &s(certs.proxy_crt()),
+        "--tls-keyfile",
+        &s(certs.proxy_key()),
+    ])
+    .run_to_exit(LIMIT)
+    .assert_refused(&["--server-ca-file", "/nonexistent/ca.crt"]);
 }
 
 #[test]
 fn k_server_names_unreadable_tls_files() {
     let certs = Certs::generate();
-    Spawn::k_server()
-        .args([
-            "--port",
-            &port_s(),
-            "--proxy-token",
-            PROXY_TOKEN,
-            "--tls-certfile",
-            "/nonexistent/k_server.crt",
-            "--tls-keyfile",
-            &s(certs.server_key()),
-            "--client-ca-file",
-            &s(certs.ca()),
-        ])
-        .run_to_exit(LIMIT)
-        .assert_refused(&["--tls-certfile", "/nonexistent/k_server.crt"]);
+    k_server_with(&[
+        "--tls-certfile",
+        "/nonexistent/k_server.crt",
+        "--tls-keyfile",
+        &s(certs.server_key()),
+        "--client-ca-file",
+        &s(certs.ca()),
+    ])
+    .run_to_exit(LIMIT)
+    .assert_refused(&["--tls-certfile", "/nonexistent/k_server.crt"]);
 }
 
 #[test]
 fn k_server_refuses_unknown_flag() {
-    Spawn::k_server()
-        .args([
-            "--port",
-            &port_s(),
-            "--proxy-token",
-            PROXY_TOKEN,
-            "--bogus-flag",
-        ])
+    k_server_with(&["--bogus-flag"])
         .run_to_exit(LIMIT)
         .assert_refused(&["--bogus-flag"]);
 }
