@@ -1038,21 +1038,25 @@ pub fn start_server_plain() -> (Proc, u16) {
 /// k_server with mutual TLS (certs of `certs`) on a free port.
 pub fn start_server_tls(certs: &Certs) -> (Proc, u16) {
     let port = free_port();
-    let p = Spawn::k_server()
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--proxy-token",
-            PROXY_TOKEN,
-            "--tls-certfile",
-            &s(certs.server_crt()),
-            "--tls-keyfile",
-            &s(certs.server_key()),
-        ])
-        .start(port);
-    (p, port)
+    (k_server_tls(certs, port).start(port), port)
+}
+
+/// k_server on 127.0.0.1:`port` with the runbook's proxy token and the certificate and
+/// key from `certs` (so mutual TLS, with `ca.crt` beside them as the client CA), ready
+/// for more flags before it is started.
+pub fn k_server_tls(certs: &Certs, port: u16) -> Spawn {
+    Spawn::k_server().args([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--proxy-token",
+        PROXY_TOKEN,
+        "--tls-certfile",
+        &s(certs.server_crt()),
+        "--tls-keyfile",
+        &s(certs.server_key()),
+    ])
 }
 
 /// k_proxy (plain HTTP towards clients, `--gate soft`) in front of `server_base_url`,

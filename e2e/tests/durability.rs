@@ -162,19 +162,8 @@ fn wait_for_ok(progress: &Progress, at_least: u64, what: &str, procs: &mut [&mut
 }
 
 fn start_k_server(certs: &Certs, port: u16, data_dir: &std::path::Path) -> Proc {
-    Spawn::k_server()
-        .args([
-            "--port",
-            &port.to_string(),
-            "--proxy-token",
-            PROXY_TOKEN,
-            "--tls-certfile",
-            &s(certs.server_crt()),
-            "--tls-keyfile",
-            &s(certs.server_key()),
-            "--data-dir",
-            &s(data_dir),
-        ])
+    k_server_tls(certs, port)
+        .args(["--data-dir", &s(data_dir)])
         .start(port)
 }
 

@@ -327,19 +327,6 @@ fn fd_count(pid: u32) -> usize {
 // k_server killed under load
 // ---------------------------------------------------------------------------
 
-fn server_tls_args(certs: &Certs, port: u16) -> Vec<String> {
-    vec![
-        "--port".into(),
-        port.to_string(),
-        "--proxy-token".into(),
-        PROXY_TOKEN.into(),
-        "--tls-certfile".into(),
-        s(certs.server_crt()),
-        "--tls-keyfile".into(),
-        s(certs.server_key()),
-    ]
-}
-
 /// One request of the load, with when it started.
 struct Shot {
     start: Instant,
@@ -352,9 +339,7 @@ fn killed_server_under_load_fails_fast_and_proxy_recovers() {
     const THREADS: usize = 6;
     let certs = Certs::generate();
     let sport = free_port();
-    let mut server = Spawn::k_server()
-        .args(server_tls_args(&certs, sport))
-        .start(sport);
+    let mut server = k_server_tls(&certs, sport).start(sport);
     let state = server.state_home().to_path_buf();
     // Plain HTTP toward the test's clients, mutual TLS toward k_server (the real hop).
     let (mut proxy, _pport, c) = start_proxy_plain_to_tls(
@@ -460,10 +445,7 @@ fn killed_server_under_load_fails_fast_and_proxy_recovers() {
 
     // k_server returns on the same port with the same data: k_proxy uses it again by
     // itself, from the very first request, and nothing acknowledged was lost.
-    let mut server2 = Spawn::k_server()
-        .args(server_tls_args(&certs, sport))
-        .state_home(&state)
-        .start(sport);
+    let mut server2 = k_server_tls(&certs, sport).state_home(&state).start(sport);
     let first = c.counter_post(&tok);
     let n = counter_of(&first);
     assert!(

@@ -9,19 +9,8 @@ use std::time::{Duration, Instant};
 use chromecard_e2e::*;
 
 fn start_k_server(certs: &Certs, port: u16, data_dir: &std::path::Path, extra: &[&str]) -> Proc {
-    Spawn::k_server()
-        .args([
-            "--port",
-            &port.to_string(),
-            "--proxy-token",
-            PROXY_TOKEN,
-            "--tls-certfile",
-            &s(certs.server_crt()),
-            "--tls-keyfile",
-            &s(certs.server_key()),
-            "--data-dir",
-            &s(data_dir),
-        ])
+    k_server_tls(certs, port)
+        .args(["--data-dir", &s(data_dir)])
         .args(extra)
         .start(port)
 }
