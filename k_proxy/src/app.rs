@@ -276,8 +276,7 @@ impl App {
         let login = parse_login(&body)?;
         let address = conn.peer.ip();
         if let Err(banned) = self.throttle.check(&login.username, address) {
-            tracing::info!(event = "login_refused", user = %login.username, code = "login_throttled", banned = banned.scope, peer = %conn.peer, "audit");
-            return Err(throttled(&banned));
+            return Err(throttled(&login.username, conn.peer, &banned));
         }
         let Some(_waiting) = WaitingLogin::enter(&self.waiting_logins, self.max_waiting_logins)
         else {
@@ -316,19 +315,14 @@ impl App {
         abandoned.armed = false;
         let checked = match checked {
             Ok(checked) => checked,
-            Err(banned) => {
-                tracing::info!(event = "login_refused", user = %login.username, code = "login_throttled", banned = banned.scope, peer = %conn.peer, "audit");
-                return Err(throttled(&banned));
-            }
+            Err(banned) => return Err(throttled(&login.username, conn.peer, &banned)),
         };
         self.metrics.gate_latency.observe(started.elapsed());
         if let Err(err) = checked {
             tracing::info!(event = "login_refused", user = %login.username, code = err.code(), peer = %conn.peer, "audit");
             // A busy device is nobody's failed attempt.
             if !matches!(err, GateError::Busy { .. }) {
-                if let Some(banned) = self.throttle.record_failure(&login.username, address) {
-                    tracing::warn!(event = "login_ban", user = %login.username, banned = banned.scope, seconds = banned.retry_after.as_secs(), peer = %conn.peer, "audit");
-                }
+                count_refused_login(&self.throttle, &login.username, conn.peer);
             }
             return Err(gate_error(&err));
         }
@@ -406,7 +400,9 @@ impl App {
 }
 
 /// 429 for a banned username or client address.
-fn throttled(banned: &Banned) -> ApiError {
+/// The refusal of a banned login, with its audit line.
+fn throttled(username: &str, peer: std::net::SocketAddr, banned: &Banned) -> ApiError {
+    tracing::info!(event = "login_refused", user = %username, code = "login_throttled", banned = banned.scope, peer = %peer, "audit");
     let seconds = banned.retry_after.as_secs().max(1);
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
@@ -435,9 +431,14 @@ impl Drop for AbandonedLogin<'_> {
             return;
         }
         tracing::info!(event = "login_refused", user = %self.username, code = "client_gone", peer = %self.peer, "audit");
-        if let Some(banned) = self.throttle.record_failure(self.username, self.peer.ip()) {
-            tracing::warn!(event = "login_ban", user = %self.username, banned = banned.scope, seconds = banned.retry_after.as_secs(), peer = %self.peer, "audit");
-        }
+        count_refused_login(self.throttle, self.username, self.peer);
+    }
+}
+
+/// Counts a refused login against its username and address; audits the ban it triggers.
+fn count_refused_login(throttle: &LoginThrottle, username: &str, peer: std::net::SocketAddr) {
+    if let Some(banned) = throttle.record_failure(username, peer.ip()) {
+        tracing::warn!(event = "login_ban", user = %username, banned = banned.scope, seconds = banned.retry_after.as_secs(), peer = %peer, "audit");
     }
 }
 
