@@ -374,83 +374,77 @@ impl Store {
 
     /// Reads the counter (0 before the first increment).
     pub fn counter(&self) -> Result<u64, StoreError> {
-        self.with_db(|db, path| {
-            let txn = db
-                .begin_read()
-                .map_err(|e| classify(path, "starting a read transaction", e.into()))?;
-            let table = match txn.open_table(COUNTERS) {
-                Ok(table) => table,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(0),
-                Err(e) => return Err(classify(path, "opening the counter table", e.into())),
-            };
-            let value = table
+        self.read_table(COUNTERS, "opening the counter table", 0, |table, path| {
+            Ok(table
                 .get(COUNTER_KEY)
                 .map_err(|e| classify(path, "reading the counter", e.into()))?
                 .map(|guard| guard.value())
-                .unwrap_or(0);
-            Ok(value)
+                .unwrap_or(0))
         })
     }
 
     /// `user`'s secret `name`, if there is one.
     pub fn secret(&self, user: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let name = validate_secret_name(name)?;
-        self.with_db(|db, path| {
-            let txn = db
-                .begin_read()
-                .map_err(|e| classify(path, "starting a read transaction", e.into()))?;
-            let table = match txn.open_table(SECRETS) {
-                Ok(table) => table,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(classify(path, "opening the secrets table", e.into())),
-            };
-            let value = table
+        self.read_table(SECRETS, "opening the secrets table", None, |table, path| {
+            Ok(table
                 .get((user, name))
                 .map_err(|e| classify(path, "reading a secret", e.into()))?
-                .map(|guard| guard.value().to_vec());
-            Ok(value)
+                .map(|guard| guard.value().to_vec()))
         })
     }
 
     /// The names of `user`'s secrets, sorted (byte order).
     pub fn secret_names(&self, user: &str) -> Result<Vec<String>, StoreError> {
-        self.with_db(|db, path| {
-            let txn = db
-                .begin_read()
-                .map_err(|e| classify(path, "starting a read transaction", e.into()))?;
-            let table = match txn.open_table(SECRETS) {
-                Ok(table) => table,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(classify(path, "opening the secrets table", e.into())),
-            };
-            let mut names = Vec::new();
-            let range = table
-                .range((user, "")..)
-                .map_err(|e| classify(path, "listing secrets", e.into()))?;
-            for entry in range {
-                let (key, _) = entry.map_err(|e| classify(path, "listing secrets", e.into()))?;
-                let (owner, name) = key.value();
-                if owner != user {
-                    break;
+        self.read_table(
+            SECRETS,
+            "opening the secrets table",
+            Vec::new(),
+            |table, path| {
+                let mut names = Vec::new();
+                let range = table
+                    .range((user, "")..)
+                    .map_err(|e| classify(path, "listing secrets", e.into()))?;
+                for entry in range {
+                    let (key, _) =
+                        entry.map_err(|e| classify(path, "listing secrets", e.into()))?;
+                    let (owner, name) = key.value();
+                    if owner != user {
+                        break;
+                    }
+                    names.push(name.to_owned());
                 }
-                names.push(name.to_owned());
-            }
-            Ok(names)
-        })
+                Ok(names)
+            },
+        )
     }
 
     /// How many secrets are stored, for all users together.
     pub fn secret_count(&self) -> Result<u64, StoreError> {
+        self.read_table(SECRETS, "opening the secrets table", 0, |table, path| {
+            table
+                .len()
+                .map_err(|e| classify(path, "counting secrets", e.into()))
+        })
+    }
+
+    /// Runs `f` on `table` in a read transaction; `absent` when the table was never
+    /// created (nothing has been written to it yet).
+    fn read_table<K: redb::Key + 'static, V: redb::Value + 'static, T>(
+        &self,
+        table: TableDefinition<'static, K, V>,
+        opening: &'static str,
+        absent: T,
+        f: impl FnOnce(&redb::ReadOnlyTable<K, V>, &Path) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         self.with_db(|db, path| {
             let txn = db
                 .begin_read()
                 .map_err(|e| classify(path, "starting a read transaction", e.into()))?;
-            match txn.open_table(SECRETS) {
-                Ok(table) => table
-                    .len()
-                    .map_err(|e| classify(path, "counting secrets", e.into())),
-                Err(TableError::TableDoesNotExist(_)) => Ok(0),
-                Err(e) => Err(classify(path, "opening the secrets table", e.into())),
+            match txn.open_table(table) {
+                Ok(table) => f(&table, path),
+                Err(TableError::TableDoesNotExist(_)) => Ok(absent),
+                Err(e) => Err(classify(path, opening, e.into())),
             }
         })
     }
