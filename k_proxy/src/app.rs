@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use chromecard_gate::{Gate, GateError};
+use chromecard_gate::{Gate, GateError, Passed};
 use chromecard_http::{
     check_header_limits, json_response, read_body_limited, ApiError, ConnInfo, Fault, HeaderLimits,
     HttpResponse,
@@ -292,19 +292,29 @@ impl App {
         };
         let started = Instant::now();
         let mut stopping = self.stopping.clone();
-        let mut abandoned = AbandonedLogin {
-            throttle: &self.throttle,
-            username: &login.username,
-            peer: conn.peer,
-            armed: true,
-        };
         // The ban is asked again when the key is ours: logins that queued for the key
         // before their username or address was banned must not make it blink again.
         let admit = || self.throttle.check(&login.username, address);
+        // Runs before the next login's turn at the key, so that login's `admit` sees
+        // what this one's outcome did to the throttle.
+        let settle = |outcome: Option<&Result<Passed, GateError>>| match outcome {
+            Some(Ok(_)) => self.throttle.record_success(&login.username),
+            // A busy device is nobody's failed attempt.
+            Some(Err(GateError::Busy { .. })) => {}
+            Some(Err(_)) => count_refused_login(&self.throttle, &login.username, conn.peer),
+            // Dropped unfinished because k_proxy is stopping: not the client's doing.
+            None if *self.stopping.borrow() => {}
+            // Dropped unfinished because the client went away, and the key operation with
+            // it: counted, or hanging up just before each touch timeout would keep the key
+            // blinking without ever being banned.
+            None => {
+                tracing::info!(event = "login_refused", user = %login.username, code = "client_gone", peer = %conn.peer, "audit");
+                count_refused_login(&self.throttle, &login.username, conn.peer);
+            }
+        };
         let checked = tokio::select! {
-            checked = self.gate.check_admitted(&login.username, admit) => checked,
+            checked = self.gate.check_admitted(&login.username, admit, settle) => checked,
             _ = stopping.wait_for(|stopping| *stopping) => {
-                abandoned.armed = false;
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "shutting_down",
@@ -312,7 +322,6 @@ impl App {
                 ));
             }
         };
-        abandoned.armed = false;
         let checked = match checked {
             Ok(checked) => checked,
             Err(banned) => return Err(throttled(&login.username, conn.peer, &banned)),
@@ -320,13 +329,8 @@ impl App {
         self.metrics.gate_latency.observe(started.elapsed());
         if let Err(err) = checked {
             tracing::info!(event = "login_refused", user = %login.username, code = err.code(), peer = %conn.peer, "audit");
-            // A busy device is nobody's failed attempt.
-            if !matches!(err, GateError::Busy { .. }) {
-                count_refused_login(&self.throttle, &login.username, conn.peer);
-            }
             return Err(gate_error(&err));
         }
-        self.throttle.record_success(&login.username);
         let issued = self
             .sessions
             .create(NewSession {
@@ -413,26 +417,6 @@ fn throttled(username: &str, peer: std::net::SocketAddr, banned: &Banned) -> Api
         ),
     )
     .with_retry_after(seconds)
-}
-
-/// Counts a login as refused when its client goes away while the gate runs (the request
-/// future is dropped and the key operation cancelled). Otherwise a client that hangs up
-/// just before each touch timeout could keep the key blinking without ever being banned.
-struct AbandonedLogin<'a> {
-    throttle: &'a LoginThrottle,
-    username: &'a str,
-    peer: std::net::SocketAddr,
-    armed: bool,
-}
-
-impl Drop for AbandonedLogin<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        tracing::info!(event = "login_refused", user = %self.username, code = "client_gone", peer = %self.peer, "audit");
-        count_refused_login(self.throttle, self.username, self.peer);
-    }
 }
 
 /// Counts a refused login against its username and address; audits the ban it triggers.

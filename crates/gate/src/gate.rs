@@ -88,6 +88,10 @@ pub struct Gate {
     /// One permit: one operation on the device at a time (CTAP HID is one
     /// request at a time per channel, and a second open of the key would race it).
     device: Arc<Semaphore>,
+    /// One permit: whose turn it is among checks. A check keeps it until its caller has
+    /// settled the outcome (see [`Gate::check_admitted`]); the device permit may outlive
+    /// it briefly while a cancelled operation winds down.
+    turn: Arc<Semaphore>,
     settings: GateSettings,
     level: Arc<LevelConfig>,
 }
@@ -95,6 +99,29 @@ pub struct Gate {
 /// Fires the cancel signal when dropped: on every way out of an operation, including
 /// the future being dropped because the client disconnected.
 struct CancelOnDrop(CancelSignal);
+
+/// A check's turn and the caller's `settle`, which runs exactly once before the turn is
+/// released: with the outcome, or with `None` when the check is dropped unfinished.
+struct Settling<F: FnOnce(Option<&Result<Passed, GateError>>)> {
+    settle: Option<F>,
+    _turn: OwnedSemaphorePermit,
+}
+
+impl<F: FnOnce(Option<&Result<Passed, GateError>>)> Settling<F> {
+    fn settle(&mut self, outcome: &Result<Passed, GateError>) {
+        if let Some(settle) = self.settle.take() {
+            settle(Some(outcome));
+        }
+    }
+}
+
+impl<F: FnOnce(Option<&Result<Passed, GateError>>)> Drop for Settling<F> {
+    fn drop(&mut self) {
+        if let Some(settle) = self.settle.take() {
+            settle(None);
+        }
+    }
+}
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
@@ -117,6 +144,7 @@ impl Gate {
         Self {
             authenticator,
             device: Arc::new(Semaphore::new(1)),
+            turn: Arc::new(Semaphore::new(1)),
             settings,
             level: Arc::new(level),
         }
@@ -147,7 +175,7 @@ impl Gate {
     /// the same operation, before the answer.
     pub async fn check(&self, username: &str) -> Result<Passed, GateError> {
         match self
-            .check_admitted(username, || Ok::<(), std::convert::Infallible>(()))
+            .check_admitted(username, || Ok::<(), std::convert::Infallible>(()), |_| {})
             .await
         {
             Ok(result) => result,
@@ -155,20 +183,46 @@ impl Gate {
         }
     }
 
-    /// [`Gate::check`], but `admit` is asked once more when the device is ours, just
-    /// before the key is used; its refusal comes back as the outer `Err` and the key is
-    /// not touched. A login that queued for the device before its username was banned
-    /// is thereby refused when its turn comes, instead of making the key blink again.
+    /// [`Gate::check`] for a caller that decides who may use the key (a login
+    /// throttle). Checks take turns; within its turn a check
+    /// - asks `admit` once the device is free, just before the key is used: its refusal
+    ///   comes back as the outer `Err` and the key is not touched;
+    /// - hands the outcome to `settle` before the next check's turn begins: `Some` with
+    ///   the result, or `None` when this future was dropped (the client went away).
+    ///
+    /// So a refusal that `settle` counts is seen by the next check's `admit`: a login
+    /// queued behind a failing one is judged on that failure, not let through a race.
+    /// Waiting for the turn and for the device share one `device_wait`.
     pub async fn check_admitted<E>(
         &self,
         username: &str,
         admit: impl FnOnce() -> Result<(), E>,
+        settle: impl FnOnce(Option<&Result<Passed, GateError>>),
     ) -> Result<Result<Passed, GateError>, E> {
-        let permit = match self.acquire(username).await {
-            Ok(permit) => permit,
-            Err(busy) => return Ok(Err(busy)),
+        let deadline = tokio::time::Instant::now() + self.settings.device_wait;
+        let turn = match tokio::time::timeout_at(deadline, self.turn.clone().acquire_owned()).await
+        {
+            Ok(Ok(turn)) => turn,
+            Ok(Err(_)) | Err(_) => return Ok(Err(self.busy(username))),
         };
-        admit()?;
+        // Declared before anything can fail or be dropped: `settle` runs, then the turn
+        // passes on (the guard's fields drop after its `drop`).
+        let mut settling = Settling {
+            settle: Some(settle),
+            _turn: turn,
+        };
+        let permit = match self.acquire_by(username, deadline).await {
+            Ok(permit) => permit,
+            Err(busy) => {
+                let busy = Err(busy);
+                settling.settle(&busy);
+                return Ok(busy);
+            }
+        };
+        if let Err(refused) = admit() {
+            settling.settle = None;
+            return Err(refused);
+        }
         let level = Arc::clone(&self.level);
         let user = username.to_string();
         let result = self
@@ -203,6 +257,7 @@ impl Gate {
                 tracing::warn!(?username, level = %self.level(), code = e.code(), error = %e, "gate: refused")
             }
         }
+        settling.settle(&result);
         Ok(result)
     }
 
@@ -233,22 +288,29 @@ impl Gate {
         T: Send + 'static,
         F: FnOnce(&dyn Authenticator, &CancelSignal) -> Result<T, GateError> + Send + 'static,
     {
-        let permit = self.acquire(username).await?;
+        let deadline = tokio::time::Instant::now() + self.settings.device_wait;
+        let permit = self.acquire_by(username, deadline).await?;
         self.run_holding(permit, op).await
     }
 
-    /// The device, waited for at most `device_wait`.
-    async fn acquire(&self, username: &str) -> Result<OwnedSemaphorePermit, GateError> {
-        let device_wait = self.settings.device_wait;
-        match tokio::time::timeout(device_wait, self.device.clone().acquire_owned()).await {
+    /// The device, waited for until `deadline`.
+    async fn acquire_by(
+        &self,
+        username: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<OwnedSemaphorePermit, GateError> {
+        match tokio::time::timeout_at(deadline, self.device.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             // Ok(Err(_)) means the semaphore was closed; we never close it, but fail closed.
-            Ok(Err(_)) | Err(_) => {
-                tracing::warn!(?username, ?device_wait, "gate: device busy");
-                Err(GateError::Busy {
-                    waited: device_wait,
-                })
-            }
+            Ok(Err(_)) | Err(_) => Err(self.busy(username)),
+        }
+    }
+
+    fn busy(&self, username: &str) -> GateError {
+        let device_wait = self.settings.device_wait;
+        tracing::warn!(?username, ?device_wait, "gate: device busy");
+        GateError::Busy {
+            waited: device_wait,
         }
     }
 
@@ -454,14 +516,18 @@ mod tests {
         let flag = asked_while_busy.clone();
         let slow_probe = slow.clone();
         let refused = gate
-            .check_admitted("mallory", move || {
-                // The first operation (50 ms) is over by the time we are asked.
-                flag.store(
-                    slow_probe.current.load(Ordering::SeqCst) != 0,
-                    Ordering::SeqCst,
-                );
-                Err("banned meanwhile")
-            })
+            .check_admitted(
+                "mallory",
+                move || {
+                    // The first operation (50 ms) is over by the time we are asked.
+                    flag.store(
+                        slow_probe.current.load(Ordering::SeqCst) != 0,
+                        Ordering::SeqCst,
+                    );
+                    Err("banned meanwhile")
+                },
+                |_| panic!("a refused admission has nothing to settle"),
+            )
             .await;
         assert_eq!(refused.unwrap_err(), "banned meanwhile");
         assert!(!asked_while_busy.load(Ordering::SeqCst));
@@ -469,9 +535,69 @@ mod tests {
         // Only the first check used the key; the device is free again.
         assert_eq!(slow.calls.load(Ordering::SeqCst), 1);
         assert_eq!(gate.device.available_permits(), 1);
-        let admitted = gate.check_admitted("alice", || Ok::<(), &str>(())).await;
+        let admitted = gate
+            .check_admitted("alice", || Ok::<(), &str>(()), |_| {})
+            .await;
         assert!(admitted.unwrap().is_ok());
         assert_eq!(slow.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_check_is_admitted_only_after_the_last_one_settled() {
+        // The first check times out after 200 ms and takes 100 ms to settle. The device
+        // is free as soon as the cancelled operation returns, but the second check's
+        // admission must wait for the first one's settle.
+        let gate = soft(SoftBehavior::NoTouch, settings(200, 5000));
+        let settled = Arc::new(AtomicBool::new(false));
+        let first = {
+            let (gate, settled) = (gate.clone(), settled.clone());
+            tokio::spawn(async move {
+                gate.check_admitted(
+                    "mallory",
+                    || Ok::<(), ()>(()),
+                    move |outcome| {
+                        assert!(matches!(outcome, Some(Err(GateError::Timeout { .. }))));
+                        std::thread::sleep(Duration::from_millis(100));
+                        settled.store(true, Ordering::SeqCst);
+                    },
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let saw = Arc::new(AtomicBool::new(false));
+        let (saw2, settled2) = (saw.clone(), settled.clone());
+        let second = gate
+            .check_admitted(
+                "mallory",
+                move || {
+                    saw2.store(settled2.load(Ordering::SeqCst), Ordering::SeqCst);
+                    Err::<(), ()>(())
+                },
+                |_| {},
+            )
+            .await;
+        assert!(second.is_err());
+        assert!(
+            saw.load(Ordering::SeqCst),
+            "admitted before the last check settled"
+        );
+        assert!(first.await.unwrap().unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_check_settles_with_none() {
+        let gate = soft(SoftBehavior::NoTouch, settings(60_000, 1000));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let check = gate.check_admitted(
+            "alice",
+            || Ok::<(), ()>(()),
+            move |outcome| tx.send(outcome.is_none()).unwrap(),
+        );
+        assert!(tokio::time::timeout(Duration::from_millis(100), check)
+            .await
+            .is_err());
+        assert_eq!(rx.try_recv(), Ok(true));
     }
 
     #[tokio::test]
