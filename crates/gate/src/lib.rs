@@ -36,7 +36,7 @@ pub use cancel::CancelSignal;
 pub use credentials::{Credential, CredentialStore, Enrolments, StoreError};
 pub use fido2::Fido2Key;
 pub use gate::{EnrolOptions, Enrolled, Gate, GateSettings, LevelConfig, Passed};
-pub use soft::{SoftAuthenticator, SoftBehavior, UnknownSoftBehavior};
+pub use soft::{SelfAttested, SoftAuthenticator, SoftBehavior, UnknownSoftBehavior};
 pub use verify::Rejection;
 
 /// One blocking operation on an authenticator. Implementations run on a blocking

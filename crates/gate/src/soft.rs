@@ -391,10 +391,37 @@ impl SoftAuthenticator {
         cancel: &CancelSignal,
     ) -> Result<MadeCredential, GateError> {
         self.touch(cancel)?;
+        let made = self.make_credential_for_hash(
+            &request.rp_id,
+            &client_data_hash(&request.challenge),
+            &request.exclude,
+            true,
+            request.require_uv,
+        )?;
+        Ok(MadeCredential {
+            auth_data: made.auth_data,
+            device: self.device(),
+        })
+    }
+
+    /// makeCredential as an authenticator sees it on the wire: the client sends the
+    /// clientDataHash, and the "touch" has already happened (or not: `user_present`).
+    /// Returns the authenticator data and a packed self-attestation signature (the
+    /// new credential's key over `authData || clientDataHash`).
+    ///
+    /// This is the one implementation of the software key's credentials: the
+    /// [`Authenticator`] methods and the virtual USB key (`chromecard-vkey`) both use it.
+    pub fn make_credential_for_hash(
+        &self,
+        rp_id: &str,
+        client_data_hash: &[u8; 32],
+        exclude: &[Vec<u8>],
+        user_present: bool,
+        user_verified: bool,
+    ) -> Result<SelfAttested, GateError> {
         let key = self.key();
-        let rp_hash = rp_id_hash(&request.rp_id);
-        if request
-            .exclude
+        let rp_hash = rp_id_hash(rp_id);
+        if exclude
             .iter()
             .any(|id| Self::own_nonce(&key.master, &rp_hash, id).is_some())
         {
@@ -407,8 +434,11 @@ impl SoftAuthenticator {
         let id = Self::credential_id(&key.master, &rp_hash, &nonce);
         let sk = Self::signing_key(&key.master, b"es256", &rp_hash, &nonce);
         let public = PublicKey::Es256(*sk.verifying_key());
-        let mut flags = FLAG_UP | FLAG_AT;
-        if request.require_uv {
+        let mut flags = FLAG_AT;
+        if user_present {
+            flags |= FLAG_UP;
+        }
+        if user_verified {
             flags |= FLAG_UV;
         }
         let mut ad = Self::auth_data(&rp_hash, flags, key.counter);
@@ -416,10 +446,19 @@ impl SoftAuthenticator {
         ad.extend_from_slice(&(id.len() as u16).to_be_bytes());
         ad.extend_from_slice(&id);
         ad.extend_from_slice(&public.to_cose());
-        Ok(MadeCredential {
+        let mut msg = ad.clone();
+        msg.extend_from_slice(client_data_hash);
+        let sig: p256::ecdsa::Signature = sk.sign(&msg);
+        Ok(SelfAttested {
             auth_data: ad,
-            device: self.device(),
+            signature: sig.to_der().as_bytes().to_vec(),
         })
+    }
+
+    /// Whether `id` is one of this key's credentials for `rp_id` (no touch, nothing
+    /// signed): what a key checks before it asks for a touch.
+    pub fn holds_credential(&self, rp_id: &str, id: &[u8]) -> bool {
+        Self::own_nonce(&self.key().master, &rp_id_hash(rp_id), id).is_some()
     }
 
     fn get_assertion_inner(
@@ -428,6 +467,29 @@ impl SoftAuthenticator {
         cancel: &CancelSignal,
     ) -> Result<AssertionResponse, GateError> {
         self.touch(cancel)?;
+        let mut response = self.get_assertion_for_hash(
+            &request.rp_id,
+            &client_data_hash(&request.challenge),
+            &request.allow,
+            true,
+            request.require_uv,
+        )?;
+        response.device = self.device();
+        Ok(response)
+    }
+
+    /// getAssertion as an authenticator sees it on the wire: the client sends the
+    /// clientDataHash, and the "touch" has already happened (or not: `user_present`,
+    /// CTAP's `up: false`). The behaviour switches (cloned counter, foreign key, UP
+    /// clear, wrong relying party, replay) apply here, whoever asks.
+    pub fn get_assertion_for_hash(
+        &self,
+        rp_id: &str,
+        client_data_hash: &[u8; 32],
+        allow: &[Vec<u8>],
+        user_present: bool,
+        user_verified: bool,
+    ) -> Result<AssertionResponse, GateError> {
         if self.behavior == SoftBehavior::Replay {
             if let Some(first) = self
                 .first_assertion
@@ -439,9 +501,8 @@ impl SoftAuthenticator {
             }
         }
         let mut key = self.key();
-        let rp_hash = rp_id_hash(&request.rp_id);
-        let Some((id, nonce)) = request
-            .allow
+        let rp_hash = rp_id_hash(rp_id);
+        let Some((id, nonce)) = allow
             .iter()
             .find_map(|id| Self::own_nonce(&key.master, &rp_hash, id).map(|n| (id.clone(), n)))
         else {
@@ -458,8 +519,11 @@ impl SoftAuthenticator {
                 })?;
             key.persist()?;
         }
-        let mut flags = FLAG_UP;
-        if request.require_uv {
+        let mut flags = 0;
+        if user_present {
+            flags |= FLAG_UP;
+        }
+        if user_verified {
             flags |= FLAG_UV;
         }
         let mut signed_rp = rp_hash;
@@ -473,23 +537,40 @@ impl SoftAuthenticator {
         let ad = Self::auth_data(&signed_rp, flags, key.counter);
         let sk = Self::signing_key(&key.master, label, &rp_hash, &nonce);
         let mut msg = ad.clone();
-        msg.extend_from_slice(&client_data_hash(&request.challenge));
+        msg.extend_from_slice(client_data_hash);
         let sig: p256::ecdsa::Signature = sk.sign(&msg);
         let response = AssertionResponse {
             credential_id: Some(id),
             auth_data: ad,
             signature: sig.to_der().as_bytes().to_vec(),
-            device: self.device(),
+            device: "software authenticator".to_string(),
         };
-        let mut first = self
-            .first_assertion
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if first.is_none() {
-            *first = Some(response.clone());
+        // Only touched assertions are worth replaying; a probe (`up: false`) is not.
+        if user_present {
+            let mut first = self
+                .first_assertion
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if first.is_none() {
+                *first = Some(response.clone());
+            }
         }
         Ok(response)
     }
+
+    /// The behaviour this key was made with.
+    pub fn behavior(&self) -> SoftBehavior {
+        self.behavior
+    }
+}
+
+/// A new credential with its packed self-attestation (CTAP2 `fmt: "packed"`, no x5c).
+#[derive(Debug, Clone)]
+pub struct SelfAttested {
+    /// The authenticator data, with attested credential data.
+    pub auth_data: Vec<u8>,
+    /// ES256 (DER) by the new credential's own key over `auth_data || clientDataHash`.
+    pub signature: Vec<u8>,
 }
 
 impl Authenticator for SoftAuthenticator {

@@ -1,0 +1,627 @@
+//! The CTAP2 commands behind the transport: authenticatorGetInfo, makeCredential,
+//! getAssertion, selection and clientPIN's getRetries, with the touch a person
+//! would give. The credentials, the signatures and the authenticator data are the
+//! software authenticator's (`chromecard_gate::SoftAuthenticator`): one
+//! implementation for `--gate soft` and for this key.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chromecard_ctaphid::keepalive;
+use chromecard_gate::{CancelSignal, GateError, SoftAuthenticator};
+use ciborium::Value;
+
+/// CTAP status codes (CTAP 2.1 section 8.2) this key answers with.
+pub mod status {
+    pub const OK: u8 = 0x00;
+    pub const INVALID_COMMAND: u8 = 0x01;
+    pub const INVALID_PARAMETER: u8 = 0x02;
+    pub const CBOR_UNEXPECTED_TYPE: u8 = 0x11;
+    pub const INVALID_CBOR: u8 = 0x12;
+    pub const MISSING_PARAMETER: u8 = 0x14;
+    pub const CREDENTIAL_EXCLUDED: u8 = 0x19;
+    pub const UNSUPPORTED_ALGORITHM: u8 = 0x26;
+    pub const OPERATION_DENIED: u8 = 0x27;
+    pub const UNSUPPORTED_OPTION: u8 = 0x2b;
+    pub const KEEPALIVE_CANCEL: u8 = 0x2d;
+    pub const NO_CREDENTIALS: u8 = 0x2e;
+    pub const USER_ACTION_TIMEOUT: u8 = 0x2f;
+    pub const PIN_INVALID: u8 = 0x31;
+    pub const PIN_AUTH_INVALID: u8 = 0x33;
+    pub const PIN_NOT_SET: u8 = 0x35;
+    pub const PIN_REQUIRED: u8 = 0x36;
+    pub const INVALID_SUBCOMMAND: u8 = 0x3e;
+    pub const OTHER: u8 = 0x7f;
+}
+
+const MAKE_CREDENTIAL: u8 = 0x01;
+const GET_ASSERTION: u8 = 0x02;
+const GET_INFO: u8 = 0x04;
+const CLIENT_PIN: u8 = 0x06;
+const SELECTION: u8 = 0x0b;
+/// ES256, the one algorithm this key makes.
+const ALG_ES256: i128 = -7;
+
+/// When the simulated person touches the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touch {
+    /// This long after the key starts waiting.
+    After(Duration),
+    /// Never: the request ends on CANCEL or at the key's own limit.
+    Never,
+}
+
+/// How this key behaves beyond the transport.
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    /// When the touch comes.
+    pub touch: Touch,
+    /// How long the key itself waits for a touch before CTAP2_ERR_USER_ACTION_TIMEOUT.
+    pub touch_limit: Duration,
+    /// The key refuses every request that needs a touch (CTAP2_ERR_OPERATION_DENIED).
+    pub refuse: bool,
+    /// CTAP 2.0 only: no FIDO_2_1 in getInfo, no authenticatorSelection.
+    pub ctap20: bool,
+    /// A PIN is set: getInfo says `clientPin: true` and makeCredential demands a
+    /// pinUvAuthParam (CTAP2_ERR_PIN_REQUIRED).
+    pub pin_set: bool,
+    /// Behave as Qubes' CTAP proxy 2.0.7: CTAP2 commands 0x07-0x0D refused with
+    /// CTAP1_ERR_INVALID_COMMAND.
+    pub qubes_ctap_proxy: bool,
+}
+
+/// The authenticator: key material, configuration, and the keep-alive status
+/// the transport reports while a request runs.
+pub struct Key {
+    soft: SoftAuthenticator,
+    config: KeyConfig,
+    /// PROCESSING or UP_NEEDED, read by the keep-alive ticker.
+    pub status: Arc<AtomicU8>,
+    /// Called when the key starts waiting for a touch (e.g. to pull the key out).
+    on_touch_wait: Box<dyn Fn() + Send + Sync>,
+}
+
+/// Why a request ended without an answer body.
+type Status = u8;
+
+fn get(map: &[(Value, Value)], key: i128) -> Option<&Value> {
+    map.iter()
+        .find(|(k, _)| matches!(k, Value::Integer(i) if i128::from(*i) == key))
+        .map(|(_, v)| v)
+}
+
+fn text_get<'a>(map: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
+    map.iter()
+        .find(|(k, _)| matches!(k, Value::Text(t) if t == key))
+        .map(|(_, v)| v)
+}
+
+fn as_map(v: &Value) -> Result<&[(Value, Value)], Status> {
+    match v {
+        Value::Map(m) => Ok(m),
+        _ => Err(status::CBOR_UNEXPECTED_TYPE),
+    }
+}
+
+fn as_bytes(v: &Value) -> Result<&[u8], Status> {
+    match v {
+        Value::Bytes(b) => Ok(b),
+        _ => Err(status::CBOR_UNEXPECTED_TYPE),
+    }
+}
+
+fn as_text(v: &Value) -> Result<&str, Status> {
+    match v {
+        Value::Text(t) => Ok(t),
+        _ => Err(status::CBOR_UNEXPECTED_TYPE),
+    }
+}
+
+fn client_data_hash(m: &[(Value, Value)], key: i128) -> Result<[u8; 32], Status> {
+    let v = get(m, key).ok_or(status::MISSING_PARAMETER)?;
+    as_bytes(v)?
+        .try_into()
+        .map_err(|_| status::INVALID_PARAMETER)
+}
+
+/// The option `name` from an options map (absent: `default`).
+fn option(m: &[(Value, Value)], key: i128, name: &str, default: bool) -> Result<bool, Status> {
+    let Some(opts) = get(m, key) else {
+        return Ok(default);
+    };
+    match text_get(as_map(opts)?, name) {
+        None => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(status::CBOR_UNEXPECTED_TYPE),
+    }
+}
+
+/// Credential ids of a list of PublicKeyCredentialDescriptors.
+fn descriptor_ids(v: Option<&Value>) -> Result<Vec<Vec<u8>>, Status> {
+    let Some(v) = v else {
+        return Ok(Vec::new());
+    };
+    let Value::Array(items) = v else {
+        return Err(status::CBOR_UNEXPECTED_TYPE);
+    };
+    let mut ids = Vec::with_capacity(items.len());
+    for item in items {
+        let d = as_map(item)?;
+        let kind = as_text(text_get(d, "type").ok_or(status::MISSING_PARAMETER)?)?;
+        let id = as_bytes(text_get(d, "id").ok_or(status::MISSING_PARAMETER)?)?;
+        // Unknown types are skipped, as the specification says.
+        if kind == "public-key" {
+            ids.push(id.to_vec());
+        }
+    }
+    Ok(ids)
+}
+
+fn int(n: i128) -> Value {
+    // Every integer built here is small.
+    Value::Integer(i64::try_from(n).unwrap_or_default().into())
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.to_string())
+}
+
+fn encode(status_byte: u8, body: Option<Value>) -> Vec<u8> {
+    let mut out = vec![status_byte];
+    if let Some(v) = body {
+        if ciborium::ser::into_writer(&v, &mut out).is_err() {
+            return vec![status::OTHER];
+        }
+    }
+    out
+}
+
+fn gate_status(e: &GateError) -> Status {
+    match e {
+        GateError::NoCredential => status::NO_CREDENTIALS,
+        GateError::AlreadyEnrolled => status::CREDENTIAL_EXCLUDED,
+        GateError::Cancelled => status::KEEPALIVE_CANCEL,
+        GateError::Refused { .. } => status::OPERATION_DENIED,
+        _ => status::OTHER,
+    }
+}
+
+impl Key {
+    /// A key over `soft`'s credentials.
+    pub fn new(
+        soft: SoftAuthenticator,
+        config: KeyConfig,
+        on_touch_wait: Box<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        Self {
+            soft,
+            config,
+            status: Arc::new(AtomicU8::new(keepalive::PROCESSING)),
+            on_touch_wait,
+        }
+    }
+
+    /// A CTAPHID_CBOR request: the command byte and its CBOR map. The answer is the
+    /// status byte and, on success, the CBOR answer.
+    pub fn handle_cbor(&self, request: &[u8], cancel: &CancelSignal) -> Vec<u8> {
+        self.status.store(keepalive::PROCESSING, Ordering::SeqCst);
+        let Some((&command, params)) = request.split_first() else {
+            return vec![status::INVALID_COMMAND];
+        };
+        tracing::info!(command = command_name(command), "CTAP2 request");
+        if self.config.qubes_ctap_proxy && (0x07..=0x0d).contains(&command) {
+            return vec![status::INVALID_COMMAND];
+        }
+        let parsed = if params.is_empty() {
+            Ok(Vec::new())
+        } else {
+            match ciborium::de::from_reader::<Value, _>(params) {
+                Ok(Value::Map(m)) => Ok(m),
+                Ok(_) => Err(status::CBOR_UNEXPECTED_TYPE),
+                Err(_) => Err(status::INVALID_CBOR),
+            }
+        };
+        let result = parsed.and_then(|m| match command {
+            GET_INFO => Ok(self.get_info()),
+            MAKE_CREDENTIAL => self.make_credential(&m, cancel),
+            GET_ASSERTION => self.get_assertion(&m, cancel),
+            SELECTION if !self.config.ctap20 => self.wait_for_touch(cancel).map(|()| None),
+            CLIENT_PIN => self.client_pin(&m),
+            _ => Err(status::INVALID_COMMAND),
+        });
+        let answer = match result {
+            Ok(body) => encode(status::OK, body),
+            Err(code) => vec![code],
+        };
+        tracing::info!(status = format_args!("{:#04x}", answer[0]), "CTAP2 answer");
+        answer
+    }
+
+    /// A CTAPHID_MSG (CTAP1/U2F) request: this key speaks CTAP2 only, so every APDU
+    /// gets SW_INS_NOT_SUPPORTED.
+    pub fn handle_msg(&self, _apdu: &[u8]) -> Vec<u8> {
+        vec![0x6d, 0x00]
+    }
+
+    fn wait_for_touch(&self, cancel: &CancelSignal) -> Result<(), Status> {
+        if self.config.refuse {
+            return Err(status::OPERATION_DENIED);
+        }
+        self.status.store(keepalive::UP_NEEDED, Ordering::SeqCst);
+        (self.on_touch_wait)();
+        let outcome = match self.config.touch {
+            Touch::After(d) if d < self.config.touch_limit => {
+                if cancel.wait_timeout(d) {
+                    Err(status::KEEPALIVE_CANCEL)
+                } else {
+                    Ok(())
+                }
+            }
+            _ => {
+                if cancel.wait_timeout(self.config.touch_limit) {
+                    Err(status::KEEPALIVE_CANCEL)
+                } else {
+                    Err(status::USER_ACTION_TIMEOUT)
+                }
+            }
+        };
+        self.status.store(keepalive::PROCESSING, Ordering::SeqCst);
+        match outcome {
+            Ok(()) => tracing::info!("touched"),
+            Err(status::KEEPALIVE_CANCEL) => tracing::info!("touch wait cancelled"),
+            Err(_) => tracing::info!("nobody touched the key"),
+        }
+        outcome
+    }
+
+    fn get_info(&self) -> Option<Value> {
+        let mut versions = vec![text("FIDO_2_0")];
+        if !self.config.ctap20 {
+            versions.push(text("FIDO_2_1"));
+        }
+        let mut options = vec![
+            (text("rk"), Value::Bool(false)),
+            (text("up"), Value::Bool(true)),
+            (text("plat"), Value::Bool(false)),
+        ];
+        if self.config.pin_set {
+            options.push((text("clientPin"), Value::Bool(true)));
+        }
+        let mut info = vec![
+            (int(1), Value::Array(versions)),
+            (int(3), Value::Bytes(b"chromecard-vkey!".to_vec())),
+            (int(4), Value::Map(options)),
+            (int(5), int(1200)),
+        ];
+        if self.config.pin_set {
+            info.push((int(6), Value::Array(vec![int(1)])));
+        }
+        info.push((int(9), Value::Array(vec![text("usb")])));
+        info.push((
+            int(10),
+            Value::Array(vec![Value::Map(vec![
+                (text("alg"), int(ALG_ES256)),
+                (text("type"), text("public-key")),
+            ])]),
+        ));
+        Some(Value::Map(info))
+    }
+
+    fn make_credential(
+        &self,
+        m: &[(Value, Value)],
+        cancel: &CancelSignal,
+    ) -> Result<Option<Value>, Status> {
+        let cdh = client_data_hash(m, 1)?;
+        let rp = as_map(get(m, 2).ok_or(status::MISSING_PARAMETER)?)?;
+        let rp_id = as_text(text_get(rp, "id").ok_or(status::MISSING_PARAMETER)?)?;
+        as_map(get(m, 3).ok_or(status::MISSING_PARAMETER)?)?;
+        let Value::Array(params) = get(m, 4).ok_or(status::MISSING_PARAMETER)? else {
+            return Err(status::CBOR_UNEXPECTED_TYPE);
+        };
+        let es256 = params.iter().any(|p| {
+            as_map(p).is_ok_and(|p| {
+                matches!(text_get(p, "alg"), Some(Value::Integer(a)) if i128::from(*a) == ALG_ES256)
+                    && matches!(text_get(p, "type"), Some(Value::Text(t)) if t == "public-key")
+            })
+        });
+        if !es256 {
+            return Err(status::UNSUPPORTED_ALGORITHM);
+        }
+        let exclude = descriptor_ids(get(m, 5))?;
+        if option(m, 7, "rk", false)? || option(m, 7, "uv", false)? {
+            return Err(status::UNSUPPORTED_OPTION);
+        }
+        match get(m, 8) {
+            // A zero-length pinUvAuthParam asks for a touch only (CTAP 2.1 section 6.1.2, step 1).
+            Some(Value::Bytes(b)) if b.is_empty() => {
+                self.wait_for_touch(cancel)?;
+                return Err(if self.config.pin_set {
+                    status::PIN_INVALID
+                } else {
+                    status::PIN_NOT_SET
+                });
+            }
+            Some(_) => return Err(status::PIN_AUTH_INVALID),
+            None if self.config.pin_set => return Err(status::PIN_REQUIRED),
+            None => {}
+        }
+        if exclude
+            .iter()
+            .any(|id| self.soft.holds_credential(rp_id, id))
+        {
+            // Touch first, so a website cannot learn silently which keys are enrolled.
+            self.wait_for_touch(cancel)?;
+            return Err(status::CREDENTIAL_EXCLUDED);
+        }
+        self.wait_for_touch(cancel)?;
+        let made = self
+            .soft
+            .make_credential_for_hash(rp_id, &cdh, &exclude, true, false)
+            .map_err(|e| gate_status(&e))?;
+        Ok(Some(Value::Map(vec![
+            (int(1), text("packed")),
+            (int(2), Value::Bytes(made.auth_data)),
+            (
+                int(3),
+                Value::Map(vec![
+                    (text("alg"), int(ALG_ES256)),
+                    (text("sig"), Value::Bytes(made.signature)),
+                ]),
+            ),
+        ])))
+    }
+
+    fn get_assertion(
+        &self,
+        m: &[(Value, Value)],
+        cancel: &CancelSignal,
+    ) -> Result<Option<Value>, Status> {
+        let rp_id = as_text(get(m, 1).ok_or(status::MISSING_PARAMETER)?)?;
+        let cdh = client_data_hash(m, 2)?;
+        let allow = descriptor_ids(get(m, 3))?;
+        let up = option(m, 5, "up", true)?;
+        if option(m, 5, "uv", false)? || option(m, 5, "rk", false)? {
+            return Err(status::UNSUPPORTED_OPTION);
+        }
+        if get(m, 6).is_some() {
+            return Err(status::PIN_AUTH_INVALID);
+        }
+        // No resident credentials: an empty allow list finds nothing.
+        if !allow.iter().any(|id| self.soft.holds_credential(rp_id, id)) {
+            return Err(status::NO_CREDENTIALS);
+        }
+        if up {
+            self.wait_for_touch(cancel)?;
+        }
+        let a = self
+            .soft
+            .get_assertion_for_hash(rp_id, &cdh, &allow, up, false)
+            .map_err(|e| gate_status(&e))?;
+        let id = a.credential_id.unwrap_or_default();
+        Ok(Some(Value::Map(vec![
+            (
+                int(1),
+                Value::Map(vec![
+                    (text("id"), Value::Bytes(id)),
+                    (text("type"), text("public-key")),
+                ]),
+            ),
+            (int(2), Value::Bytes(a.auth_data)),
+            (int(3), Value::Bytes(a.signature)),
+        ])))
+    }
+
+    fn client_pin(&self, m: &[(Value, Value)]) -> Result<Option<Value>, Status> {
+        let sub = match get(m, 2).ok_or(status::MISSING_PARAMETER)? {
+            Value::Integer(i) => i128::from(*i),
+            _ => return Err(status::CBOR_UNEXPECTED_TYPE),
+        };
+        match sub {
+            // getPINRetries
+            1 if self.config.pin_set => Ok(Some(Value::Map(vec![(int(3), int(8))]))),
+            1 => Err(status::PIN_NOT_SET),
+            _ => Err(status::INVALID_SUBCOMMAND),
+        }
+    }
+}
+
+fn command_name(c: u8) -> &'static str {
+    match c {
+        MAKE_CREDENTIAL => "authenticatorMakeCredential",
+        GET_ASSERTION => "authenticatorGetAssertion",
+        GET_INFO => "authenticatorGetInfo",
+        CLIENT_PIN => "authenticatorClientPIN",
+        0x07 => "authenticatorReset",
+        0x08 => "authenticatorGetNextAssertion",
+        SELECTION => "authenticatorSelection",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chromecard_gate::verify::{parse_auth_data, rp_id_hash, verify_new_credential, PublicKey};
+    use chromecard_gate::SoftBehavior;
+
+    fn key(config: KeyConfig) -> Key {
+        Key::new(
+            SoftAuthenticator::new(SoftBehavior::Present),
+            config,
+            Box::new(|| {}),
+        )
+    }
+
+    fn config() -> KeyConfig {
+        KeyConfig {
+            touch: Touch::After(Duration::from_millis(1)),
+            touch_limit: Duration::from_secs(5),
+            refuse: false,
+            ctap20: false,
+            pin_set: false,
+            qubes_ctap_proxy: false,
+        }
+    }
+
+    fn req(command: u8, body: Value) -> Vec<u8> {
+        let mut out = vec![command];
+        ciborium::ser::into_writer(&body, &mut out).unwrap();
+        out
+    }
+
+    fn decode(answer: &[u8]) -> (u8, Option<Vec<(Value, Value)>>) {
+        let body =
+            (answer.len() > 1).then(|| match ciborium::de::from_reader(&answer[1..]).unwrap() {
+                Value::Map(m) => m,
+                other => panic!("{other:?}"),
+            });
+        (answer[0], body)
+    }
+
+    fn make(rp: &str) -> Value {
+        Value::Map(vec![
+            (int(1), Value::Bytes(vec![3; 32])),
+            (int(2), Value::Map(vec![(text("id"), text(rp))])),
+            (
+                int(3),
+                Value::Map(vec![(text("id"), Value::Bytes(vec![1]))]),
+            ),
+            (
+                int(4),
+                Value::Array(vec![Value::Map(vec![
+                    (text("alg"), int(-7)),
+                    (text("type"), text("public-key")),
+                ])]),
+            ),
+        ])
+    }
+
+    #[test]
+    fn make_credential_then_get_assertion_verify_with_the_gate() {
+        let k = key(config());
+        let (st, body) = decode(&k.handle_cbor(
+            &req(MAKE_CREDENTIAL, make("rp.example")),
+            &CancelSignal::new(),
+        ));
+        assert_eq!(st, status::OK);
+        let body = body.unwrap();
+        assert_eq!(get(&body, 1), Some(&text("packed")));
+        let ad = as_bytes(get(&body, 2).unwrap()).unwrap().to_vec();
+        let new = verify_new_credential(&ad, &rp_id_hash("rp.example"), false).unwrap();
+        // The self-attestation verifies with the new credential's key.
+        let att = as_map(get(&body, 3).unwrap()).unwrap();
+        let sig = as_bytes(text_get(att, "sig").unwrap()).unwrap();
+        let mut signed = ad.clone();
+        signed.extend_from_slice(&[3; 32]);
+        new.public_key.verify(&signed, sig).unwrap();
+
+        let ga = Value::Map(vec![
+            (int(1), text("rp.example")),
+            (int(2), Value::Bytes(vec![9; 32])),
+            (
+                int(3),
+                Value::Array(vec![Value::Map(vec![
+                    (text("id"), Value::Bytes(new.credential_id.clone())),
+                    (text("type"), text("public-key")),
+                ])]),
+            ),
+        ]);
+        let (st, body) =
+            decode(&k.handle_cbor(&req(GET_ASSERTION, ga.clone()), &CancelSignal::new()));
+        assert_eq!(st, status::OK);
+        let body = body.unwrap();
+        let ad = as_bytes(get(&body, 2).unwrap()).unwrap().to_vec();
+        assert_eq!(parse_auth_data(&ad).unwrap().sign_count, 1);
+        let mut signed = ad.clone();
+        signed.extend_from_slice(&[9; 32]);
+        let pk: &PublicKey = &new.public_key;
+        pk.verify(&signed, as_bytes(get(&body, 3).unwrap()).unwrap())
+            .unwrap();
+        // Another relying party: no credentials, no touch needed.
+        let mut other = ga;
+        if let Value::Map(m) = &mut other {
+            m[0].1 = text("other.example");
+        }
+        assert_eq!(
+            k.handle_cbor(&req(GET_ASSERTION, other), &CancelSignal::new()),
+            vec![status::NO_CREDENTIALS]
+        );
+    }
+
+    #[test]
+    fn refusals_and_modes() {
+        let cancel = CancelSignal::new();
+        // CTAP 2.0: no selection, and getInfo says so.
+        let k = key(KeyConfig {
+            ctap20: true,
+            ..config()
+        });
+        assert_eq!(
+            k.handle_cbor(&[SELECTION], &cancel),
+            vec![status::INVALID_COMMAND]
+        );
+        let (_, info) = decode(&k.handle_cbor(&[GET_INFO], &cancel));
+        assert_eq!(
+            get(&info.unwrap(), 1),
+            Some(&Value::Array(vec![text("FIDO_2_0")]))
+        );
+        // A PIN is set: makeCredential without pinUvAuthParam is refused.
+        let k = key(KeyConfig {
+            pin_set: true,
+            ..config()
+        });
+        assert_eq!(
+            k.handle_cbor(&req(MAKE_CREDENTIAL, make("rp")), &cancel),
+            vec![status::PIN_REQUIRED]
+        );
+        // Refuse.
+        let k = key(KeyConfig {
+            refuse: true,
+            ..config()
+        });
+        assert_eq!(
+            k.handle_cbor(&[SELECTION], &cancel),
+            vec![status::OPERATION_DENIED]
+        );
+        // Qubes' proxy refuses 0x07-0x0D.
+        let k = key(KeyConfig {
+            qubes_ctap_proxy: true,
+            ..config()
+        });
+        assert_eq!(
+            k.handle_cbor(&[SELECTION], &cancel),
+            vec![status::INVALID_COMMAND]
+        );
+        // Garbage CBOR.
+        assert_eq!(
+            k.handle_cbor(&[MAKE_CREDENTIAL, 0xff], &cancel),
+            vec![status::INVALID_CBOR]
+        );
+        assert_eq!(k.handle_cbor(&[], &cancel), vec![status::INVALID_COMMAND]);
+    }
+
+    #[test]
+    fn a_touch_nobody_gives_ends_on_cancel_or_at_the_limit() {
+        let k = key(KeyConfig {
+            touch: Touch::Never,
+            touch_limit: Duration::from_millis(50),
+            ..config()
+        });
+        assert_eq!(
+            k.handle_cbor(&[SELECTION], &CancelSignal::new()),
+            vec![status::USER_ACTION_TIMEOUT]
+        );
+        let k = key(KeyConfig {
+            touch: Touch::Never,
+            ..config()
+        });
+        let c = CancelSignal::new();
+        c.cancel();
+        assert_eq!(
+            k.handle_cbor(&[SELECTION], &c),
+            vec![status::KEEPALIVE_CANCEL]
+        );
+    }
+}
