@@ -1128,6 +1128,56 @@ pub fn start_tls_chain(certs: &Certs) -> (Proc, u16, Proc, Client) {
     (server, sport, proxy, Client::tls(pport, &certs.ca()))
 }
 
+/// A running virtual FIDO2 key (`chromecard-vkey`) and the hidraw node it made.
+/// Needs `/dev/uhid` (root; scripts/test.sh runs such tests in a VM).
+pub struct VKey {
+    pub proc: Proc,
+    pub hidraw: String,
+}
+
+impl VKey {
+    /// Starts `chromecard-vkey` with `args` and waits (at most 20 s) for the hidraw
+    /// path it prints first on stdout.
+    pub fn start(args: &[&str]) -> VKey {
+        let mut proc = Spawn::program("chromecard-vkey", bin_path("chromecard-vkey"))
+            .args(args)
+            .spawn();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(line) = proc.stdout().lines().next() {
+                if line.starts_with("/dev/hidraw") {
+                    return VKey {
+                        hidraw: line.to_string(),
+                        proc,
+                    };
+                }
+            }
+            if let Some(st) = proc.try_exited() {
+                panic!(
+                    "chromecard-vkey exited ({st}) before its device was ready\n{}",
+                    proc.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromecard-vkey printed no hidraw path within 20 s\n{}",
+                proc.logs()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What the key logged (every CTAPHID command and CTAP2 request it received).
+    pub fn log(&self) -> String {
+        self.proc.stderr()
+    }
+
+    /// How many times the key logged `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+}
+
 /// A client that talks to k_server directly as k_proxy would (k_proxy's client cert).
 pub fn server_client_as_proxy(sport: u16, certs: &Certs) -> Client {
     Client::tls(sport, &certs.ca()).with_client_cert(&certs.proxy_crt(), &certs.proxy_key())

@@ -4,7 +4,7 @@
 //! software authenticator's (`chromecard_gate::SoftAuthenticator`): one
 //! implementation for `--gate soft` and for this key.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +69,8 @@ pub struct KeyConfig {
     /// Behave as Qubes' CTAP proxy 2.0.7: CTAP2 commands 0x07-0x0D refused with
     /// CTAP1_ERR_INVALID_COMMAND.
     pub qubes_ctap_proxy: bool,
+    /// Touch waits (counted from 1) that nobody touches, whatever `touch` says.
+    pub untouched: Vec<u32>,
 }
 
 /// The authenticator: key material, configuration, and the keep-alive status
@@ -80,6 +82,8 @@ pub struct Key {
     pub status: Arc<AtomicU8>,
     /// Called when the key starts waiting for a touch (e.g. to pull the key out).
     on_touch_wait: Box<dyn Fn() + Send + Sync>,
+    /// Touch waits so far.
+    touch_waits: AtomicU32,
 }
 
 /// Why a request ended without an answer body.
@@ -199,6 +203,7 @@ impl Key {
             config,
             status: Arc::new(AtomicU8::new(keepalive::PROCESSING)),
             on_touch_wait,
+            touch_waits: AtomicU32::new(0),
         }
     }
 
@@ -249,8 +254,15 @@ impl Key {
             return Err(status::OPERATION_DENIED);
         }
         self.status.store(keepalive::UP_NEEDED, Ordering::SeqCst);
+        let nth = self.touch_waits.fetch_add(1, Ordering::SeqCst) + 1;
+        tracing::info!(nth, "waiting for a touch");
         (self.on_touch_wait)();
-        let outcome = match self.config.touch {
+        let touch = if self.config.untouched.contains(&nth) {
+            Touch::Never
+        } else {
+            self.config.touch
+        };
+        let outcome = match touch {
             Touch::After(d) if d < self.config.touch_limit => {
                 if cancel.wait_timeout(d) {
                     Err(status::KEEPALIVE_CANCEL)
@@ -462,6 +474,7 @@ mod tests {
             ctap20: false,
             pin_set: false,
             qubes_ctap_proxy: false,
+            untouched: Vec::new(),
         }
     }
 

@@ -46,6 +46,11 @@ struct Args {
     #[arg(long, conflicts_with = "touch_after_ms")]
     no_touch: bool,
 
+    /// Touch waits (counted from 1, comma-separated) that nobody touches, e.g. `3` for a
+    /// key that is touched for the first two requests and not the third.
+    #[arg(long, value_name = "N,...", value_delimiter = ',')]
+    untouched: Vec<u32>,
+
     /// How long the key itself waits for a touch before CTAP2_ERR_USER_ACTION_TIMEOUT.
     #[arg(long, value_name = "MS", default_value_t = 30_000)]
     touch_limit_ms: u64,
@@ -188,6 +193,7 @@ fn main() -> anyhow::Result<()> {
             ctap20: args.ctap20,
             pin_set: args.pin_set,
             qubes_ctap_proxy: args.qubes_ctap_proxy,
+            untouched: args.untouched.clone(),
         },
         on_touch_wait,
     ));

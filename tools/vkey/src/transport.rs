@@ -22,7 +22,9 @@ pub struct TransportMode {
     /// The command byte of the answer to a CBOR request: CBOR, or MSG as Qubes'
     /// CTAP proxy 2.0.7 frames it.
     pub cbor_answer_cmd: u8,
-    /// How long the rest of a message may take to arrive.
+    /// How long the next continuation packet of a message may take to arrive (the
+    /// timer restarts with every packet, as real keys do: a long message over a
+    /// slow host is not cut off while its packets keep coming).
     pub message_timeout: Duration,
 }
 
@@ -67,6 +69,7 @@ pub struct Transport {
     mode: TransportMode,
     /// Channel ids handed out so far are `1..next_cid`.
     next_cid: u32,
+    /// The message being assembled, and when its last packet arrived.
     assembly: Option<(Assembly, Instant)>,
     busy: Option<Busy>,
     next_job: u64,
@@ -123,7 +126,7 @@ impl Transport {
     /// Drops a message whose continuation packets stopped coming.
     pub fn on_tick(&mut self, now: Instant) -> Vec<Action> {
         match &self.assembly {
-            Some((a, started)) if now.duration_since(*started) > self.mode.message_timeout => {
+            Some((a, last)) if now.duration_since(*last) > self.mode.message_timeout => {
                 let cid = a.cid();
                 self.assembly = None;
                 vec![error(cid, err::MSG_TIMEOUT)]
@@ -149,7 +152,7 @@ impl Transport {
                 data,
             } => self.on_init_packet(cid, command, len, data, now),
             Packet::Cont { cid, seq, data } => {
-                let Some((assembly, _)) = self.assembly.as_mut().filter(|(a, _)| a.cid() == cid)
+                let Some((assembly, last)) = self.assembly.as_mut().filter(|(a, _)| a.cid() == cid)
                 else {
                     // A stray continuation packet is ignored (CTAP 2.1 section 11.2.4).
                     return Vec::new();
@@ -158,6 +161,7 @@ impl Transport {
                     self.assembly = None;
                     return vec![error(cid, e.error_code())];
                 }
+                *last = now;
                 if assembly.is_complete() {
                     if let Some((a, _)) = self.assembly.take() {
                         return self.on_message(a.finish());
@@ -422,6 +426,32 @@ mod tests {
             None,
             "the abandoned answer must not be sent"
         );
+    }
+
+    #[test]
+    fn the_message_timeout_counts_from_the_last_packet_not_the_first() {
+        // python-fido2 sending a 7609-byte PING (129 packets) inside a slow VM took longer
+        // than the timeout in all, with every gap far below it: that must not time out.
+        let mut t = t();
+        let a = init(&mut t);
+        let payload: Vec<u8> = (0..7609).map(|i| i as u8).collect();
+        let packets = fragment(a, cmd::PING, &payload).unwrap();
+        assert_eq!(packets.len(), 129);
+        let start = Instant::now();
+        let gap = Duration::from_millis(100);
+        let mut reply = Vec::new();
+        for (i, p) in packets.iter().enumerate() {
+            let now = start + gap * i as u32;
+            assert!(t.on_tick(now).is_empty(), "timed out at packet {i}");
+            reply.extend(t.on_report(p, now));
+        }
+        assert_eq!(one(reply), packets, "the echo");
+        // A gap longer than the timeout still ends the message.
+        let now = start + gap * 200;
+        assert!(t.on_report(&packets[0], now).is_empty());
+        assert!(t.on_report(&packets[1], now + gap).is_empty());
+        assert!(t.on_tick(now + gap * 5).is_empty());
+        assert_eq!(error_code(&one(t.on_tick(now + gap * 7))), err::MSG_TIMEOUT);
     }
 
     #[test]

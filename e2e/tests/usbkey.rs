@@ -1,0 +1,397 @@
+//! The real key path: `--gate fido2` through ctap-hid-fido2, hidapi and the kernel's
+//! hidraw, against the virtual USB key (`chromecard-vkey` on /dev/uhid).
+//!
+//! Every test here needs /dev/uhid, which CI machines lack: scripts/test.sh runs this
+//! binary inside a small VM (scripts/vm-run.sh) with `--ignored --test-threads=1`, or
+//! directly where /dev/uhid is writable. One at a time: k_proxy without `--device`
+//! sees every key attached, so two tests' keys must not meet.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use chromecard_e2e::*;
+
+/// An enrolment file and a key file in one private temp dir.
+struct Usb {
+    dir: TempDir,
+}
+
+impl Usb {
+    fn new() -> Usb {
+        let dir = tempfile::Builder::new()
+            .prefix("chromecard-usb-")
+            .tempdir()
+            .expect("tempdir");
+        Usb { dir }
+    }
+    fn key_file(&self, name: &str) -> String {
+        s(self.dir.path().join(name))
+    }
+    fn creds(&self) -> String {
+        s(self.dir.path().join("credentials"))
+    }
+    /// A virtual key with the key file `name` and extra switches.
+    fn vkey(&self, name: &str, extra: &[&str]) -> VKey {
+        let file = self.key_file(name);
+        let mut args = vec!["--key-file", &file];
+        args.extend_from_slice(extra);
+        VKey::start(&args)
+    }
+    fn gate_flags(&self, touch_timeout: &str) -> Vec<String> {
+        [
+            "--gate",
+            "fido2",
+            "--credentials-file",
+            &self.creds(),
+            "--touch-timeout",
+            touch_timeout,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    fn enroll_ok(&self, user: &str) {
+        let e = Spawn::k_proxy()
+            .args(["enroll", "--username", user])
+            .args(self.gate_flags("10"))
+            .run_to_exit(Duration::from_secs(30));
+        assert!(
+            e.status.is_some_and(|st| st.success()),
+            "k_proxy enroll over USB failed: {e:?}"
+        );
+        assert!(e.stdout.contains(&format!("enrolled {user}")), "{e:?}");
+    }
+    /// k_proxy at the assertion level on the USB key, login only (dead upstream).
+    fn proxy(&self, touch_timeout: &str, extra: &[&str]) -> (Proc, Client) {
+        let dead = free_port();
+        let mut args = self.gate_flags(touch_timeout);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (p, _port, c) = start_proxy_plain(&format!("http://127.0.0.1:{dead}"), &args);
+        (p, c)
+    }
+}
+
+/// How long k_proxy itself took over its last `/session/login`, from its access log.
+/// Under the CI's emulated VM, starting curl alone can take a second, so the deadline
+/// is judged on the server's own clock.
+fn last_login_took(proxy: &Proc) -> Duration {
+    let log = proxy.stderr();
+    let micros = log
+        .lines()
+        .filter(|l| l.contains("path=/session/login"))
+        .filter_map(|l| l.split("micros=").nth(1))
+        .filter_map(|m| m.split_whitespace().next()?.parse::<u64>().ok())
+        .last()
+        .unwrap_or_else(|| panic!("no /session/login in k_proxy's access log:\n{log}"));
+    Duration::from_micros(micros)
+}
+
+/// A refused login: exact status and code, no session token.
+fn assert_refused(r: &Resp, status: u16, code: &str) {
+    r.expect_error(status, code);
+    assert!(!r.body.contains("session_token"), "{}", r.ctx());
+}
+
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
+fn enrol_over_usb_then_the_runbook_through_the_whole_chain() {
+    let usb = Usb::new();
+    let key = usb.vkey("key", &[]);
+    usb.enroll_ok("alice");
+    assert!(
+        key.log().contains("authenticatorMakeCredential"),
+        "{}",
+        key.log()
+    );
+
+    // The split-VM shape: k_server with mutual TLS, k_proxy serving TLS on the USB key.
+    let certs = Certs::generate();
+    let (_server, sport) = start_server_tls(&certs);
+    let pport = free_port();
+    let mut proxy = Spawn::k_proxy()
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &pport.to_string(),
+            "--session-ttl",
+            "300",
+            "--server-base-url",
+            &format!("https://127.0.0.1:{sport}"),
+            "--server-ca-file",
+            &s(certs.ca()),
+            "--proxy-token",
+            PROXY_TOKEN,
+            "--tls-certfile",
+            &s(certs.proxy_crt()),
+            "--tls-keyfile",
+            &s(certs.proxy_key()),
+        ])
+        .args(usb.gate_flags("10"))
+        .start(pport);
+    let ran = run(
+        Command::new(workspace_file("scripts/runbook.sh")).args([
+            "--port",
+            &pport.to_string(),
+            "--cacert",
+            &s(certs.ca()),
+            "--username",
+            "alice",
+        ]),
+        None,
+        Duration::from_secs(120),
+    );
+    assert!(
+        ran.success() && ran.stdout.contains("runbook: all 5 steps passed"),
+        "runbook.sh against the chain on the USB key: {}\n{}\n{}\n{}\n{}",
+        ran.describe_status(),
+        ran.stdout,
+        ran.stderr,
+        proxy.logs(),
+        key.log()
+    );
+    let log = proxy.stderr();
+    assert!(log.contains("GATE LEVEL: ASSERTION"), "{log}");
+    assert!(log.contains("USB FIDO2 key"), "{log}");
+    assert_eq!(
+        key.count("CTAP2 request command=\"authenticatorGetAssertion\""),
+        1,
+        "{}",
+        key.log()
+    );
+    proxy.assert_running();
+}
+
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
+fn every_refusal_on_the_usb_path_carries_its_code() {
+    let usb = Usb::new();
+    let (mut proxy, c) = {
+        let _enrolling = usb.vkey("key", &[]);
+        usb.enroll_ok("alice");
+        // Seven refusals in a row for one user: the throttle is not what this test is about.
+        usb.proxy("2", &["--login-max-failures", "0"])
+    };
+    // The keys below come and go while one k_proxy runs: it looks for them at every login.
+    {
+        let _key = usb.vkey("key", &[]);
+        assert_refused(&c.login("bob"), 401, "not_enrolled");
+        c.login_ok("alice");
+    }
+    {
+        let _other = usb.vkey("other-key", &[]);
+        assert_refused(&c.login("alice"), 401, "credential_not_found");
+    }
+    {
+        // A clone of the key made after its last use signs that count again.
+        let _clone = usb.vkey("key", &["--behavior", "cloned-counter"]);
+        assert_refused(&c.login("alice"), 401, "counter_not_increased");
+    }
+    {
+        let _up_clear = usb.vkey("key", &["--behavior", "up-clear"]);
+        assert_refused(&c.login("alice"), 401, "user_not_present");
+    }
+    {
+        let _foreign = usb.vkey("key", &["--behavior", "foreign-key"]);
+        assert_refused(&c.login("alice"), 401, "bad_signature");
+    }
+    {
+        let _refusing = usb.vkey("key", &["--behavior", "refuse"]);
+        assert_refused(&c.login("alice"), 401, "key_refused");
+    }
+    assert_refused(&c.login("alice"), 401, "no_key");
+    {
+        let _key = usb.vkey("key", &[]);
+        c.login_ok("alice");
+    }
+    proxy.assert_running();
+}
+
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
+fn a_login_nobody_touches_is_cancelled_at_the_deadline_and_the_next_one_passes_at_once() {
+    let usb = Usb::new();
+    let key = usb.vkey("key", &["--untouched", "2"]);
+    usb.enroll_ok("alice");
+    let (mut proxy, c) = usb.proxy("2", &[]);
+    let t = Instant::now();
+    let r = c.login("alice");
+    let seen = t.elapsed();
+    assert_refused(&r, 401, "touch_timeout");
+    let took = last_login_took(&proxy);
+    eprintln!("no touch: k_proxy answered 401 after {took:?} (the client saw {seen:?})");
+    assert!(
+        took < Duration::from_secs(3) && took >= Duration::from_millis(1900),
+        "--touch-timeout 2 refused after {took:?}, not within the timeout plus one second{}",
+        r.ctx()
+    );
+    // The key saw the CANCEL and stopped waiting.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !key.log().contains("touch wait cancelled") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(key.log().contains("<- CTAPHID_CANCEL"), "{}", key.log());
+    assert!(key.log().contains("touch wait cancelled"), "{}", key.log());
+    // The device is free again at once.
+    let t = Instant::now();
+    c.login_ok("alice");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "next login took {:?}",
+        t.elapsed()
+    );
+    proxy.assert_running();
+}
+
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
+fn with_two_keys_attached_the_one_holding_the_credential_is_used_without_touching_the_other() {
+    let usb = Usb::new();
+    {
+        let _k = usb.vkey("key", &[]);
+        usb.enroll_ok("alice");
+    }
+    // A second key nobody will touch, attached first so that k_proxy meets it first
+    // (hidraw order): any touch asked of it would end the login at the deadline.
+    let other = usb.vkey("other-key", &["--no-touch"]);
+    let enrolled = usb.vkey("key", &[]);
+    assert!(
+        other.hidraw < enrolled.hidraw,
+        "{} {}",
+        other.hidraw,
+        enrolled.hidraw
+    );
+    let (mut proxy, c) = usb.proxy("5", &[]);
+    c.login_ok("alice");
+    let took = last_login_took(&proxy);
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    // The other key was asked without a touch (up: false) and answered "no credentials".
+    assert!(
+        other.log().contains("authenticatorGetAssertion"),
+        "{}",
+        other.log()
+    );
+    assert!(other.log().contains("status=0x2e"), "{}", other.log());
+    assert!(
+        !other.log().contains("waiting for a touch"),
+        "{}",
+        other.log()
+    );
+    assert!(enrolled.log().contains("touched"), "{}", enrolled.log());
+    proxy.assert_running();
+}
+
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
+fn a_key_pulled_out_mid_login_is_a_clear_401_and_k_proxy_keeps_serving() {
+    let usb = Usb::new();
+    {
+        let _k = usb.vkey("key", &[]);
+        usb.enroll_ok("alice");
+    }
+    let (mut proxy, c) = usb.proxy("5", &[]);
+    let mut pulled = usb.vkey("key", &["--no-touch", "--vanish-after-ms", "300"]);
+    let t = Instant::now();
+    let r = c.login("alice");
+    r.expect_json_error(401, &["device_error", "no_key", "touch_timeout"]);
+    assert!(!r.body.contains("session_token"), "{}", r.ctx());
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(pulled.proc.try_exited().is_some(), "the key should be gone");
+    eprintln!("key pulled out: {} after {:?}", r.body, t.elapsed());
+    c.healthz().expect(200);
+    let _back = usb.vkey("key", &[]);
+    c.login_ok("alice");
+    proxy.assert_running();
+}
+
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
+fn touch_level_uses_selection_on_ctap_2_1_and_a_throwaway_credential_on_ctap_2_0() {
+    let dead = free_port();
+    let flags = [
+        "--gate",
+        "fido2",
+        "--gate-level",
+        "touch",
+        "--touch-timeout",
+        "5",
+    ];
+    let (mut proxy, _port, c) = start_proxy_plain(&format!("http://127.0.0.1:{dead}"), &flags);
+    {
+        let key = VKey::start(&[]);
+        c.login_ok("anyone");
+        assert!(
+            key.log().contains("authenticatorSelection"),
+            "{}",
+            key.log()
+        );
+        assert!(key.log().contains("touched"), "{}", key.log());
+    }
+    {
+        let key = VKey::start(&["--ctap20"]);
+        c.login_ok("anyone");
+        assert!(
+            !key.log().contains("authenticatorSelection"),
+            "{}",
+            key.log()
+        );
+        assert!(
+            key.log().contains("authenticatorMakeCredential"),
+            "{}",
+            key.log()
+        );
+    }
+    {
+        let _key = VKey::start(&["--no-touch"]);
+        assert_refused(&c.login("anyone"), 401, "touch_timeout");
+    }
+    proxy.assert_running();
+}
+
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
+fn presence_level_asks_getinfo_only() {
+    let dead = free_port();
+    let (mut proxy, _port, c) =
+        start_proxy_plain(&format!("http://127.0.0.1:{dead}"), &["--gate", "fido2"]);
+    assert_refused(&c.login("anyone"), 401, "no_key");
+    let key = VKey::start(&["--no-touch"]);
+    c.login_ok("anyone");
+    assert!(key.log().contains("authenticatorGetInfo"), "{}", key.log());
+    assert!(!key.log().contains("waiting for a touch"), "{}", key.log());
+    assert!(proxy.stderr().contains("GATE LEVEL: PRESENCE"));
+    proxy.assert_running();
+}
+
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
+fn the_hardware_check_script_runs_unattended_against_the_virtual_key() {
+    // Touches 1 (enrol) and 2 (login) happen; 3 is the login nobody touches; 4 passes.
+    let key = VKey::start(&["--untouched", "3"]);
+    let port = free_port().to_string();
+    let ran = run(
+        Command::new(workspace_file("scripts/hw-check.sh")).args([
+            "--bin",
+            &s(bin_path("k_proxy")),
+            "--timeout",
+            "3",
+            "--port",
+            &port,
+        ]),
+        None,
+        Duration::from_secs(120),
+    );
+    assert!(
+        ran.success(),
+        "hw-check.sh: {}\n{}\n{}\n{}",
+        ran.describe_status(),
+        ran.stdout,
+        ran.stderr,
+        key.log()
+    );
+    assert!(key.log().contains("<- CTAPHID_CANCEL"), "{}", key.log());
+}
