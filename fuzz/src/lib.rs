@@ -72,6 +72,10 @@ fn is_b64token(t: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
 }
 
+/// The one Origin the credential target's policy accepts.
+const OUR_ORIGIN_TEXT: &str = "https://127.0.0.1:8771";
+const OUR_ORIGIN: fn(&str) -> bool = |origin| origin == OUR_ORIGIN_TEXT;
+
 /// `bearer_token`, `take_credential` (Bearer, cookie, CSRF) and `require_json`.
 pub fn credential(data: &[u8]) {
     let (method, headers) = headers_from(data);
@@ -111,7 +115,8 @@ pub fn credential(data: &[u8]) {
                 header::COOKIE,
                 HeaderValue::from_str(pair).expect("cookie header"),
             );
-            let back = take_credential(&jar, &Method::GET).expect("own cookie refused");
+            let back =
+                take_credential(&jar, &Method::GET, &OUR_ORIGIN).expect("own cookie refused");
             assert_eq!(back.token, *token);
             assert_eq!(back.source, CredentialSource::Cookie);
         }
@@ -127,7 +132,7 @@ pub fn credential(data: &[u8]) {
         }
     }
 
-    let taken = take_credential(&headers, &method);
+    let taken = take_credential(&headers, &method, &OUR_ORIGIN);
     if !auth_values.is_empty() {
         // An Authorization header always decides, whatever cookies came with it.
         match (&taken, &bearer) {
@@ -156,6 +161,13 @@ pub fn credential(data: &[u8]) {
                     assert!(
                         headers.contains_key(CSRF_HEADER),
                         "a state-changing cookie request passed without the CSRF header"
+                    );
+                    assert!(
+                        headers
+                            .get_all(header::ORIGIN)
+                            .iter()
+                            .all(|origin| origin == OUR_ORIGIN_TEXT),
+                        "a state-changing cookie request passed with a foreign Origin"
                     );
                 }
             }

@@ -1,6 +1,7 @@
 //! One request's walk through k_proxy, each phase in one place:
-//! filter (head limits) → route → take the credential → session check → rewrite and
-//! forward (upstream.rs) → respond → audit/access log.
+//! filter (head limits, then the Host allow-list: host_allow/) → route → take the
+//! credential → session check → rewrite and forward (upstream.rs) → respond →
+//! audit/access log.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,11 +17,12 @@ use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use crate::host_allow::{self, AllowedHosts, Authority};
 use crate::metrics::ProxyMetrics;
 use crate::throttle::{Banned, LoginThrottle};
 use crate::upstream::Upstream;
 use chromecard_request::{
-    clear_session_cookie, set_session_cookie, take_credential, CredentialSource,
+    clear_session_cookie, set_session_cookie, take_credential, Credential, CredentialSource,
 };
 use chromecard_request::{parse_login, require_json, MAX_LOGIN_BODY};
 
@@ -66,6 +68,8 @@ pub struct App {
     pub gate: Gate,
     /// Replaced whole on SIGHUP; a request keeps the one it started with.
     pub upstream: std::sync::RwLock<Arc<Upstream>>,
+    /// The hosts requests may be addressed to; replaced whole on SIGHUP (certificate names).
+    pub hosts: std::sync::RwLock<Arc<AllowedHosts>>,
     pub max_body_bytes: usize,
     pub header_limits: HeaderLimits,
     pub throttle: Arc<LoginThrottle>,
@@ -92,6 +96,48 @@ impl App {
             Ok(mut current) => *current = Arc::new(upstream),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(upstream),
         }
+    }
+
+    fn hosts(&self) -> Arc<AllowedHosts> {
+        match self.hosts.read() {
+            Ok(hosts) => hosts.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Swaps in the allowed hosts of a reloaded certificate.
+    pub fn replace_hosts(&self, hosts: AllowedHosts) {
+        match self.hosts.write() {
+            Ok(mut current) => *current = Arc::new(hosts),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(hosts),
+        }
+    }
+
+    /// The Host allow-list (host_allow/): a refusal is logged and counted here.
+    fn admit_host(
+        &self,
+        hosts: &AllowedHosts,
+        request: &Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Result<Option<Authority>, ApiError> {
+        host_allow::admit(
+            hosts,
+            request.version(),
+            request.uri(),
+            request.headers(),
+        )
+        .map_err(|refusal| {
+            let host = request.headers().get(http::header::HOST);
+            tracing::warn!(
+                peer = %conn.peer,
+                code = refusal.code(),
+                host = ?host,
+                uri_authority = ?request.uri().authority().map(|a| a.as_str()),
+                "refused a request for a host k_proxy does not serve ({refusal}); a DNS-rebinding page would look like this; allow a real name with --allowed-host"
+            );
+            self.metrics.host_refused.inc(refusal.code());
+            refusal.to_api_error()
+        })
     }
 
     pub async fn handle(&self, request: Request<Incoming>, conn: Arc<ConnInfo>) -> HttpResponse {
@@ -132,7 +178,18 @@ impl App {
         user: &mut Option<Arc<str>>,
     ) -> Result<HttpResponse, ApiError> {
         check_header_limits(request.headers(), self.header_limits)?;
-        let route = route(request.uri().path()).ok_or_else(ApiError::not_found)?;
+        let route = route(request.uri().path());
+        let hosts = self.hosts();
+        // Health probes answer any name: they carry no session and no secret.
+        let addressed = match route {
+            Some(Route::Health | Route::Ready) => None,
+            _ => self.admit_host(&hosts, &request, conn)?,
+        };
+        let route = route.ok_or_else(ApiError::not_found)?;
+        let site = Site {
+            hosts: &hosts,
+            addressed: addressed.as_ref(),
+        };
         match route {
             Route::Health => {
                 require_method(request.method(), Method::GET, "GET")?;
@@ -157,7 +214,7 @@ impl App {
             }
             Route::Status => {
                 require_method(request.method(), Method::POST, "POST")?;
-                let credential = take_credential(request.headers(), request.method())?;
+                let credential = site.credential(request.headers(), request.method())?;
                 let session = self
                     .sessions
                     .validate(credential.token)
@@ -176,7 +233,7 @@ impl App {
             }
             Route::Refresh => {
                 require_method(request.method(), Method::POST, "POST")?;
-                let credential = take_credential(request.headers(), request.method())?;
+                let credential = site.credential(request.headers(), request.method())?;
                 let issued = self
                     .sessions
                     .refresh(credential.token)
@@ -194,11 +251,11 @@ impl App {
             }
             Route::Logout => {
                 require_method(request.method(), Method::POST, "POST")?;
-                self.logout(request, conn, user).await
+                self.logout(request, conn, &site, user).await
             }
             Route::List => {
                 require_method(request.method(), Method::GET, "GET")?;
-                let credential = take_credential(request.headers(), request.method())?;
+                let credential = site.credential(request.headers(), request.method())?;
                 let (current, sessions) = self
                     .sessions
                     .list(credential.token)
@@ -225,7 +282,7 @@ impl App {
             }
             Route::Resource => {
                 let path_and_query = checked_resource_path(&request)?;
-                let credential = take_credential(request.headers(), request.method())?;
+                let credential = site.credential(request.headers(), request.method())?;
                 let session = self
                     .sessions
                     .validate(credential.token)
@@ -367,10 +424,11 @@ impl App {
         &self,
         request: Request<Incoming>,
         conn: &ConnInfo,
+        site: &Site<'_>,
         user: &mut Option<Arc<str>>,
     ) -> Result<HttpResponse, ApiError> {
         let (parts, body) = request.into_parts();
-        let credential = take_credential(&parts.headers, &parts.method)?;
+        let credential = site.credential(&parts.headers, &parts.method)?;
         let body = read_body_limited(body, MAX_LOGIN_BODY, BODY_READ_TIMEOUT).await?;
         let all = parse_logout(&parts.headers, &body)?;
         let ended = if all {
@@ -400,6 +458,26 @@ impl App {
             set_cookie(&mut response, Some(clear_session_cookie(conn.tls)));
         }
         Ok(response)
+    }
+}
+
+/// Who this request is for: the allowed hosts, and the admitted host it named.
+struct Site<'a> {
+    hosts: &'a AllowedHosts,
+    addressed: Option<&'a Authority>,
+}
+
+impl Site<'_> {
+    /// The request's credential; a cookie's CSRF check accepts only an `Origin` naming this
+    /// k_proxy by the host the request was addressed to (never merely the client's `Host`).
+    fn credential<'h>(
+        &self,
+        headers: &'h http::HeaderMap,
+        method: &Method,
+    ) -> Result<Credential<'h>, ApiError> {
+        take_credential(headers, method, &|origin: &str| {
+            self.hosts.allows_origin(origin, self.addressed)
+        })
     }
 }
 

@@ -35,6 +35,13 @@ pub struct Args {
     #[arg(long, default_value_t = 8770)]
     pub port: u16,
 
+    /// Also answer requests addressed to this host (repeatable): a bare host name or IP
+    /// address, any port; with :PORT, that port only. Requests naming any other host get
+    /// 421 (a guard against DNS rebinding). Always allowed: localhost, 127.0.0.1 and [::1]
+    /// on any port, the --host address, and the names in --tls-certfile's certificate.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub allowed_host: Vec<crate::host_allow::AllowedHost>,
+
     /// Absolute session lifetime in seconds, from login.
     #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub session_ttl: u64,

@@ -13,12 +13,15 @@ use http::Uri;
 use tokio_rustls::TlsAcceptor;
 
 use crate::args::{Args, OnNewLogin};
+use crate::host_allow::AllowedHosts;
 use crate::throttle::ThrottleSettings;
 use crate::upstream::UpstreamSettings;
 
 pub struct Config {
     pub listen: SocketAddr,
     pub tls: Option<TlsAcceptor>,
+    /// The hosts requests may be addressed to (host_allow/policy.rs).
+    pub hosts: AllowedHosts,
     pub sessions: StoreSettings,
     /// `--session-store`: the file sessions are written through to.
     pub session_store: Option<SessionFile>,
@@ -35,18 +38,16 @@ pub struct Config {
 }
 
 pub fn make_config(args: &Args) -> anyhow::Result<Config> {
-    let host: IpAddr = args.host.parse().with_context(|| {
-        format!(
-            "--host {:?} is not an IP address; use 127.0.0.1 (what qubes.ConnectTCP connects to)",
-            args.host
-        )
-    })?;
-    if !host.is_loopback() {
-        tracing::warn!(%host, "listening beyond loopback: on Qubes, clients reach k_proxy through qubes.ConnectTCP on 127.0.0.1");
+    let listen = listen_address(args)?;
+    if !listen.ip().is_loopback() {
+        tracing::warn!(host = %listen.ip(), "listening beyond loopback: on Qubes, clients reach k_proxy through qubes.ConnectTCP on 127.0.0.1");
     }
-    let listen = SocketAddr::new(host, args.port);
 
-    let Reloadable { tls, upstream } = load_reloadable(args)?;
+    let Reloadable {
+        tls,
+        upstream,
+        hosts,
+    } = load_reloadable(args)?;
 
     let session_store = match &args.session_store {
         Some(path) => Some(
@@ -64,6 +65,7 @@ pub fn make_config(args: &Args) -> anyhow::Result<Config> {
     Ok(Config {
         listen,
         tls,
+        hosts,
         sessions: StoreSettings {
             ttl: Duration::from_secs(args.session_ttl),
             idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
@@ -99,11 +101,24 @@ pub fn make_config(args: &Args) -> anyhow::Result<Config> {
     })
 }
 
-/// What SIGHUP reloads: the proxy token, the client-facing certificate, and the k_server
-/// hop's CA and client certificate. Built whole or not at all.
+/// `--host` and `--port`.
+fn listen_address(args: &Args) -> anyhow::Result<SocketAddr> {
+    let host: IpAddr = args.host.parse().with_context(|| {
+        format!(
+            "--host {:?} is not an IP address; use 127.0.0.1 (what qubes.ConnectTCP connects to)",
+            args.host
+        )
+    })?;
+    Ok(SocketAddr::new(host, args.port))
+}
+
+/// What SIGHUP reloads: the proxy token, the client-facing certificate (and with it the
+/// allowed hosts its names add), and the k_server hop's CA and client certificate. Built
+/// whole or not at all.
 pub struct Reloadable {
     pub tls: Option<TlsAcceptor>,
     pub upstream: UpstreamSettings,
+    pub hosts: AllowedHosts,
 }
 
 /// Loads (or reloads) the secrets and certificates from the files the flags name.
@@ -116,10 +131,13 @@ pub fn load_reloadable(args: &Args) -> anyhow::Result<Reloadable> {
     tracing::info!(source = %proxy_token.source(), "proxy token loaded");
 
     // Toward clients: TLS without client certificates; the bearer token is their credential.
+    let mut certificate_names = Vec::new();
     let tls = match (&args.tls_certfile, &args.tls_keyfile) {
         (Some(cert), Some(key)) => {
             chromecard_tls::check_certificate_file("--tls-certfile", cert, SystemTime::now())
                 .context("--tls-certfile")?;
+            certificate_names =
+                chromecard_tls::certificate_names(cert).context("--tls-certfile")?;
             let config = chromecard_tls::make_server_config_with(
                 cert,
                 key,
@@ -135,7 +153,15 @@ pub fn load_reloadable(args: &Args) -> anyhow::Result<Reloadable> {
         }
     };
     let upstream = make_upstream(args, proxy_token)?;
-    Ok(Reloadable { tls, upstream })
+    let hosts = AllowedHosts::new(listen_address(args)?, tls.is_some())
+        .with_certificate_names(certificate_names)
+        .with_flags(&args.allowed_host);
+    tracing::info!(%hosts, "answering requests addressed to these hosts; others get 421 (add one with --allowed-host)");
+    Ok(Reloadable {
+        tls,
+        upstream,
+        hosts,
+    })
 }
 
 fn make_upstream(args: &Args, proxy_token: ProxyToken) -> anyhow::Result<UpstreamSettings> {

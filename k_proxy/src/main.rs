@@ -8,6 +8,7 @@ mod config;
 mod connect_deadline;
 mod enroll;
 mod gate_setup;
+mod host_allow;
 mod metrics;
 mod throttle;
 mod upstream;
@@ -89,6 +90,7 @@ fn run(config: config::Config, args: args::Args) -> anyhow::Result<()> {
             },
             gate: config.gate,
             upstream: std::sync::RwLock::new(Arc::new(upstream)),
+            hosts: std::sync::RwLock::new(Arc::new(config.hosts)),
             max_body_bytes: config.max_body_bytes,
             header_limits: config.header_limits,
             throttle,
@@ -132,13 +134,14 @@ async fn reload_on_sighup(
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading certificates and the proxy token");
         let reloaded = config::load_reloadable(&args)
-            .and_then(|r| Ok((r.tls, upstream::Upstream::new(r.upstream)?)));
+            .and_then(|r| Ok((r.tls, upstream::Upstream::new(r.upstream)?, r.hosts)));
         match reloaded {
-            Ok((new_tls, new_upstream)) => {
+            Ok((new_tls, new_upstream, new_hosts)) => {
                 if let (Some(listener), Some(acceptor)) = (&tls, new_tls) {
                     listener.replace(acceptor);
                 }
                 app.replace_upstream(new_upstream);
+                app.replace_hosts(new_hosts);
                 tracing::info!("reload complete");
             }
             Err(err) => tracing::error!(

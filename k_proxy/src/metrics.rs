@@ -13,6 +13,8 @@ pub struct ProxyMetrics {
     pub forwarded: Arc<LabeledCounter>,
     pub upstream_latency: Arc<Histogram>,
     pub gate_latency: Arc<Histogram>,
+    /// Requests refused before routing for their Host, by error code.
+    pub host_refused: Arc<LabeledCounter>,
 }
 
 impl ProxyMetrics {
@@ -43,12 +45,18 @@ impl ProxyMetrics {
             "Time one login spent at the gate (waiting for and using the key).",
             TOUCH_BOUNDS,
         );
+        let host_refused = registry.labeled_counter(
+            "chromecard_host_refused_total",
+            "Requests refused for their Host (a DNS-rebinding guard), by error code.",
+            "code",
+        );
         Self {
             registry,
             logins,
             forwarded,
             upstream_latency,
             gate_latency,
+            host_refused,
         }
     }
 

@@ -24,10 +24,26 @@ pub struct Credential<'a> {
     pub source: CredentialSource,
 }
 
-/// The Bearer header if there is one, else the session cookie (CSRF-checked).
+/// Whether a browser's `Origin` header names this server. The server answers from what it
+/// knows about itself (k_proxy: its Host allow-list and its listener's scheme), never from
+/// the request's own `Host`: a DNS-rebinding page chooses both, and they then agree.
+pub trait OriginPolicy {
+    /// `origin` is the header's text, e.g. `https://127.0.0.1:8771`.
+    fn allows(&self, origin: &str) -> bool;
+}
+
+impl<F: Fn(&str) -> bool> OriginPolicy for F {
+    fn allows(&self, origin: &str) -> bool {
+        self(origin)
+    }
+}
+
+/// The Bearer header if there is one, else the session cookie, CSRF-checked: on a
+/// state-changing request, an `Origin` it carries must satisfy `origins`.
 pub fn take_credential<'a>(
     headers: &'a HeaderMap,
     method: &Method,
+    origins: &dyn OriginPolicy,
 ) -> Result<Credential<'a>, ApiError> {
     if headers.contains_key(header::AUTHORIZATION) {
         return Ok(Credential {
@@ -37,7 +53,7 @@ pub fn take_credential<'a>(
     }
     match session_cookie(headers)? {
         Some(token) => {
-            check_csrf(headers, method)?;
+            check_csrf(headers, method, origins)?;
             Ok(Credential {
                 token,
                 source: CredentialSource::Cookie,
@@ -75,7 +91,11 @@ fn session_cookie(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 }
 
 /// Cookie-authenticated requests that change state must come from our own origin.
-fn check_csrf(headers: &HeaderMap, method: &Method) -> Result<(), ApiError> {
+fn check_csrf(
+    headers: &HeaderMap,
+    method: &Method,
+    origins: &dyn OriginPolicy,
+) -> Result<(), ApiError> {
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(());
     }
@@ -94,14 +114,9 @@ fn check_csrf(headers: &HeaderMap, method: &Method) -> Result<(), ApiError> {
             return refuse("it came from another site");
         }
     }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-        let origin_host = origin
-            .to_str()
-            .ok()
-            .and_then(|origin| origin.split_once("://"))
-            .map(|(_, authority)| authority);
-        if host.is_none() || origin_host != host {
+    for origin in headers.get_all(header::ORIGIN) {
+        let ours = origin.to_str().is_ok_and(|origin| origins.allows(origin));
+        if !ours {
             return refuse("its Origin is not this server");
         }
     }
@@ -212,13 +227,18 @@ mod tests {
 
     #[test]
     fn cookie_is_accepted_for_reads_and_csrf_checked_for_writes() {
+        fn take<'a>(headers: &'a HeaderMap, method: &Method) -> Result<Credential<'a>, ApiError> {
+            take_credential(headers, method, &|origin: &str| {
+                origin == "https://127.0.0.1:8771"
+            })
+        }
         let cookie = ("cookie", "theme=dark; chromecard_session=abc");
         let read = with(&[cookie]);
-        let credential = take_credential(&read, &Method::GET).unwrap();
+        let credential = take(&read, &Method::GET).unwrap();
         assert_eq!(credential.token, "abc");
         assert_eq!(credential.source, CredentialSource::Cookie);
 
-        let err = take_credential(&read, &Method::POST).unwrap_err();
+        let err = take(&read, &Method::POST).unwrap_err();
         assert_eq!(
             (err.status, err.code),
             (StatusCode::FORBIDDEN, "csrf_check_failed")
@@ -230,7 +250,7 @@ mod tests {
             ("host", "127.0.0.1:8771"),
             ("origin", "https://127.0.0.1:8771"),
         ]);
-        assert!(take_credential(&same_site, &Method::POST).is_ok());
+        assert!(take(&same_site, &Method::POST).is_ok());
 
         let cross_origin = with(&[
             cookie,
@@ -239,9 +259,29 @@ mod tests {
             ("origin", "https://evil.example"),
         ]);
         assert_eq!(
-            take_credential(&cross_origin, &Method::POST)
-                .unwrap_err()
-                .code,
+            take(&cross_origin, &Method::POST).unwrap_err().code,
+            "csrf_check_failed"
+        );
+
+        // A DNS-rebinding page chooses both Host and Origin, so they agree: not enough.
+        let rebound = with(&[
+            cookie,
+            ("x-chromecard-csrf", "1"),
+            ("host", "attacker.example:8771"),
+            ("origin", "https://attacker.example:8771"),
+        ]);
+        assert_eq!(
+            take(&rebound, &Method::POST).unwrap_err().code,
+            "csrf_check_failed"
+        );
+        let two_origins = with(&[
+            cookie,
+            ("x-chromecard-csrf", "1"),
+            ("origin", "https://127.0.0.1:8771"),
+            ("origin", "https://evil.example"),
+        ]);
+        assert_eq!(
+            take(&two_origins, &Method::POST).unwrap_err().code,
             "csrf_check_failed"
         );
 
@@ -251,31 +291,32 @@ mod tests {
             ("sec-fetch-site", "cross-site"),
         ]);
         assert_eq!(
-            take_credential(&cross_site, &Method::POST)
-                .unwrap_err()
-                .code,
+            take(&cross_site, &Method::POST).unwrap_err().code,
             "csrf_check_failed"
         );
     }
 
     #[test]
     fn bearer_wins_and_duplicate_cookies_are_refused() {
+        let no_origin = |_: &str| false;
         let both = with(&[
             ("authorization", "Bearer tok"),
             ("cookie", "chromecard_session=abc"),
         ]);
-        let credential = take_credential(&both, &Method::POST).unwrap();
+        let credential = take_credential(&both, &Method::POST, &no_origin).unwrap();
         assert_eq!(
             (credential.token, credential.source),
             ("tok", CredentialSource::Bearer)
         );
         let twice = with(&[("cookie", "chromecard_session=a; chromecard_session=b")]);
         assert_eq!(
-            take_credential(&twice, &Method::GET).unwrap_err().code,
+            take_credential(&twice, &Method::GET, &no_origin)
+                .unwrap_err()
+                .code,
             "malformed_cookie"
         );
         assert_eq!(
-            take_credential(&HeaderMap::new(), &Method::GET)
+            take_credential(&HeaderMap::new(), &Method::GET, &no_origin)
                 .unwrap_err()
                 .code,
             "missing_token"

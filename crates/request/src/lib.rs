@@ -8,6 +8,6 @@ pub mod login;
 
 pub use credential::{
     bearer_token, clear_session_cookie, set_session_cookie, take_credential, Credential,
-    CredentialSource, CSRF_HEADER, SESSION_COOKIE,
+    CredentialSource, OriginPolicy, CSRF_HEADER, SESSION_COOKIE,
 };
 pub use login::{parse_login, require_json, LoginRequest, MAX_LOGIN_BODY};

@@ -24,8 +24,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
 mod der;
+mod names;
 mod validity;
 
+pub use names::{certificate_names, SubjectName};
 pub use validity::{check_certificate_file, CertificateStatus, EXPIRY_WARNING_DAYS};
 
 /// The only application protocol either side offers or accepts.

@@ -62,3 +62,25 @@ fn a_certificate_from_the_future_is_refused() {
         check_certificate_file("--tls-certfile", &set.proxy_crt(), UNIX_EPOCH + DAY).unwrap_err();
     assert!(matches!(err, TlsError::NotYetValid { .. }), "{err:?}");
 }
+
+#[test]
+fn certificate_names_are_the_leaf_subject_alt_names() {
+    use chromecard_tls::{certificate_names, SubjectName};
+    let set = common::ours();
+    let names = certificate_names(&set.server_crt()).unwrap();
+    // make-certs.sh: the CN as a DNS name, localhost, and 127.0.0.1.
+    assert!(
+        names.contains(&SubjectName::Dns("k_server".into())),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&SubjectName::Dns("localhost".into())),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&SubjectName::Ip(std::net::Ipv4Addr::LOCALHOST.into())),
+        "{names:?}"
+    );
+    // The CA has no subjectAltName at all.
+    assert_eq!(certificate_names(&set.ca()).unwrap(), Vec::new());
+}
