@@ -81,7 +81,7 @@ fn last_login_took(proxy: &Proc) -> Duration {
         .filter(|l| l.contains("path=/session/login"))
         .filter_map(|l| l.split("micros=").nth(1))
         .filter_map(|m| m.split_whitespace().next()?.parse::<u64>().ok())
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no /session/login in k_proxy's access log:\n{log}"));
     Duration::from_micros(micros)
 }
