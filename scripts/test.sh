@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints, the binaries the end-to-end tests start,
-# then every unit and end-to-end test. Needs curl, openssl, socat and python3 on PATH
+# then every unit and end-to-end test, then the real key path in a VM (scripts/test-usb.sh).
+# Needs curl, openssl, socat and python3 on PATH, and qemu for the VM
 # (.ci/run installs them on Debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,4 +24,6 @@ echo "== cargo build --bins (the end-to-end tests start these)"
 cargo build --workspace --bins --locked
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== the real key path: --gate fido2 against the virtual USB key (scripts/test-usb.sh)"
+scripts/test-usb.sh
 if [ "${CI:-}" = true ] || [ "${CHROMECARD_FUZZ_SMOKE:-}" = 1 ]; then echo "== fuzz smoke (scripts/fuzz.sh --smoke)"; scripts/fuzz.sh --smoke; fi

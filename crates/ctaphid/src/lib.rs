@@ -3,10 +3,13 @@
 //! message split into one initialization packet and up to 128 continuation
 //! packets, each carrying the 4-byte channel id.
 //!
-//! This crate is the bytes only: no device, no threads, no clock. The virtual key
-//! (`chromecard-vkey`) uses it on the authenticator's side; every function here
-//! reads untrusted bytes, so nothing panics on any input and no allocation is
-//! sized by a length field beyond [`MAX_MESSAGE`].
+//! This crate is the bytes and the state, not the device: [`host`] drives any
+//! [`host::Port`] (k_proxy's hidapi port, or a scripted one in tests), and the
+//! virtual key (`chromecard-vkey`) uses the framing on the authenticator's side.
+//! Every function here reads untrusted bytes, so nothing panics on any input and
+//! no allocation is sized by a length field beyond [`MAX_MESSAGE`].
+
+pub mod host;
 
 /// One HID report, without a report id.
 pub const PACKET_SIZE: usize = 64;

@@ -1,0 +1,394 @@
+//! The client's side of CTAPHID: allocate a channel, send one request, read its
+//! answer, with keep-alives, CANCEL and a deadline. The device is a [`Port`] that
+//! moves 64-byte reports; this module never blocks longer than one poll period
+//! without looking at the clock and the cancel signal, so no wait is unbounded.
+//!
+//! One quirk of real devices is tolerated on purpose: Qubes' CTAP proxy 2.0.7
+//! (qubes-ctap, the way Qubes keeps keys in sys-usb) answers a CTAPHID_CBOR
+//! request with the CTAPHID_MSG command byte around a correct CTAP2 answer
+//! (Qubes issue 10981). The answer is read as the CBOR answer it is, as Chromium
+//! does, and [`Answer::framed_as_msg`] says so.
+
+use std::time::{Duration, Instant};
+
+use crate::{cmd, err, fragment, Assembly, FrameError, Packet, BROADCAST_CID, PACKET_SIZE};
+
+/// Moves reports to and from one HID device.
+pub trait Port {
+    /// Writes one output report.
+    fn send(&mut self, report: &[u8; PACKET_SIZE]) -> Result<(), HostError>;
+    /// Reads one input report, or `None` when `wait` passed without one.
+    fn recv(&mut self, wait: Duration) -> Result<Option<[u8; PACKET_SIZE]>, HostError>;
+}
+
+/// Why a transaction ended without an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// The device could not be read or written (unplugged, permissions).
+    #[error("the device cannot be used: {0}")]
+    Io(String),
+    /// No answer before the deadline (a CANCEL was sent and the grace period ran out).
+    #[error("the device did not answer in time")]
+    Timeout,
+    /// The caller cancelled; the device did not answer within the grace period.
+    #[error("the request was cancelled")]
+    Cancelled,
+    /// The device answered CTAPHID_ERROR with this code.
+    #[error("the device answered CTAPHID_ERROR {code:#04x} ({name})", code = .0, name = error_name(*.0))]
+    Device(u8),
+    /// The device's answer broke the framing.
+    #[error("the device's answer is malformed: {0}")]
+    Protocol(String),
+}
+
+/// A name for a CTAPHID_ERROR code.
+pub fn error_name(code: u8) -> &'static str {
+    match code {
+        err::INVALID_CMD => "ERR_INVALID_CMD",
+        err::INVALID_PAR => "ERR_INVALID_PAR",
+        err::INVALID_LEN => "ERR_INVALID_LEN",
+        err::INVALID_SEQ => "ERR_INVALID_SEQ",
+        err::MSG_TIMEOUT => "ERR_MSG_TIMEOUT",
+        err::CHANNEL_BUSY => "ERR_CHANNEL_BUSY",
+        err::LOCK_REQUIRED => "ERR_LOCK_REQUIRED",
+        err::INVALID_CHANNEL => "ERR_INVALID_CHANNEL",
+        _ => "ERR_OTHER",
+    }
+}
+
+impl From<FrameError> for HostError {
+    fn from(e: FrameError) -> Self {
+        HostError::Protocol(e.to_string())
+    }
+}
+
+/// Bounds of one transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Past this instant a CANCEL is sent, as if the caller cancelled.
+    pub deadline: Instant,
+    /// How long to keep reading after a CANCEL for the device's last word. A key
+    /// answers CTAP2_ERR_KEEPALIVE_CANCEL at once; a device that ignores CANCEL
+    /// (Qubes' CTAP proxy) answers when its own request ends.
+    pub cancel_grace: Duration,
+    /// The longest single wait for a report (the period between looks at the
+    /// clock and the cancel signal, and between repeated CANCELs).
+    pub poll: Duration,
+}
+
+/// A whole answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The answer's payload.
+    pub payload: Vec<u8>,
+    /// A CBOR request was answered with the MSG command byte (Qubes' CTAP proxy 2.0.7).
+    pub framed_as_msg: bool,
+    /// The device sent at least one KEEPALIVE with status UP_NEEDED.
+    pub asked_for_touch: bool,
+    /// CANCELs sent (0 unless the caller cancelled or the deadline passed).
+    pub cancels_sent: u32,
+}
+
+/// One allocated channel on one device.
+pub struct Channel<P: Port> {
+    port: P,
+    cid: u32,
+}
+
+impl<P: Port> Channel<P> {
+    /// CTAPHID_INIT on the broadcast channel: allocates a channel. `nonce` must be
+    /// fresh random bytes; answers carrying another nonce are someone else's.
+    pub fn open(mut port: P, nonce: [u8; 8], deadline: Instant) -> Result<Self, HostError> {
+        for r in fragment(BROADCAST_CID, cmd::INIT, &nonce)? {
+            port.send(&r)?;
+        }
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(HostError::Timeout);
+            }
+            let Some(raw) = port.recv(deadline - now)? else {
+                continue;
+            };
+            match Packet::parse(&raw)? {
+                Packet::Init {
+                    cid: BROADCAST_CID,
+                    cmd: cmd::INIT,
+                    len,
+                    data,
+                } if len >= 17 && data[..8] == nonce => {
+                    let cid = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+                    if cid == 0 || cid == BROADCAST_CID {
+                        return Err(HostError::Protocol(format!(
+                            "CTAPHID_INIT gave the reserved channel {cid:#010x}"
+                        )));
+                    }
+                    return Ok(Self { port, cid });
+                }
+                Packet::Init {
+                    cid: BROADCAST_CID,
+                    cmd: cmd::ERROR,
+                    data,
+                    ..
+                } => return Err(HostError::Device(data[0])),
+                // Another client's traffic, or a stale answer: not ours.
+                _ => continue,
+            }
+        }
+    }
+
+    /// The channel id.
+    pub fn cid(&self) -> u32 {
+        self.cid
+    }
+
+    /// One request and its answer. `cancelled` is asked between reads; once it
+    /// says yes (or the deadline passes) CTAPHID_CANCEL is sent, repeated every
+    /// poll period, and the answer is awaited for `limits.cancel_grace` more.
+    /// `on_keepalive` sees each KEEPALIVE status byte.
+    pub fn transact(
+        &mut self,
+        command: u8,
+        payload: &[u8],
+        limits: &Limits,
+        cancelled: &dyn Fn() -> bool,
+        on_keepalive: &mut dyn FnMut(u8),
+    ) -> Result<Answer, HostError> {
+        for r in fragment(self.cid, command, payload)? {
+            self.port.send(&r)?;
+        }
+        let cancel_report = fragment(self.cid, cmd::CANCEL, &[])?;
+        let mut assembly: Option<Assembly> = None;
+        let mut framed_as_msg = false;
+        let mut asked_for_touch = false;
+        let mut cancels_sent = 0u32;
+        let mut gave_up: Option<(Instant, HostError)> = None;
+        let mut last_cancel = Instant::now();
+        loop {
+            let now = Instant::now();
+            match &gave_up {
+                None if cancelled() || now >= limits.deadline => {
+                    let why = if now >= limits.deadline {
+                        HostError::Timeout
+                    } else {
+                        HostError::Cancelled
+                    };
+                    gave_up = Some((now + limits.cancel_grace, why));
+                    self.port.send(&cancel_report[0])?;
+                    cancels_sent += 1;
+                    last_cancel = now;
+                }
+                Some((until, why)) if now >= *until => return Err(why.clone()),
+                // A key ignores a CANCEL that overtook its request: say it again.
+                Some(_) if now.duration_since(last_cancel) >= limits.poll => {
+                    self.port.send(&cancel_report[0])?;
+                    cancels_sent += 1;
+                    last_cancel = now;
+                }
+                _ => {}
+            }
+            let Some(raw) = self.port.recv(limits.poll)? else {
+                continue;
+            };
+            match Packet::parse(&raw)? {
+                Packet::Init { cid, .. } | Packet::Cont { cid, .. } if cid != self.cid => continue,
+                Packet::Init {
+                    cmd: cmd::KEEPALIVE,
+                    len,
+                    data,
+                    ..
+                } => {
+                    if len >= 1 {
+                        asked_for_touch |= data[0] == crate::keepalive::UP_NEEDED;
+                        on_keepalive(data[0]);
+                    }
+                }
+                Packet::Init {
+                    cmd: cmd::ERROR,
+                    data,
+                    ..
+                } => return Err(HostError::Device(data[0])),
+                Packet::Init {
+                    cmd: got, len, data, ..
+                } => {
+                    let expected = got == command;
+                    let msg_for_cbor = command == cmd::CBOR && got == cmd::MSG;
+                    if !expected && !msg_for_cbor {
+                        return Err(HostError::Protocol(format!(
+                            "answer with command {} ({got:#04x}) to a {} request",
+                            cmd::name(got),
+                            cmd::name(command)
+                        )));
+                    }
+                    framed_as_msg = msg_for_cbor;
+                    assembly = Some(Assembly::begin(self.cid, got, len, data)?);
+                }
+                Packet::Cont { seq, data, .. } => match assembly.as_mut() {
+                    Some(a) => a.push(seq, data)?,
+                    // A continuation with no start: a stale fragment, not ours to read.
+                    None => continue,
+                },
+            }
+            if let Some(a) = assembly.take_if(|a| a.is_complete()) {
+                return Ok(Answer {
+                    payload: a.finish().payload,
+                    framed_as_msg,
+                    asked_for_touch,
+                    cancels_sent,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keepalive;
+    use std::collections::VecDeque;
+
+    /// A scripted device: reports to hand out, and what was written.
+    #[derive(Default)]
+    struct Script {
+        to_host: VecDeque<Option<[u8; PACKET_SIZE]>>,
+        written: Vec<[u8; PACKET_SIZE]>,
+    }
+
+    impl Port for Script {
+        fn send(&mut self, report: &[u8; PACKET_SIZE]) -> Result<(), HostError> {
+            self.written.push(*report);
+            Ok(())
+        }
+        fn recv(&mut self, wait: Duration) -> Result<Option<[u8; PACKET_SIZE]>, HostError> {
+            match self.to_host.pop_front() {
+                Some(r) => Ok(r),
+                None => {
+                    std::thread::sleep(wait.min(Duration::from_millis(5)));
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    fn limits(ms: u64) -> Limits {
+        Limits {
+            deadline: Instant::now() + Duration::from_millis(ms),
+            cancel_grace: Duration::from_millis(50),
+            poll: Duration::from_millis(5),
+        }
+    }
+
+    fn opened(mut script: Script) -> Channel<Script> {
+        let nonce = [5; 8];
+        let mut answer = nonce.to_vec();
+        answer.extend_from_slice(&[0, 0, 0, 9, 2, 0, 1, 0, 4]);
+        // A stranger's INIT answer first (another nonce), then ours.
+        let mut stranger = [6; 8].to_vec();
+        stranger.extend_from_slice(&[0, 0, 0, 8, 2, 0, 1, 0, 4]);
+        script
+            .to_host
+            .push_back(Some(fragment(BROADCAST_CID, cmd::INIT, &stranger).unwrap()[0]));
+        script
+            .to_host
+            .push_back(Some(fragment(BROADCAST_CID, cmd::INIT, &answer).unwrap()[0]));
+        let ch = Channel::open(script, nonce, Instant::now() + Duration::from_secs(1)).unwrap();
+        assert_eq!(ch.cid(), 9);
+        ch
+    }
+
+    fn push(ch: &mut Channel<Script>, cid: u32, command: u8, payload: &[u8]) {
+        for r in fragment(cid, command, payload).unwrap() {
+            ch.port.to_host.push_back(Some(r));
+        }
+    }
+
+    #[test]
+    fn an_answer_across_packets_with_keepalives_and_strangers_in_between() {
+        let mut ch = opened(Script::default());
+        push(&mut ch, 9, cmd::KEEPALIVE, &[keepalive::UP_NEEDED]);
+        push(&mut ch, 77, cmd::CBOR, &[1; 300]);
+        let body: Vec<u8> = (0..300).map(|i| i as u8).collect();
+        push(&mut ch, 9, cmd::CBOR, &body);
+        let mut seen = Vec::new();
+        let a = ch
+            .transact(cmd::CBOR, &[4], &limits(1000), &|| false, &mut |s| seen.push(s))
+            .unwrap();
+        assert_eq!(a.payload, body);
+        assert!(a.asked_for_touch && !a.framed_as_msg);
+        assert_eq!(seen, vec![keepalive::UP_NEEDED]);
+        assert_eq!(a.cancels_sent, 0);
+    }
+
+    #[test]
+    fn a_cbor_answer_framed_as_msg_is_read_as_cbor() {
+        let mut ch = opened(Script::default());
+        push(&mut ch, 9, cmd::MSG, &[0, 0xa0]);
+        let a = ch
+            .transact(cmd::CBOR, &[4], &limits(1000), &|| false, &mut |_| {})
+            .unwrap();
+        assert_eq!(a.payload, vec![0, 0xa0]);
+        assert!(a.framed_as_msg);
+        // But a PING answered with anything else is a protocol error.
+        push(&mut ch, 9, cmd::MSG, &[1]);
+        let e = ch
+            .transact(cmd::PING, &[1], &limits(1000), &|| false, &mut |_| {})
+            .unwrap_err();
+        assert!(matches!(e, HostError::Protocol(_)), "{e:?}");
+    }
+
+    #[test]
+    fn cancel_is_sent_repeated_and_the_device_answer_is_read() {
+        let mut ch = opened(Script::default());
+        // Nothing for a while (the device waits for a touch), then its cancel answer.
+        for _ in 0..6 {
+            ch.port.to_host.push_back(None);
+        }
+        push(&mut ch, 9, cmd::CBOR, &[0x2d]);
+        let a = ch
+            .transact(cmd::CBOR, &[2], &limits(10_000), &|| true, &mut |_| {})
+            .unwrap();
+        assert_eq!(a.payload, vec![0x2d]);
+        assert!(a.cancels_sent >= 1);
+        let cancels = ch
+            .port
+            .written
+            .iter()
+            .filter(|r| r[..5] == [0, 0, 0, 9, 0x80 | cmd::CANCEL])
+            .count();
+        assert_eq!(cancels as u32, a.cancels_sent);
+    }
+
+    #[test]
+    fn a_device_that_never_answers_ends_at_the_deadline_plus_grace() {
+        let mut ch = opened(Script::default());
+        let t = Instant::now();
+        let e = ch
+            .transact(cmd::CBOR, &[2], &limits(30), &|| false, &mut |_| {})
+            .unwrap_err();
+        assert_eq!(e, HostError::Timeout);
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        let e = ch
+            .transact(cmd::CBOR, &[2], &limits(10_000), &|| true, &mut |_| {})
+            .unwrap_err();
+        assert_eq!(e, HostError::Cancelled);
+    }
+
+    #[test]
+    fn errors_and_broken_framing() {
+        let mut ch = opened(Script::default());
+        push(&mut ch, 9, cmd::ERROR, &[err::CHANNEL_BUSY]);
+        assert_eq!(
+            ch.transact(cmd::CBOR, &[4], &limits(1000), &|| false, &mut |_| {}),
+            Err(HostError::Device(err::CHANNEL_BUSY))
+        );
+        let mut long = fragment(9, cmd::CBOR, &[0; 100]).unwrap();
+        long[1][4] = 5; // wrong sequence number
+        for r in long {
+            ch.port.to_host.push_back(Some(r));
+        }
+        assert!(matches!(
+            ch.transact(cmd::CBOR, &[4], &limits(1000), &|| false, &mut |_| {}),
+            Err(HostError::Protocol(_))
+        ));
+    }
+}
