@@ -209,7 +209,10 @@ impl<P: Port> Channel<P> {
                     ..
                 } => return Err(HostError::Device(data[0])),
                 Packet::Init {
-                    cmd: got, len, data, ..
+                    cmd: got,
+                    len,
+                    data,
+                    ..
                 } => {
                     let expected = got == command;
                     let msg_for_cbor = command == cmd::CBOR && got == cmd::MSG;
@@ -285,12 +288,12 @@ mod tests {
         // A stranger's INIT answer first (another nonce), then ours.
         let mut stranger = [6; 8].to_vec();
         stranger.extend_from_slice(&[0, 0, 0, 8, 2, 0, 1, 0, 4]);
-        script
-            .to_host
-            .push_back(Some(fragment(BROADCAST_CID, cmd::INIT, &stranger).unwrap()[0]));
-        script
-            .to_host
-            .push_back(Some(fragment(BROADCAST_CID, cmd::INIT, &answer).unwrap()[0]));
+        script.to_host.push_back(Some(
+            fragment(BROADCAST_CID, cmd::INIT, &stranger).unwrap()[0],
+        ));
+        script.to_host.push_back(Some(
+            fragment(BROADCAST_CID, cmd::INIT, &answer).unwrap()[0],
+        ));
         let ch = Channel::open(script, nonce, Instant::now() + Duration::from_secs(1)).unwrap();
         assert_eq!(ch.cid(), 9);
         ch
@@ -311,7 +314,9 @@ mod tests {
         push(&mut ch, 9, cmd::CBOR, &body);
         let mut seen = Vec::new();
         let a = ch
-            .transact(cmd::CBOR, &[4], &limits(1000), &|| false, &mut |s| seen.push(s))
+            .transact(cmd::CBOR, &[4], &limits(1000), &|| false, &mut |s| {
+                seen.push(s)
+            })
             .unwrap();
         assert_eq!(a.payload, body);
         assert!(a.asked_for_touch && !a.framed_as_msg);

@@ -40,6 +40,10 @@ const GET_ASSERTION: u8 = 0x02;
 const GET_INFO: u8 = 0x04;
 const CLIENT_PIN: u8 = 0x06;
 const SELECTION: u8 = 0x0b;
+/// The AAGUID in getInfo: the one the software authenticator writes into the attested
+/// credential data of every credential it makes (`chromecard_gate`'s "chromecard-soft!"),
+/// as getInfo's and the attestation's must name the same model (CTAP 2.1 section 6.4).
+const AAGUID: [u8; 16] = *b"chromecard-soft!";
 /// ES256, the one algorithm this key makes.
 const ALG_ES256: i128 = -7;
 
@@ -302,7 +306,7 @@ impl Key {
         }
         let mut info = vec![
             (int(1), Value::Array(versions)),
-            (int(3), Value::Bytes(b"chromecard-vkey!".to_vec())),
+            (int(3), Value::Bytes(AAGUID.to_vec())),
             (int(4), Value::Map(options)),
             (int(5), int(1200)),
         ];
@@ -523,6 +527,13 @@ mod tests {
         assert_eq!(get(&body, 1), Some(&text("packed")));
         let ad = as_bytes(get(&body, 2).unwrap()).unwrap().to_vec();
         let new = verify_new_credential(&ad, &rp_id_hash("rp.example"), false).unwrap();
+        // getInfo names the model the credential was made by (python-fido2 and libfido2
+        // showed "chromecard-vkey!" in getInfo and "chromecard-soft!" in the credential).
+        let (_, info) = decode(&k.handle_cbor(&[GET_INFO], &CancelSignal::new()));
+        assert_eq!(
+            get(&info.unwrap(), 3),
+            Some(&Value::Bytes(new.aaguid.to_vec()))
+        );
         // The self-attestation verifies with the new credential's key.
         let att = as_map(get(&body, 3).unwrap()).unwrap();
         let sig = as_bytes(text_get(att, "sig").unwrap()).unwrap();
