@@ -1,4 +1,4 @@
-//! The real key path: `--gate fido2` through ctap-hid-fido2, hidapi and the kernel's
+//! The real key path: `--gate fido2` through our CTAPHID layer, hidapi and the kernel's
 //! hidraw, against the virtual USB key (`chromecard-vkey` on /dev/uhid).
 //!
 //! Every test here needs /dev/uhid, which CI machines lack: scripts/test.sh runs this

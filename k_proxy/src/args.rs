@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 /// Which authenticator stands at the gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum GateKind {
-    /// The real USB FIDO2 key, through ctap-hid-fido2.
+    /// The real USB FIDO2 key, through hidapi and chromecard's CTAPHID layer.
     Fido2,
     /// A software authenticator: development and tests only, proves nothing about a person.
     Soft,

@@ -1,54 +1,46 @@
-//! The real USB FIDO2 key, through ctap-hid-fido2 (hidapi, hidraw on Linux).
+//! The real USB FIDO2 key: hidapi for the device ([`crate::hid`]), our own CTAPHID
+//! transaction loop (`chromecard_ctaphid::host`) and CTAP2 messages ([`crate::ctap2`]).
 //!
 //! This file only talks to the device and hands back raw bytes; it verifies
 //! nothing (see [`crate::verify`] and [`crate::ceremony`]).
 //!
-//! **Blocking and cancellation.** ctap-hid-fido2 blocks in hidapi reads with no
-//! timeout. [`crate::Gate`] runs every call on a blocking thread with a deadline.
-//! While a call that waits for a touch runs (authenticatorSelection,
-//! makeCredential, getAssertion), a watcher thread waits on the gate's
-//! [`CancelSignal`]; when it fires (deadline, client disconnect, shutdown) the
-//! watcher sends CTAPHID_CANCEL on the same channel through the library's public
-//! `cancel_selection()` (which is a plain CTAPHID_CANCEL on the open handle's
-//! CID, valid for any pending command). The key then answers the pending request
-//! with CTAP2_ERR_KEEPALIVE_CANCEL and the blocked call returns.
+//! **Why our own CTAPHID layer** rather than a CTAP library: every read has a
+//! timeout (hidapi's `read_timeout`), so the thread that waits for a touch looks at
+//! the gate's [`CancelSignal`] every [`POLL`] and sends CTAPHID_CANCEL itself on the
+//! same channel, with no second thread contending for the device; nothing is
+//! printed to stdout; answers from the device are parsed without panicking; and
+//! answers that Qubes' CTAP proxy 2.0.7 frames as CTAPHID_MSG are read as the CBOR
+//! answers they are (as Chromium does), so a key left in sys-usb works.
 //!
-//! Why this is safe through hidapi: the library keeps the hidapi handle in a
-//! `Mutex` and holds it only for one `read()` or `write()`. While a key waits for
-//! a touch it sends CTAPHID_KEEPALIVE every ~100 ms (CTAP 2.1 §11.2.9.2.1); after
-//! each one the library releases the lock and sleeps 100 ms, so the watcher's
-//! write gets in between. A key that sends no keepalives keeps the lock inside
-//! a blocking read: the watcher's write then waits until the key answers (it
-//! cannot be interrupted without closing the file descriptor, which hidapi does
-//! not let another thread do safely), the device stays locked by the gate until
-//! the call really returns, and the watcher thread ends with it.
-//!
-//! **Output.** Keep-alive messages and debug logs are switched off in the
-//! library's configuration. A few unconditional `println!`s remain in its response
-//! parsers (an unknown response key or extension); k_proxy writes nothing else to
-//! stdout, logs to stderr, and `qubes/` units may send stdout to the journal.
-//!
-//! **Hostile devices.** Library and hidapi panics (they index into device data) are
-//! caught and become [`GateError::Device`].
+//! **Cancellation.** When the signal fires (deadline, client disconnect, shutdown)
+//! CTAPHID_CANCEL is sent and repeated every [`POLL`] (a key ignores a CANCEL that
+//! overtakes its request) and the key's answer (CTAP2_ERR_KEEPALIVE_CANCEL) is
+//! awaited. A device that ignores CANCEL (Qubes' CTAP proxy) answers when its own
+//! request ends; until then, at most [`CANCEL_GRACE`], this call does not return and
+//! the gate keeps the device locked: a proxy cannot cancel a pending request.
 
-use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ctap_hid_fido2::fidokey::{
-    CredentialSupportedKeyType, GetAssertionArgsBuilder, MakeCredentialArgsBuilder,
-};
-use ctap_hid_fido2::public_key_credential_user_entity::PublicKeyCredentialUserEntity;
-use ctap_hid_fido2::{Cfg, FidoKeyHid, FidoKeyHidFactory, HidInfo, HidParam};
+use chromecard_ctaphid::host::{Answer, Channel, HostError, Limits};
+use chromecard_ctaphid::{cmd, keepalive};
 
-use crate::verify::{parse_auth_data, FLAG_UP};
+use crate::ctap2;
+use crate::hid::{self, HidPort};
+use crate::verify::{client_data_hash, parse_auth_data, FLAG_UP};
 use crate::{
     AssertionResponse, Authenticator, CancelSignal, GateError, GetAssertionRequest, MadeCredential,
     MakeCredentialRequest, Presence,
 };
 
-/// How often the cancel watcher looks whether the operation has finished on its own.
-const WATCH_PERIOD: Duration = Duration::from_millis(100);
+/// How often the transaction loop looks at the clock and the cancel signal.
+const POLL: Duration = Duration::from_millis(100);
+/// How long a cancelled request may still take to end. Keys end at once; a device that
+/// ignores CANCEL ends when the key behind it gives up on the touch (about 30 s).
+const CANCEL_GRACE: Duration = Duration::from_secs(35);
+/// The bound on one request even if nobody cancels it (the gate cancels far sooner).
+const REQUEST_BOUND: Duration = Duration::from_secs(120);
+/// The bound on CTAPHID_INIT and on requests that need no touch.
+const QUICK_BOUND: Duration = Duration::from_secs(5);
 /// The throw-away relying party of the touch check on keys without authenticatorSelection.
 const TOUCH_RP: &str = "chromecard-touch.invalid";
 
@@ -75,20 +67,6 @@ struct Candidate {
 }
 
 impl Candidate {
-    fn from_hid(info: HidInfo) -> Self {
-        let path = match info.param {
-            HidParam::Path(p) => Some(p),
-            // ctap-hid-fido2 falls back to VID/PID when the path is not UTF-8.
-            // Opening by VID/PID may pick another interface of the same device,
-            // so such a candidate is refused when opened.
-            HidParam::VidPid { .. } => None,
-        };
-        Self {
-            path,
-            product: info.product_string,
-        }
-    }
-
     fn label(&self) -> String {
         let product = if self.product.trim().is_empty() {
             "unnamed FIDO2 device"
@@ -105,11 +83,14 @@ fn candidates(cancel: &CancelSignal) -> Result<Vec<Candidate>, GateError> {
         return Err(GateError::Cancelled);
     }
     // Enumerate afresh every time: keys come and go (qvm-usb attach/detach).
-    let found = guarded(
-        "FIDO2 device enumeration",
-        ctap_hid_fido2::get_fidokey_devices,
-    )?;
-    let mut found: Vec<Candidate> = found.into_iter().map(Candidate::from_hid).collect();
+    let found = hid::enumerate().map_err(|detail| GateError::Device { detail })?;
+    let mut found: Vec<Candidate> = found
+        .into_iter()
+        .map(|f| Candidate {
+            path: f.path,
+            product: f.product,
+        })
+        .collect();
     // hidapi may list one interface more than once (one entry per usage); one path is one device.
     found.sort_by(|a, b| a.path.cmp(&b.path));
     found.dedup_by(|a, b| a.path.is_some() && a.path == b.path);
@@ -137,69 +118,27 @@ fn select(mut found: Vec<Candidate>, wanted: Option<&str>) -> Result<Candidate, 
     }
 }
 
-/// ctap-hid-fido2 settings with everything that prints turned off: by default
-/// the library writes a "touch the sensor" line (and with logging, hex dumps)
-/// to stdout, which is k_proxy's log.
-fn quiet_cfg() -> Cfg {
-    let mut cfg = Cfg::init();
-    cfg.enable_log = false;
-    cfg.enable_keep_alive_msg = false;
-    cfg.keep_alive_msg = String::new();
-    cfg.keep_alive_msg_to_stderr = true;
-    cfg
+fn random<const N: usize>() -> Result<[u8; N], GateError> {
+    let mut c = [0u8; N];
+    getrandom::getrandom(&mut c).map_err(|e| GateError::Device {
+        detail: format!("no randomness: {e}"),
+    })?;
+    Ok(c)
 }
 
-/// Run a library call, turning a panic into a device error. ctap-hid-fido2 and
-/// hidapi `expect()`/index on data from the device and the OS; a hostile or
-/// broken device must not take k_proxy down. (Needs `panic = "unwind"`, the default.)
-fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, GateError> {
-    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        let msg = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_string());
-        GateError::Device {
-            detail: format!("{what} panicked: {msg}"),
-        }
-    })
-}
-
-/// Maps a library error (its text carries the CTAP status name) to a gate error.
-fn ctap_error(label: &str, what: &str, e: &dyn std::fmt::Display) -> GateError {
-    let text = format!("{e:#}");
-    let has = |names: &[&str]| names.iter().any(|n| text.contains(n));
-    let detail = format!("{label}: {what}: {text}");
-    if has(&["CTAP2_ERR_KEEPALIVE_CANCEL"]) {
-        GateError::Cancelled
-    } else if has(&["CTAP2_ERR_NO_CREDENTIALS", "CTAP2_ERR_INVALID_CREDENTIAL"]) {
-        GateError::NoCredential
-    } else if has(&["CTAP2_ERR_CREDENTIAL_EXCLUDED"]) {
-        GateError::AlreadyEnrolled
-    } else if has(&[
-        "CTAP2_ERR_OPERATION_DENIED",
-        "CTAP2_ERR_USER_ACTION_TIMEOUT",
-        "CTAP2_ERR_ACTION_TIMEOUT",
-    ]) {
-        GateError::Refused { detail }
-    } else if has(&[
-        "CTAP2_ERR_PIN_",
-        "CTAP2_ERR_UV_",
-        "CTAP2_ERR_UNSUPPORTED_OPTION",
-        "CTAP2_ERR_INVALID_OPTION",
-        "CTAP2_ERR_UNSUPPORTED_ALGORITHM",
-        "CTAP1_ERR_INVALID_COMMAND",
-    ]) {
-        GateError::Unsupported { detail }
-    } else {
-        GateError::Device { detail }
-    }
-}
-
-/// An open key and its label.
+/// An open key: one CTAPHID channel on it.
 struct Opened {
-    key: Arc<FidoKeyHid>,
+    channel: Channel<HidPort>,
     label: String,
+}
+
+fn transport_error(label: &str, what: &str, e: HostError) -> GateError {
+    match e {
+        HostError::Cancelled => GateError::Cancelled,
+        other => GateError::Device {
+            detail: format!("{label}: {what}: {other}"),
+        },
+    }
 }
 
 fn open(chosen: Candidate, cancel: &CancelSignal) -> Result<Opened, GateError> {
@@ -212,101 +151,65 @@ fn open(chosen: Candidate, cancel: &CancelSignal) -> Result<Opened, GateError> {
     if cancel.is_cancelled() {
         return Err(GateError::Cancelled);
     }
-    let cfg = quiet_cfg();
-    let key = guarded("opening the FIDO2 device", || {
-        FidoKeyHidFactory::create_by_params(&[HidParam::Path(path)], &cfg)
-    })?
-    .map_err(|e| GateError::Device {
-        detail: format!("{label}: {e:#}"),
-    })?;
-    Ok(Opened {
-        key: Arc::new(key),
-        label,
-    })
+    let port = HidPort::open(&path).map_err(|detail| GateError::Device { detail })?;
+    let channel = Channel::open(port, random()?, Instant::now() + QUICK_BOUND)
+        .map_err(|e| transport_error(&label, "CTAPHID_INIT", e))?;
+    Ok(Opened { channel, label })
 }
 
-/// Runs `f` on `key`; meanwhile a watcher thread sends CTAPHID_CANCEL if `cancel`
-/// fires before `f` returns (see the module documentation).
-///
-/// A key ignores a CTAPHID_CANCEL that arrives before the request it should cancel, so
-/// the watcher repeats it every [`WATCH_PERIOD`] until `f` returns; and `f` is not
-/// started at all when `cancel` has already fired (a deadline or a disconnect during
-/// `open` or GetInfo), or the key would wait for a touch with nobody left to stop it.
-fn with_cancel<T>(
-    opened: &Opened,
-    cancel: &CancelSignal,
-    f: impl FnOnce(&FidoKeyHid) -> T,
-) -> Result<T, GateError> {
-    let done = CancelSignal::new();
-    let watcher = {
-        let key = Arc::clone(&opened.key);
-        let label = opened.label.clone();
-        let (cancel, done) = (cancel.clone(), done.clone());
-        std::thread::Builder::new()
-            .name("ctaphid-cancel".to_string())
-            .spawn(move || {
-                loop {
-                    if done.is_cancelled() {
-                        return;
-                    }
-                    if cancel.wait_timeout(WATCH_PERIOD) {
-                        break;
-                    }
-                }
-                let mut sent = 0u32;
-                while !done.is_cancelled() {
-                    let outcome = guarded("CTAPHID_CANCEL", || key.cancel_selection());
-                    sent += 1;
-                    match outcome {
-                        Ok(Ok(())) if sent == 1 => {
-                            tracing::info!(device = %label, "sent CTAPHID_CANCEL to the key")
-                        }
-                        Ok(Ok(())) => tracing::debug!(device = %label, sent, "repeated CTAPHID_CANCEL"),
-                        Ok(Err(e)) => tracing::warn!(device = %label, error = %format!("{e:#}"), "CTAPHID_CANCEL failed"),
-                        Err(e) => tracing::warn!(device = %label, error = %e, "CTAPHID_CANCEL failed"),
-                    }
-                    done.wait_timeout(WATCH_PERIOD);
-                }
-            })
-    };
-    if let Err(e) = watcher {
-        tracing::warn!(error = %e, "cannot start the CTAPHID_CANCEL watcher: a cancelled key operation ends only when the key answers");
-    }
-    // Tell the watcher the call is over on every way out, a panic included.
-    struct Done(CancelSignal);
-    impl Drop for Done {
-        fn drop(&mut self) {
-            self.0.cancel();
+impl Opened {
+    /// One CTAP2 request; its answer (status byte first). `touch`: the request may
+    /// wait for a person, so it is bounded by the gate's cancel signal, not [`QUICK_BOUND`].
+    fn cbor(
+        &mut self,
+        request: &[u8],
+        what: &str,
+        touch: bool,
+        cancel: &CancelSignal,
+    ) -> Result<Vec<u8>, GateError> {
+        if cancel.is_cancelled() {
+            // Never start a request that waits for a touch with nobody left to stop it.
+            return Err(GateError::Cancelled);
         }
+        let limits = Limits {
+            deadline: Instant::now() + if touch { REQUEST_BOUND } else { QUICK_BOUND },
+            cancel_grace: CANCEL_GRACE,
+            poll: POLL,
+        };
+        let mut announced = false;
+        let label = self.label.clone();
+        let answer: Answer = self
+            .channel
+            .transact(
+                cmd::CBOR,
+                request,
+                &limits,
+                &|| cancel.is_cancelled(),
+                &mut |status| {
+                    if status == keepalive::UP_NEEDED && !announced {
+                        announced = true;
+                        tracing::info!(device = %label, "the key waits for a touch");
+                    }
+                },
+            )
+            .map_err(|e| transport_error(&self.label, what, e))?;
+        if answer.cancels_sent > 0 {
+            tracing::info!(device = %self.label, cancels = answer.cancels_sent, "sent CTAPHID_CANCEL to the key");
+        }
+        if answer.framed_as_msg {
+            tracing::debug!(device = %self.label, "a CTAP2 answer came framed as CTAPHID_MSG (Qubes' CTAP proxy 2.0.7); read as CBOR");
+        }
+        if answer.cancels_sent > 0 && cancel.is_cancelled() {
+            // Whatever the key said after the cancel, the caller has gone.
+            return Err(GateError::Cancelled);
+        }
+        Ok(answer.payload)
     }
-    let _done = Done(done);
-    if cancel.is_cancelled() {
-        return Err(GateError::Cancelled);
-    }
-    Ok(f(&opened.key))
-}
 
-fn get_info_versions(opened: &Opened) -> Result<Vec<String>, GateError> {
-    let info = guarded("authenticatorGetInfo", || opened.key.get_info())?
-        .map_err(|e| ctap_error(&opened.label, "authenticatorGetInfo", &e))?;
-    // versions is mandatory in a GetInfo answer; an empty list is not a FIDO2 key talking.
-    if info.versions.is_empty() {
-        return Err(GateError::Device {
-            detail: format!(
-                "{}: authenticatorGetInfo answer lists no versions",
-                opened.label
-            ),
-        });
+    fn versions(&mut self, cancel: &CancelSignal) -> Result<Vec<String>, GateError> {
+        let answer = self.cbor(&ctap2::get_info(), "authenticatorGetInfo", false, cancel)?;
+        ctap2::parse_get_info(&answer, &self.label)
     }
-    Ok(info.versions)
-}
-
-fn random32() -> Result<[u8; 32], GateError> {
-    let mut c = [0u8; 32];
-    getrandom::getrandom(&mut c).map_err(|e| GateError::Device {
-        detail: format!("no randomness: {e}"),
-    })?;
-    Ok(c)
 }
 
 impl Fido2Key {
@@ -330,7 +233,7 @@ impl Fido2Key {
         let count = found.len();
         for cand in found {
             let label = cand.label();
-            let opened = match open(cand, cancel) {
+            let mut opened = match open(cand, cancel) {
                 Ok(o) => o,
                 Err(GateError::Cancelled) => return Err(GateError::Cancelled),
                 Err(e) => {
@@ -338,24 +241,19 @@ impl Fido2Key {
                     continue;
                 }
             };
-            let challenge = random32()?;
-            let mut builder = GetAssertionArgsBuilder::new(&request.rp_id, &challenge)
-                .without_pin_and_uv()
-                .without_up();
-            for id in &request.allow {
-                builder = builder.add_credential_id(id);
-            }
-            let args = builder.build();
-            let probe = guarded("getAssertion probe", || {
-                opened.key.get_assertion_with_args(&args)
-            })?;
-            match probe {
-                Ok(_) => {
+            let probe =
+                ctap2::get_assertion(&request.rp_id, &random()?, &request.allow, false, false);
+            let outcome = opened
+                .cbor(&probe, "getAssertion probe", false, cancel)
+                .and_then(|a| ctap2::parse_get_assertion(&a, &label).map(|_| ()));
+            match outcome {
+                Ok(()) => {
                     tracing::info!(device = %opened.label, "this key holds the user's credential");
                     return Ok(opened);
                 }
+                Err(GateError::Cancelled) => return Err(GateError::Cancelled),
                 Err(e) => {
-                    tracing::info!(device = %opened.label, error = %format!("{e:#}"), "this key does not hold the user's credential")
+                    tracing::info!(device = %opened.label, error = %e, "this key does not hold the user's credential")
                 }
             }
         }
@@ -367,58 +265,78 @@ impl Fido2Key {
     }
 }
 
+/// A makeCredential for a throw-away relying party whose UP flag is read but
+/// whose attestation is not verified: the touch check of keys without
+/// authenticatorSelection.
+fn touch_by_throwaway_credential(
+    opened: &mut Opened,
+    cancel: &CancelSignal,
+) -> Result<(), GateError> {
+    let cdh = client_data_hash(&random::<32>()?);
+    let request = ctap2::make_credential(&ctap2::MakeCredential {
+        client_data_hash: &cdh,
+        rp_id: TOUCH_RP,
+        user_id: &[0],
+        user_name: "touch",
+        exclude: &[],
+        uv: false,
+    });
+    let answer = opened.cbor(&request, "makeCredential (touch check)", true, cancel)?;
+    let auth_data = ctap2::parse_make_credential(&answer, &opened.label)?;
+    let parsed = parse_auth_data(&auth_data).map_err(|r| GateError::Device {
+        detail: format!("{}: touch check: {r}", opened.label),
+    })?;
+    if parsed.flags & FLAG_UP == 0 {
+        return Err(GateError::Rejected(crate::Rejection::UserNotPresent));
+    }
+    Ok(())
+}
+
 impl Authenticator for Fido2Key {
     fn describe(&self) -> String {
         match &self.device_path {
-            Some(p) => format!("USB FIDO2 key (ctap-hid-fido2), device {p}"),
-            None => "USB FIDO2 key (ctap-hid-fido2), any single device".to_string(),
+            Some(p) => format!("USB FIDO2 key (hidapi, CTAPHID), device {p}"),
+            None => "USB FIDO2 key (hidapi, CTAPHID), any single device".to_string(),
         }
     }
 
     fn check_presence(&self, cancel: &CancelSignal) -> Result<Presence, GateError> {
-        let opened = self.single(cancel)?;
-        let versions = get_info_versions(&opened)?;
+        let mut opened = self.single(cancel)?;
+        let versions = opened.versions(cancel)?;
         Ok(Presence {
             device: format!("{}, {}", opened.label, versions.join("/")),
         })
     }
 
     /// CTAP 2.1 keys: authenticatorSelection, which returns nothing signed. CTAP 2.0
-    /// keys (no selection command): a makeCredential for a throw-away relying party
-    /// whose UP flag is read but whose attestation is not verified. Either way the
-    /// answer is the key's word, not a signature from an enrolled credential.
+    /// keys, and devices that refuse the command (Qubes' CTAP proxy refuses 0x07-0x0D):
+    /// a makeCredential for a throw-away relying party. Either way the answer is the
+    /// key's word, not a signature from an enrolled credential.
     fn wait_for_touch(&self, cancel: &CancelSignal) -> Result<Presence, GateError> {
-        let opened = self.single(cancel)?;
-        let versions = get_info_versions(&opened)?;
+        let mut opened = self.single(cancel)?;
+        let versions = opened.versions(cancel)?;
         let has_selection = versions
             .iter()
             .any(|v| v == "FIDO_2_1" || v == "FIDO_2_1_PRE");
         if has_selection {
-            guarded("authenticatorSelection", || {
-                with_cancel(&opened, cancel, |k| k.selection())
-            })??
-            .map_err(|e| ctap_error(&opened.label, "authenticatorSelection", &e))?;
-            return Ok(Presence {
-                device: format!(
-                    "{} (touched: authenticatorSelection, nothing signed)",
-                    opened.label
-                ),
-            });
+            let answer =
+                opened.cbor(&ctap2::selection(), "authenticatorSelection", true, cancel)?;
+            match ctap2::parse_empty(&answer, &opened.label, "authenticatorSelection") {
+                Ok(()) => {
+                    return Ok(Presence {
+                        device: format!(
+                            "{} (touched: authenticatorSelection, nothing signed)",
+                            opened.label
+                        ),
+                    })
+                }
+                Err(GateError::Unsupported { detail }) if answer.first() == Some(&0x01) => {
+                    tracing::info!(device = %opened.label, %detail, "the device refuses authenticatorSelection (as Qubes' CTAP proxy does); checking the touch with a throw-away credential");
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let challenge = random32()?;
-        let args = MakeCredentialArgsBuilder::new(TOUCH_RP, &challenge)
-            .without_pin_and_uv()
-            .build();
-        let att = guarded("makeCredential (touch check)", || {
-            with_cancel(&opened, cancel, |k| k.make_credential_with_args(&args))
-        })??
-        .map_err(|e| ctap_error(&opened.label, "makeCredential (touch check)", &e))?;
-        let parsed = parse_auth_data(&att.auth_data).map_err(|r| GateError::Device {
-            detail: format!("{}: touch check: {r}", opened.label),
-        })?;
-        if parsed.flags & FLAG_UP == 0 {
-            return Err(GateError::Rejected(crate::Rejection::UserNotPresent));
-        }
+        touch_by_throwaway_credential(&mut opened, cancel)?;
         Ok(Presence {
             device: format!(
                 "{} (touched: UP flag of an unverified makeCredential)",
@@ -432,30 +350,19 @@ impl Authenticator for Fido2Key {
         request: &MakeCredentialRequest,
         cancel: &CancelSignal,
     ) -> Result<MadeCredential, GateError> {
-        let opened = self.single(cancel)?;
-        let user = PublicKeyCredentialUserEntity::new(
-            Some(&request.user_id),
-            Some(&request.user_name),
-            Some(&request.user_name),
-        );
-        let mut builder = MakeCredentialArgsBuilder::new(&request.rp_id, &request.challenge)
-            .without_pin_and_uv()
-            .key_type(CredentialSupportedKeyType::Ecdsa256)
-            .key_type(CredentialSupportedKeyType::Ed25519)
-            .user_entity(&user);
-        for id in &request.exclude {
-            builder = builder.exclude_authenticator(id);
-        }
-        let mut args = builder.build();
-        if request.require_uv {
-            args.uv = Some(true);
-        }
-        let att = guarded("authenticatorMakeCredential", || {
-            with_cancel(&opened, cancel, |k| k.make_credential_with_args(&args))
-        })??
-        .map_err(|e| ctap_error(&opened.label, "authenticatorMakeCredential", &e))?;
+        let mut opened = self.single(cancel)?;
+        let cdh = client_data_hash(&request.challenge);
+        let message = ctap2::make_credential(&ctap2::MakeCredential {
+            client_data_hash: &cdh,
+            rp_id: &request.rp_id,
+            user_id: &request.user_id,
+            user_name: &request.user_name,
+            exclude: &request.exclude,
+            uv: request.require_uv,
+        });
+        let answer = opened.cbor(&message, "authenticatorMakeCredential", true, cancel)?;
         Ok(MadeCredential {
-            auth_data: att.auth_data,
+            auth_data: ctap2::parse_make_credential(&answer, &opened.label)?,
             device: opened.label,
         })
     }
@@ -465,30 +372,20 @@ impl Authenticator for Fido2Key {
         request: &GetAssertionRequest,
         cancel: &CancelSignal,
     ) -> Result<AssertionResponse, GateError> {
-        let opened = self.holding(request, cancel)?;
-        let mut builder =
-            GetAssertionArgsBuilder::new(&request.rp_id, &request.challenge).without_pin_and_uv();
-        for id in &request.allow {
-            builder = builder.add_credential_id(id);
-        }
-        let mut args = builder.build();
-        if request.require_uv {
-            args.uv = Some(true);
-        }
-        let mut answers = guarded("authenticatorGetAssertion", || {
-            with_cancel(&opened, cancel, |k| k.get_assertion_with_args(&args))
-        })??
-        .map_err(|e| ctap_error(&opened.label, "authenticatorGetAssertion", &e))?;
-        if answers.is_empty() {
-            return Err(GateError::Device {
-                detail: format!("{}: getAssertion returned no assertion", opened.label),
-            });
-        }
-        let first = answers.swap_remove(0);
+        let mut opened = self.holding(request, cancel)?;
+        let message = ctap2::get_assertion(
+            &request.rp_id,
+            &client_data_hash(&request.challenge),
+            &request.allow,
+            true,
+            request.require_uv,
+        );
+        let answer = opened.cbor(&message, "authenticatorGetAssertion", true, cancel)?;
+        let a = ctap2::parse_get_assertion(&answer, &opened.label)?;
         Ok(AssertionResponse {
-            credential_id: (!first.credential_id.is_empty()).then_some(first.credential_id),
-            auth_data: first.auth_data,
-            signature: first.signature,
+            credential_id: a.credential_id.filter(|id| !id.is_empty()),
+            auth_data: a.auth_data,
+            signature: a.signature,
             device: opened.label,
         })
     }
@@ -549,25 +446,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn cfg_is_quiet() {
-        let cfg = quiet_cfg();
-        assert!(!cfg.enable_log);
-        assert!(!cfg.enable_keep_alive_msg);
-        assert!(cfg.keep_alive_msg.is_empty());
-    }
-
-    #[test]
-    fn guarded_turns_a_panic_into_a_device_error() {
-        let r: Result<(), _> = guarded("test call", || panic!("hostile device"));
-        match r {
-            Err(GateError::Device { detail }) => {
-                assert!(detail.contains("hostile device"), "{detail}")
-            }
-            other => panic!("expected Device, got {other:?}"),
-        }
-    }
-
     /// A real run of the enumeration path on whatever this machine has. CI has
     /// no key (often no hidraw at all): must refuse, never panic.
     #[test]
@@ -590,28 +468,6 @@ mod tests {
             Fido2Key::new(None).check_presence(&c),
             Err(GateError::Cancelled)
         ));
-    }
-
-    #[test]
-    fn ctap_status_names_map_to_gate_errors() {
-        let map = |m: &str| ctap_error("key", "op", &format!("response_status err = {m}")).code();
-        assert_eq!(
-            map("0x2D CTAP2_ERR_KEEPALIVE_CANCEL  Pending keep alive was cancelled."),
-            "cancelled"
-        );
-        assert_eq!(
-            map("0x2E CTAP2_ERR_NO_CREDENTIALS    No valid credentials provided."),
-            "credential_not_found"
-        );
-        assert_eq!(
-            map("0x19 CTAP2_ERR_CREDENTIAL_EXCLUDED"),
-            "already_enrolled"
-        );
-        assert_eq!(map("0x27 CTAP2_ERR_OPERATION_DENIED"), "key_refused");
-        assert_eq!(map("0x2F CTAP2_ERR_USER_ACTION_TIMEOUT"), "key_refused");
-        assert_eq!(map("0x36 CTAP2_ERR_PIN_REQUIRED"), "key_unsupported");
-        assert_eq!(map("0x01 CTAP1_ERR_INVALID_COMMAND"), "key_unsupported");
-        assert_eq!(map("read err = 0xFE"), "device_error");
     }
 
     /// Enrol and log in through the gate with a real key: two touches.

@@ -2,7 +2,7 @@
 //! The FIDO2 gate that k_proxy runs once per `POST /session/login`.
 //!
 //! The gate is a small trait of our own ([`Authenticator`]) so the real USB key
-//! ([`Fido2Key`], through ctap-hid-fido2) and a software stand-in
+//! ([`Fido2Key`], through hidapi and our own CTAPHID layer) and a software stand-in
 //! ([`SoftAuthenticator`], tests and development only) are interchangeable. The
 //! trait is the device: it answers GetInfo, waits for a touch, and runs
 //! makeCredential and getAssertion, returning the raw bytes. It checks nothing.
@@ -22,9 +22,11 @@ mod cancel;
 mod cbor;
 mod ceremony;
 pub mod credentials;
+mod ctap2;
 mod fido2;
 mod fsutil;
 mod gate;
+mod hid;
 mod soft;
 pub mod verify;
 
@@ -46,7 +48,7 @@ pub use verify::Rejection;
 /// Only [`Authenticator::check_presence`] is required; the others default to
 /// "not supported" so a test double can implement just what it needs.
 pub trait Authenticator: Send + Sync + 'static {
-    /// One line for the start-up log, e.g. "USB FIDO2 key (ctap-hid-fido2), any single device"
+    /// One line for the start-up log, e.g. "USB FIDO2 key (hidapi, CTAPHID), any single device"
     /// or "SOFTWARE authenticator (tests only)".
     fn describe(&self) -> String;
 

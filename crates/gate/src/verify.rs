@@ -109,8 +109,7 @@ pub fn rp_id_hash(rp_id: &str) -> [u8; 32] {
     Sha256::digest(rp_id.as_bytes()).into()
 }
 
-/// SHA-256 of a challenge: the clientDataHash we send (ctap-hid-fido2 hashes the
-/// challenge it is given the same way).
+/// SHA-256 of a challenge: the clientDataHash k_proxy sends with each request.
 pub fn client_data_hash(challenge: &[u8]) -> [u8; 32] {
     Sha256::digest(challenge).into()
 }

@@ -1,0 +1,437 @@
+//! CTAP2 as a client speaks it (CTAP 2.1 sections 6 and 8): the requests k_proxy
+//! sends (getInfo, makeCredential, getAssertion, selection), encoded as CTAP2
+//! canonical CBOR, and the answers read strictly. Answers come from a USB device,
+//! which may be hostile: nothing here panics, and every field is checked for
+//! type before use. No I/O: [`crate::fido2`] moves the bytes.
+
+use ciborium::Value;
+
+use crate::GateError;
+
+/// CTAP2 command bytes.
+pub mod command {
+    /// authenticatorMakeCredential
+    pub const MAKE_CREDENTIAL: u8 = 0x01;
+    /// authenticatorGetAssertion
+    pub const GET_ASSERTION: u8 = 0x02;
+    /// authenticatorGetInfo
+    pub const GET_INFO: u8 = 0x04;
+    /// authenticatorSelection (CTAP 2.1)
+    pub const SELECTION: u8 = 0x0b;
+}
+
+/// COSE algorithm ids we ask for, in order of preference.
+const ALG_ES256: i64 = -7;
+const ALG_EDDSA: i64 = -8;
+
+/// The name of a CTAP status code, for logs.
+pub fn status_name(code: u8) -> &'static str {
+    match code {
+        0x00 => "CTAP2_OK",
+        0x01 => "CTAP1_ERR_INVALID_COMMAND",
+        0x02 => "CTAP1_ERR_INVALID_PARAMETER",
+        0x03 => "CTAP1_ERR_INVALID_LENGTH",
+        0x11 => "CTAP2_ERR_CBOR_UNEXPECTED_TYPE",
+        0x12 => "CTAP2_ERR_INVALID_CBOR",
+        0x14 => "CTAP2_ERR_MISSING_PARAMETER",
+        0x19 => "CTAP2_ERR_CREDENTIAL_EXCLUDED",
+        0x22 => "CTAP2_ERR_INVALID_CREDENTIAL",
+        0x26 => "CTAP2_ERR_UNSUPPORTED_ALGORITHM",
+        0x27 => "CTAP2_ERR_OPERATION_DENIED",
+        0x2b => "CTAP2_ERR_UNSUPPORTED_OPTION",
+        0x2c => "CTAP2_ERR_INVALID_OPTION",
+        0x2d => "CTAP2_ERR_KEEPALIVE_CANCEL",
+        0x2e => "CTAP2_ERR_NO_CREDENTIALS",
+        0x2f => "CTAP2_ERR_USER_ACTION_TIMEOUT",
+        0x31 => "CTAP2_ERR_PIN_INVALID",
+        0x32 => "CTAP2_ERR_PIN_BLOCKED",
+        0x33 => "CTAP2_ERR_PIN_AUTH_INVALID",
+        0x35 => "CTAP2_ERR_PIN_NOT_SET",
+        0x36 => "CTAP2_ERR_PUAT_REQUIRED",
+        0x3c => "CTAP2_ERR_UP_REQUIRED",
+        0x3d => "CTAP2_ERR_UV_BLOCKED",
+        0x3f => "CTAP2_ERR_UV_INVALID",
+        _ => "other CTAP error",
+    }
+}
+
+/// Maps a CTAP status other than OK to the gate's refusal.
+pub fn status_error(code: u8, label: &str, what: &str) -> GateError {
+    let detail = format!("{label}: {what}: {code:#04x} {}", status_name(code));
+    match code {
+        0x2d => GateError::Cancelled,
+        0x2e | 0x22 => GateError::NoCredential,
+        0x19 => GateError::AlreadyEnrolled,
+        0x27 | 0x2f => GateError::Refused { detail },
+        0x01 | 0x26 | 0x2b | 0x2c | 0x31..=0x3f => GateError::Unsupported { detail },
+        _ => GateError::Device { detail },
+    }
+}
+
+fn int(n: i64) -> Value {
+    Value::Integer(n.into())
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.to_string())
+}
+
+fn encode(command: u8, params: Option<Value>) -> Vec<u8> {
+    let mut out = vec![command];
+    if let Some(p) = params {
+        // Writing into a Vec cannot fail for values built here.
+        let _ = ciborium::ser::into_writer(&p, &mut out);
+    }
+    out
+}
+
+/// The options map, keys in canonical order ("rk" < "up" < "uv": same length, bytewise).
+fn options(up: Option<bool>, uv: bool) -> Option<Value> {
+    let mut m = Vec::new();
+    if let Some(up) = up {
+        m.push((text("up"), Value::Bool(up)));
+    }
+    if uv {
+        m.push((text("uv"), Value::Bool(true)));
+    }
+    (!m.is_empty()).then_some(Value::Map(m))
+}
+
+fn descriptors(ids: &[Vec<u8>]) -> Value {
+    Value::Array(
+        ids.iter()
+            .map(|id| {
+                Value::Map(vec![
+                    (text("id"), Value::Bytes(id.clone())),
+                    (text("type"), text("public-key")),
+                ])
+            })
+            .collect(),
+    )
+}
+
+/// authenticatorGetInfo.
+pub fn get_info() -> Vec<u8> {
+    encode(command::GET_INFO, None)
+}
+
+/// authenticatorSelection.
+pub fn selection() -> Vec<u8> {
+    encode(command::SELECTION, None)
+}
+
+/// What a makeCredential asks for.
+pub struct MakeCredential<'a> {
+    /// SHA-256 of the client data (here: of the challenge).
+    pub client_data_hash: &'a [u8; 32],
+    /// The relying party.
+    pub rp_id: &'a str,
+    /// The user handle.
+    pub user_id: &'a [u8],
+    /// The user's name.
+    pub user_name: &'a str,
+    /// Credentials the key must not already hold.
+    pub exclude: &'a [Vec<u8>],
+    /// Ask for user verification.
+    pub uv: bool,
+}
+
+/// authenticatorMakeCredential: ES256 or EdDSA, non-resident, no PIN.
+pub fn make_credential(r: &MakeCredential<'_>) -> Vec<u8> {
+    let alg = |a| {
+        Value::Map(vec![
+            (text("alg"), int(a)),
+            (text("type"), text("public-key")),
+        ])
+    };
+    let mut m = vec![
+        (int(1), Value::Bytes(r.client_data_hash.to_vec())),
+        (int(2), Value::Map(vec![(text("id"), text(r.rp_id))])),
+        (
+            int(3),
+            Value::Map(vec![
+                (text("id"), Value::Bytes(r.user_id.to_vec())),
+                (text("name"), text(r.user_name)),
+                (text("displayName"), text(r.user_name)),
+            ]),
+        ),
+        (int(4), Value::Array(vec![alg(ALG_ES256), alg(ALG_EDDSA)])),
+    ];
+    if !r.exclude.is_empty() {
+        m.push((int(5), descriptors(r.exclude)));
+    }
+    if let Some(o) = options(None, r.uv) {
+        m.push((int(7), o));
+    }
+    encode(command::MAKE_CREDENTIAL, Some(Value::Map(m)))
+}
+
+/// authenticatorGetAssertion with an allow list; `up: false` asks without a touch
+/// (to find which key holds a credential).
+pub fn get_assertion(
+    rp_id: &str,
+    client_data_hash: &[u8; 32],
+    allow: &[Vec<u8>],
+    up: bool,
+    uv: bool,
+) -> Vec<u8> {
+    let mut m = vec![
+        (int(1), text(rp_id)),
+        (int(2), Value::Bytes(client_data_hash.to_vec())),
+        (int(3), descriptors(allow)),
+    ];
+    if let Some(o) = options((!up).then_some(false), uv) {
+        m.push((int(5), o));
+    }
+    encode(command::GET_ASSERTION, Some(Value::Map(m)))
+}
+
+/// An answer that is not the CBOR a CTAP2 answer must be.
+fn malformed(label: &str, what: &str, why: &str) -> GateError {
+    GateError::Device {
+        detail: format!("{label}: {what}: malformed answer: {why}"),
+    }
+}
+
+/// Splits an answer into its status and map; a status other than OK is an error.
+fn answer_map(
+    answer: &[u8],
+    label: &str,
+    what: &str,
+) -> Result<Option<Vec<(Value, Value)>>, GateError> {
+    let Some((&status, body)) = answer.split_first() else {
+        return Err(malformed(label, what, "empty"));
+    };
+    if status != 0 {
+        return Err(status_error(status, label, what));
+    }
+    if body.is_empty() {
+        return Ok(None);
+    }
+    let mut reader = body;
+    match ciborium::de::from_reader::<Value, _>(&mut reader) {
+        Ok(Value::Map(m)) if reader.is_empty() => Ok(Some(m)),
+        Ok(Value::Map(_)) => Err(malformed(label, what, "bytes after the CBOR map")),
+        Ok(_) => Err(malformed(label, what, "not a CBOR map")),
+        Err(e) => Err(malformed(label, what, &e.to_string())),
+    }
+}
+
+fn field(m: &[(Value, Value)], key: i64) -> Option<&Value> {
+    m.iter()
+        .find(|(k, _)| matches!(k, Value::Integer(i) if i128::from(*i) == i128::from(key)))
+        .map(|(_, v)| v)
+}
+
+fn bytes_field(
+    m: &[(Value, Value)],
+    key: i64,
+    label: &str,
+    what: &str,
+) -> Result<Vec<u8>, GateError> {
+    match field(m, key) {
+        Some(Value::Bytes(b)) => Ok(b.clone()),
+        Some(_) => Err(malformed(
+            label,
+            what,
+            &format!("field {key} is not a byte string"),
+        )),
+        None => Err(malformed(label, what, &format!("field {key} is missing"))),
+    }
+}
+
+/// An answer with no body (selection).
+pub fn parse_empty(answer: &[u8], label: &str, what: &str) -> Result<(), GateError> {
+    answer_map(answer, label, what).map(|_| ())
+}
+
+/// The versions of a getInfo answer (mandatory, non-empty).
+pub fn parse_get_info(answer: &[u8], label: &str) -> Result<Vec<String>, GateError> {
+    let what = "authenticatorGetInfo";
+    let m = answer_map(answer, label, what)?.ok_or_else(|| malformed(label, what, "no body"))?;
+    let Some(Value::Array(vs)) = field(&m, 1) else {
+        return Err(malformed(label, what, "no versions"));
+    };
+    let versions: Vec<String> = vs
+        .iter()
+        .filter_map(|v| match v {
+            Value::Text(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    if versions.is_empty() {
+        return Err(malformed(label, what, "an empty versions list"));
+    }
+    Ok(versions)
+}
+
+/// The authenticator data of a makeCredential answer (the attestation statement is
+/// not verified: see the README's gate levels).
+pub fn parse_make_credential(answer: &[u8], label: &str) -> Result<Vec<u8>, GateError> {
+    let what = "authenticatorMakeCredential";
+    let m = answer_map(answer, label, what)?.ok_or_else(|| malformed(label, what, "no body"))?;
+    if !matches!(field(&m, 1), Some(Value::Text(_))) {
+        return Err(malformed(label, what, "no attestation format"));
+    }
+    bytes_field(&m, 2, label, what)
+}
+
+/// A getAssertion answer: the credential id (absent when the key left it out),
+/// the authenticator data and the signature.
+#[derive(Debug)]
+pub struct Assertion {
+    /// The credential used.
+    pub credential_id: Option<Vec<u8>>,
+    /// The signed authenticator data.
+    pub auth_data: Vec<u8>,
+    /// The signature over `auth_data || clientDataHash`.
+    pub signature: Vec<u8>,
+}
+
+/// Reads a getAssertion answer.
+pub fn parse_get_assertion(answer: &[u8], label: &str) -> Result<Assertion, GateError> {
+    let what = "authenticatorGetAssertion";
+    let m = answer_map(answer, label, what)?.ok_or_else(|| malformed(label, what, "no body"))?;
+    let credential_id = match field(&m, 1) {
+        None => None,
+        Some(Value::Map(d)) => match d
+            .iter()
+            .find(|(k, _)| matches!(k, Value::Text(t) if t == "id"))
+        {
+            Some((_, Value::Bytes(id))) => Some(id.clone()),
+            _ => return Err(malformed(label, what, "credential without an id")),
+        },
+        Some(_) => return Err(malformed(label, what, "credential is not a map")),
+    };
+    Ok(Assertion {
+        credential_id,
+        auth_data: bytes_field(&m, 2, label, what)?,
+        signature: bytes_field(&m, 3, label, what)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(v: Value) -> Vec<u8> {
+        let mut out = vec![0];
+        ciborium::ser::into_writer(&v, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn requests_are_canonical_cbor_maps() {
+        let r = get_assertion("rp", &[7; 32], &[vec![1, 2]], false, false);
+        assert_eq!(r[0], command::GET_ASSERTION);
+        let v: Value = ciborium::de::from_reader(&r[1..]).unwrap();
+        let Value::Map(m) = v else { panic!() };
+        let keys: Vec<_> = m.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(keys, vec![int(1), int(2), int(3), int(5)]);
+        assert_eq!(
+            field(&m, 5),
+            Some(&Value::Map(vec![(text("up"), Value::Bool(false))]))
+        );
+        // With a touch, no options at all (up defaults to true).
+        let r = get_assertion("rp", &[7; 32], &[vec![1, 2]], true, false);
+        let Value::Map(m) = ciborium::de::from_reader(&r[1..]).unwrap() else {
+            panic!()
+        };
+        assert!(field(&m, 5).is_none());
+        let mc = make_credential(&MakeCredential {
+            client_data_hash: &[1; 32],
+            rp_id: "rp",
+            user_id: &[9],
+            user_name: "alice",
+            exclude: &[],
+            uv: false,
+        });
+        let Value::Map(m) = ciborium::de::from_reader(&mc[1..]).unwrap() else {
+            panic!()
+        };
+        assert!(field(&m, 5).is_none() && field(&m, 7).is_none());
+        assert_eq!(get_info(), vec![command::GET_INFO]);
+    }
+
+    #[test]
+    fn statuses_map_to_refusals() {
+        assert!(matches!(
+            status_error(0x2d, "k", "op"),
+            GateError::Cancelled
+        ));
+        assert!(matches!(
+            status_error(0x2e, "k", "op"),
+            GateError::NoCredential
+        ));
+        assert!(matches!(
+            status_error(0x19, "k", "op"),
+            GateError::AlreadyEnrolled
+        ));
+        assert_eq!(status_error(0x27, "k", "op").code(), "key_refused");
+        assert_eq!(status_error(0x2f, "k", "op").code(), "key_refused");
+        assert_eq!(status_error(0x36, "k", "op").code(), "key_unsupported");
+        assert_eq!(status_error(0x01, "k", "op").code(), "key_unsupported");
+        assert_eq!(status_error(0x7f, "k", "op").code(), "device_error");
+        let d = status_error(0x36, "key", "makeCredential").to_string();
+        assert!(d.contains("CTAP2_ERR_PUAT_REQUIRED"), "{d}");
+    }
+
+    #[test]
+    fn answers_are_read_strictly() {
+        let ok = body(Value::Map(vec![
+            (
+                int(1),
+                Value::Map(vec![
+                    (text("id"), Value::Bytes(vec![5])),
+                    (text("type"), text("public-key")),
+                ]),
+            ),
+            (int(2), Value::Bytes(vec![1; 37])),
+            (int(3), Value::Bytes(vec![2; 70])),
+        ]));
+        let a = parse_get_assertion(&ok, "k").unwrap();
+        assert_eq!(a.credential_id, Some(vec![5]));
+        assert_eq!(a.auth_data.len(), 37);
+        // A trailing byte, a non-map, a wrong type, a missing field, an empty answer.
+        let mut trailing = ok.clone();
+        trailing.push(0);
+        for bad in [
+            trailing,
+            body(Value::Array(vec![])),
+            body(Value::Map(vec![
+                (int(2), text("x")),
+                (int(3), Value::Bytes(vec![])),
+            ])),
+            body(Value::Map(vec![(int(2), Value::Bytes(vec![]))])),
+            vec![],
+            vec![0, 0xff],
+        ] {
+            assert_eq!(
+                parse_get_assertion(&bad, "k").unwrap_err().code(),
+                "device_error",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            parse_get_assertion(&[0x2e], "k").unwrap_err().code(),
+            "credential_not_found"
+        );
+        let info = body(Value::Map(vec![(
+            int(1),
+            Value::Array(vec![text("FIDO_2_0")]),
+        )]));
+        assert_eq!(parse_get_info(&info, "k").unwrap(), vec!["FIDO_2_0"]);
+        let empty = body(Value::Map(vec![(int(1), Value::Array(vec![]))]));
+        assert!(parse_get_info(&empty, "k").is_err());
+        assert!(parse_empty(&[0], "k", "selection").is_ok());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_answer_is_read_or_refused_without_panic(raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = parse_get_assertion(&raw, "k");
+            let _ = parse_make_credential(&raw, "k");
+            let _ = parse_get_info(&raw, "k");
+        }
+    }
+}
