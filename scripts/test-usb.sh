@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TESTS=(usbkey vkey_interop)
+TESTS=(usbkey qubes_ctap vkey_interop)
 TEST_ARGS=()
 for t in "${TESTS[@]}"; do TEST_ARGS+=(--test "$t"); done
 

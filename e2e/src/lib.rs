@@ -1178,6 +1178,88 @@ impl VKey {
     }
 }
 
+/// An enrolment file and virtual-key files in one private temp dir, for the
+/// `--gate fido2` tests (e2e/tests/usbkey.rs, qubes_ctap.rs).
+pub struct UsbKeyring {
+    dir: TempDir,
+}
+
+impl Default for UsbKeyring {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UsbKeyring {
+    pub fn new() -> UsbKeyring {
+        let dir = tempfile::Builder::new()
+            .prefix("chromecard-usb-")
+            .tempdir()
+            .expect("tempdir");
+        UsbKeyring { dir }
+    }
+    pub fn key_file(&self, name: &str) -> String {
+        s(self.dir.path().join(name))
+    }
+    pub fn creds(&self) -> String {
+        s(self.dir.path().join("credentials"))
+    }
+    /// A virtual key with the key file `name` and extra switches.
+    pub fn vkey(&self, name: &str, extra: &[&str]) -> VKey {
+        let file = self.key_file(name);
+        let mut args = vec!["--key-file", &file];
+        args.extend_from_slice(extra);
+        VKey::start(&args)
+    }
+    pub fn gate_flags(&self, touch_timeout: &str) -> Vec<String> {
+        [
+            "--gate",
+            "fido2",
+            "--credentials-file",
+            &self.creds(),
+            "--touch-timeout",
+            touch_timeout,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    pub fn enroll_ok(&self, user: &str) {
+        let e = Spawn::k_proxy()
+            .args(["enroll", "--username", user])
+            .args(self.gate_flags("10"))
+            .run_to_exit(Duration::from_secs(30));
+        assert!(
+            e.status.is_some_and(|st| st.success()),
+            "k_proxy enroll over USB failed: {e:?}"
+        );
+        assert!(e.stdout.contains(&format!("enrolled {user}")), "{e:?}");
+    }
+    /// k_proxy at the assertion level on the USB key, login only (dead upstream).
+    pub fn proxy(&self, touch_timeout: &str, extra: &[&str]) -> (Proc, Client) {
+        let dead = free_port();
+        let mut args = self.gate_flags(touch_timeout);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (p, _port, c) = start_proxy_plain(&format!("http://127.0.0.1:{dead}"), &args);
+        (p, c)
+    }
+}
+
+/// How long k_proxy itself took over its last `/session/login`, from its access log.
+/// Under the CI's emulated VM, starting curl alone can take a second, so the deadline
+/// is judged on the server's own clock.
+pub fn last_login_took(proxy: &Proc) -> Duration {
+    let log = proxy.stderr();
+    let micros = log
+        .lines()
+        .filter(|l| l.contains("path=/session/login"))
+        .filter_map(|l| l.split("micros=").nth(1))
+        .filter_map(|m| m.split_whitespace().next()?.parse::<u64>().ok())
+        .next_back()
+        .unwrap_or_else(|| panic!("no /session/login in k_proxy's access log:\n{log}"));
+    Duration::from_micros(micros)
+}
+
 /// A client that talks to k_server directly as k_proxy would (k_proxy's client cert).
 pub fn server_client_as_proxy(sport: u16, certs: &Certs) -> Client {
     Client::tls(sport, &certs.ca()).with_client_cert(&certs.proxy_crt(), &certs.proxy_key())

@@ -11,81 +11,6 @@ use std::time::{Duration, Instant};
 
 use chromecard_e2e::*;
 
-/// An enrolment file and a key file in one private temp dir.
-struct Usb {
-    dir: TempDir,
-}
-
-impl Usb {
-    fn new() -> Usb {
-        let dir = tempfile::Builder::new()
-            .prefix("chromecard-usb-")
-            .tempdir()
-            .expect("tempdir");
-        Usb { dir }
-    }
-    fn key_file(&self, name: &str) -> String {
-        s(self.dir.path().join(name))
-    }
-    fn creds(&self) -> String {
-        s(self.dir.path().join("credentials"))
-    }
-    /// A virtual key with the key file `name` and extra switches.
-    fn vkey(&self, name: &str, extra: &[&str]) -> VKey {
-        let file = self.key_file(name);
-        let mut args = vec!["--key-file", &file];
-        args.extend_from_slice(extra);
-        VKey::start(&args)
-    }
-    fn gate_flags(&self, touch_timeout: &str) -> Vec<String> {
-        [
-            "--gate",
-            "fido2",
-            "--credentials-file",
-            &self.creds(),
-            "--touch-timeout",
-            touch_timeout,
-        ]
-        .map(String::from)
-        .to_vec()
-    }
-    fn enroll_ok(&self, user: &str) {
-        let e = Spawn::k_proxy()
-            .args(["enroll", "--username", user])
-            .args(self.gate_flags("10"))
-            .run_to_exit(Duration::from_secs(30));
-        assert!(
-            e.status.is_some_and(|st| st.success()),
-            "k_proxy enroll over USB failed: {e:?}"
-        );
-        assert!(e.stdout.contains(&format!("enrolled {user}")), "{e:?}");
-    }
-    /// k_proxy at the assertion level on the USB key, login only (dead upstream).
-    fn proxy(&self, touch_timeout: &str, extra: &[&str]) -> (Proc, Client) {
-        let dead = free_port();
-        let mut args = self.gate_flags(touch_timeout);
-        args.extend(extra.iter().map(|a| a.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (p, _port, c) = start_proxy_plain(&format!("http://127.0.0.1:{dead}"), &args);
-        (p, c)
-    }
-}
-
-/// How long k_proxy itself took over its last `/session/login`, from its access log.
-/// Under the CI's emulated VM, starting curl alone can take a second, so the deadline
-/// is judged on the server's own clock.
-fn last_login_took(proxy: &Proc) -> Duration {
-    let log = proxy.stderr();
-    let micros = log
-        .lines()
-        .filter(|l| l.contains("path=/session/login"))
-        .filter_map(|l| l.split("micros=").nth(1))
-        .filter_map(|m| m.split_whitespace().next()?.parse::<u64>().ok())
-        .next_back()
-        .unwrap_or_else(|| panic!("no /session/login in k_proxy's access log:\n{log}"));
-    Duration::from_micros(micros)
-}
-
 /// A refused login: exact status and code, no session token.
 fn assert_refused(r: &Resp, status: u16, code: &str) {
     r.expect_error(status, code);
@@ -95,7 +20,7 @@ fn assert_refused(r: &Resp, status: u16, code: &str) {
 #[test]
 #[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
 fn enrol_over_usb_then_the_runbook_through_the_whole_chain() {
-    let usb = Usb::new();
+    let usb = UsbKeyring::new();
     let key = usb.vkey("key", &[]);
     usb.enroll_ok("alice");
     assert!(
@@ -165,7 +90,7 @@ fn enrol_over_usb_then_the_runbook_through_the_whole_chain() {
 #[test]
 #[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
 fn every_refusal_on_the_usb_path_carries_its_code() {
-    let usb = Usb::new();
+    let usb = UsbKeyring::new();
     let (mut proxy, c) = {
         let _enrolling = usb.vkey("key", &[]);
         usb.enroll_ok("alice");
@@ -210,7 +135,7 @@ fn every_refusal_on_the_usb_path_carries_its_code() {
 #[test]
 #[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
 fn a_login_nobody_touches_is_cancelled_at_the_deadline_and_the_next_one_passes_at_once() {
-    let usb = Usb::new();
+    let usb = UsbKeyring::new();
     let key = usb.vkey("key", &["--untouched", "2"]);
     usb.enroll_ok("alice");
     let (mut proxy, c) = usb.proxy("2", &[]);
@@ -246,7 +171,7 @@ fn a_login_nobody_touches_is_cancelled_at_the_deadline_and_the_next_one_passes_a
 #[test]
 #[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
 fn with_two_keys_attached_the_one_holding_the_credential_is_used_without_touching_the_other() {
-    let usb = Usb::new();
+    let usb = UsbKeyring::new();
     {
         let _k = usb.vkey("key", &[]);
         usb.enroll_ok("alice");
@@ -284,7 +209,7 @@ fn with_two_keys_attached_the_one_holding_the_credential_is_used_without_touchin
 #[test]
 #[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
 fn a_key_pulled_out_mid_login_is_a_clear_401_and_k_proxy_keeps_serving() {
-    let usb = Usb::new();
+    let usb = UsbKeyring::new();
     {
         let _k = usb.vkey("key", &[]);
         usb.enroll_ok("alice");

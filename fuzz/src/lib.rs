@@ -32,6 +32,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("auth_data", auth_data),
     ("cose_key", cose_key),
     ("enrolment", enrolment),
+    ("ctaphid", ctaphid),
+    ("ctap2_answer", ctap2_answer),
 ];
 
 // ---------------------------------------------------------------------------
@@ -386,5 +388,84 @@ pub fn enrolment(data: &[u8]) {
         let rendered = e.render();
         let again = Enrolments::parse(&rendered, "rendered").expect("rendered file refused");
         assert_eq!(again, e, "the enrolment file does not round-trip");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The key's side of the wire: CTAPHID reports and CTAP2 answers from a device
+// ---------------------------------------------------------------------------
+
+/// Input: the first byte picks the request (CBOR or PING), the rest is cut into
+/// 64-byte reports that a device sends back, after a valid CTAPHID_INIT answer
+/// that gives channel 0x00000009. The client's loop must end with an answer of at
+/// most [`chromecard_ctaphid::MAX_MESSAGE`] bytes or an error, never panic or spin.
+pub fn ctaphid(data: &[u8]) {
+    use chromecard_ctaphid::host::{Channel, HostError, Limits, Port};
+    use chromecard_ctaphid::{cmd, fragment, BROADCAST_CID, MAX_MESSAGE, PACKET_SIZE};
+    use std::collections::VecDeque;
+    use std::time::{Duration, Instant};
+
+    struct Replay(VecDeque<[u8; PACKET_SIZE]>);
+    impl Port for Replay {
+        fn send(&mut self, _: &[u8; PACKET_SIZE]) -> Result<(), HostError> {
+            Ok(())
+        }
+        fn recv(&mut self, _: Duration) -> Result<Option<[u8; PACKET_SIZE]>, HostError> {
+            // The end of the input is a device that went away.
+            self.0
+                .pop_front()
+                .map(Some)
+                .ok_or_else(|| HostError::Io("end of input".into()))
+        }
+    }
+
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let command = if pick & 1 == 0 { cmd::CBOR } else { cmd::PING };
+    let nonce = [0u8; 8];
+    let mut init = nonce.to_vec();
+    init.extend_from_slice(&[0, 0, 0, 9, 2, 0, 1, 0, 4]);
+    let mut reports: VecDeque<[u8; PACKET_SIZE]> =
+        fragment(BROADCAST_CID, cmd::INIT, &init).unwrap().into();
+    for chunk in rest.chunks(PACKET_SIZE) {
+        let mut r = [0u8; PACKET_SIZE];
+        r[..chunk.len()].copy_from_slice(chunk);
+        reports.push_back(r);
+    }
+    let far = Instant::now() + Duration::from_secs(3600);
+    let mut channel = Channel::open(Replay(reports), nonce, far).expect("a valid INIT answer");
+    let limits = Limits {
+        deadline: far,
+        cancel_grace: Duration::from_secs(1),
+        poll: Duration::from_millis(1),
+    };
+    if let Ok(answer) = channel.transact(command, &[4], &limits, &|| false, &mut |_| {}) {
+        assert!(answer.payload.len() <= MAX_MESSAGE);
+        assert!(!answer.framed_as_msg || command == cmd::CBOR);
+    }
+}
+
+/// Input: a CTAP2 answer (status byte and CBOR) as a device might send it. Each
+/// reader accepts it or refuses it with a refusal code, never a panic; what it
+/// accepts is what the bytes said.
+pub fn ctap2_answer(data: &[u8]) {
+    use chromecard_gate::ctap2;
+    let ok = data.first() == Some(&0);
+    if let Ok(a) = ctap2::parse_get_assertion(data, "fuzz") {
+        assert!(ok);
+        assert!(data.len() > a.auth_data.len() + a.signature.len());
+    }
+    if let Ok(ad) = ctap2::parse_make_credential(data, "fuzz") {
+        assert!(ok && data.len() > ad.len());
+    }
+    if let Ok(versions) = ctap2::parse_get_info(data, "fuzz") {
+        assert!(ok && !versions.is_empty());
+    }
+    if !ok {
+        if let Some(&status) = data.first() {
+            let code = ctap2::status_error(status, "fuzz", "op").code();
+            assert!(!code.is_empty());
+        }
     }
 }

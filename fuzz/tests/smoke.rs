@@ -102,6 +102,15 @@ fn dictionary(target: &str) -> &'static [&'static [u8]] {
             b"alice",
             b"==",
         ],
+        "ctaphid" => &[
+            b"\x00\x00\x00\x09\x90",
+            b"\x00\x00\x00\x09\x83",
+            b"\x00\x00\x00\x09\xbb\x00\x01\x02",
+            b"\x00\x00\x00\x09\xbf\x00\x01",
+            b"\x00\x00\x00\x09\x00",
+            b"\x00\x00\x00\x09\x01",
+        ],
+        "ctap2_answer" => &[b"\x00\xa3", b"\x01", b"\x58\x25", b"\x62id", b"\x64type"],
         _ => &[],
     }
 }
@@ -266,7 +275,16 @@ macro_rules! smoke {
     )*};
 }
 
-smoke!(credential, login, token, auth_data, cose_key, enrolment);
+smoke!(
+    credential,
+    login,
+    token,
+    auth_data,
+    cose_key,
+    enrolment,
+    ctaphid,
+    ctap2_answer
+);
 
 #[test]
 fn every_target_has_a_smoke_test_and_seeds() {
@@ -277,6 +295,8 @@ fn every_target_has_a_smoke_test_and_seeds() {
         "auth_data",
         "cose_key",
         "enrolment",
+        "ctaphid",
+        "ctap2_answer",
     ];
     for (name, _) in chromecard_fuzz::TARGETS {
         assert!(smoked.contains(name), "target {name} has no smoke test");

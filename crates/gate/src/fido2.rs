@@ -197,7 +197,7 @@ impl Opened {
             tracing::info!(device = %self.label, cancels = answer.cancels_sent, "sent CTAPHID_CANCEL to the key");
         }
         if answer.framed_as_msg {
-            tracing::debug!(device = %self.label, "a CTAP2 answer came framed as CTAPHID_MSG (Qubes' CTAP proxy 2.0.7); read as CBOR");
+            tracing::info!(device = %self.label, what, "the answer came framed as CTAPHID_MSG, as Qubes' CTAP proxy before 2.0.8 sends it; read as the CBOR answer it is");
         }
         if answer.cancels_sent > 0 && cancel.is_cancelled() {
             // Whatever the key said after the cancel, the caller has gone.

@@ -22,7 +22,7 @@ mod cancel;
 mod cbor;
 mod ceremony;
 pub mod credentials;
-mod ctap2;
+pub mod ctap2;
 mod fido2;
 mod fsutil;
 mod gate;
