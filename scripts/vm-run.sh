@@ -19,7 +19,8 @@ CMD in it:
     tmpfs on /tmp, /run and /var/tmp (the host's files there are not visible);
   - loopback only: lo is up with 127.0.0.1 and ::1, there is no other network;
   - modules loaded: uhid, hid-generic, hid, the virtio/9p ones, virtio_console;
-  - CMD runs in the current working directory (it must not be under /tmp or /run),
+  - CMD runs in the current working directory (one below /tmp, /run or /var/tmp is shared
+    read-only on its own at the same path),
     with stdin from /dev/null; its stdout and stderr come back to this script's stdout
     and stderr; its exit status becomes this script's exit status.
 
@@ -133,9 +134,20 @@ kver=${kernel##*/vmlinuz-}
 moddir=/lib/modules/$kver
 [ -f "$moddir/modules.dep" ] || die "no $moddir/modules.dep for kernel $kernel (install its linux-image package, or set VM_KERNEL)"
 
+# The VM gets fresh /tmp, /run and /var/tmp: a working directory below them (a checkout in
+# /tmp, as CI may make) is shared read-only on its own, at the same path.
+work_share=()
 case "$PWD" in
-/tmp | /tmp/* | /run | /run/* | /var/tmp | /var/tmp/* | /proc* | /sys* | /dev*)
+/tmp | /run | /var/tmp | /proc* | /sys* | /dev*)
     die "the working directory $PWD is hidden inside the VM (it gets fresh /tmp, /run, /var/tmp, /proc, /sys, /dev); cd elsewhere"
+    ;;
+*$'\n'* | *,*)
+    die "the working directory's path must not contain a newline or a comma: $PWD"
+    ;;
+/tmp/* | /run/* | /var/tmp/*)
+    # shellcheck disable=SC2054 # the commas belong to qemu's option syntax
+    work_share=(-fsdev "local,id=workfs,path=$PWD,security_model=none,readonly=on,multidevs=remap"
+        -device virtio-9p-pci,fsdev=workfs,mount_tag=work)
     ;;
 esac
 
@@ -178,6 +190,11 @@ mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs $h/tmp
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs $h/run
 mkdir -p $h/run/lock && chmod 1777 $h/run/lock
 [ -d $h/var/tmp ] && mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs $h/var/tmp
+if [ -f /scratch/.vm-run/work ]; then
+    read -r wp </scratch/.vm-run/work
+    mkdir -p "$h$wp"
+    if ! mount -t 9p -o "$o9p,cache=loose,ro" work "$h$wp"; then say "cannot mount the working directory $wp"; halt_now; fi
+fi
 mkdir -p "$h$sp" 2>/dev/null
 if ! mount --move /scratch "$h$sp"; then say "cannot mount the scratch folder at $sp"; halt_now; fi
 ctl=$h$sp/.vm-run
@@ -385,6 +402,7 @@ q() { # single-quote for sh
 }
 
 printf '%s\n' "$scratch" >"$ctl/path"
+if ((${#work_share[@]})); then printf '%s\n' "$PWD" >"$ctl/work"; fi
 {
     echo "export PATH=$(q "${VM_PATH:-$PATH}")"
     echo "export HOME=/tmp TMPDIR=/tmp USER=root LOGNAME=root VM_RUN=1"
@@ -450,6 +468,7 @@ cmdline+=" ${VM_APPEND:-}"
     -device virtio-9p-pci,fsdev=hostfs,mount_tag=host \
     -fsdev "local,id=scratchfs,path=$scratch,security_model=none,multidevs=remap" \
     -device virtio-9p-pci,fsdev=scratchfs,mount_tag=scratch \
+    "${work_share[@]}" \
     -device virtio-serial-pci \
     -chardev "file,id=out,path=$run/out" -device virtserialport,chardev=out,name=vmrun.out \
     -chardev "file,id=err,path=$run/err" -device virtserialport,chardev=err,name=vmrun.err \
