@@ -10,11 +10,10 @@ use std::time::Instant;
 use chromecard_gate::{Gate, GateError, Passed};
 use chromecard_http::{
     check_header_limits, json_response, read_body_limited, ApiError, ConnInfo, Fault, HeaderLimits,
-    HttpResponse,
+    HttpResponse, RequestBody,
 };
 use chromecard_session::{EndReason, EndedSession, Issued, NewSession, SessionError, SessionStore};
 use http::{Method, Request, StatusCode};
-use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::host_allow::{self, AllowedHosts, Authority};
@@ -117,7 +116,7 @@ impl App {
     fn admit_host(
         &self,
         hosts: &AllowedHosts,
-        request: &Request<Incoming>,
+        request: &Request<RequestBody>,
         conn: &ConnInfo,
     ) -> Result<Option<Authority>, ApiError> {
         host_allow::admit(
@@ -140,7 +139,7 @@ impl App {
         })
     }
 
-    pub async fn handle(&self, request: Request<Incoming>, conn: Arc<ConnInfo>) -> HttpResponse {
+    pub async fn handle(&self, request: Request<RequestBody>, conn: Arc<ConnInfo>) -> HttpResponse {
         let started = Instant::now();
         let method = request.method().clone();
         // A clone of the Uri shares hyper's buffer (a reference count, not a copy).
@@ -173,7 +172,7 @@ impl App {
 
     async fn process(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         conn: &ConnInfo,
         user: &mut Option<Arc<str>>,
     ) -> Result<HttpResponse, ApiError> {
@@ -323,7 +322,7 @@ impl App {
     /// Runs the gate once, then issues the session.
     async fn login(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         conn: &ConnInfo,
         user: &mut Option<Arc<str>>,
     ) -> Result<HttpResponse, ApiError> {
@@ -422,7 +421,7 @@ impl App {
     /// Ends this session, or with `{"all":true}` every session of its user.
     async fn logout(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         conn: &ConnInfo,
         site: &Site<'_>,
         user: &mut Option<Arc<str>>,
@@ -667,7 +666,7 @@ fn resource_path_is_clean(path: &str) -> bool {
         || path.contains('\\'))
 }
 
-fn checked_resource_path(request: &Request<Incoming>) -> Result<String, ApiError> {
+fn checked_resource_path(request: &Request<RequestBody>) -> Result<String, ApiError> {
     let uri = request.uri();
     let path = uri.path();
     let invalid = || {

@@ -158,7 +158,7 @@ async fn serve_metrics(
     metrics: Arc<metrics::ProxyMetrics>,
     settings: chromecard_http::ServeSettings,
 ) {
-    let handler = move |request: http::Request<hyper::body::Incoming>, _conn| {
+    let handler = move |request: http::Request<chromecard_http::RequestBody>, _conn| {
         let metrics = metrics.clone();
         async move {
             match (request.method(), request.uri().path()) {

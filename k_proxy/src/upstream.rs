@@ -35,8 +35,13 @@ pub struct UpstreamSettings {
     pub response_timeout: Duration,
 }
 
+type HopClient = Client<ConnectDeadline<HttpsConnector<HttpConnector>>, Full<Bytes>>;
+
 pub struct Upstream {
-    client: Client<ConnectDeadline<HttpsConnector<HttpConnector>>, Full<Bytes>>,
+    client: HopClient,
+    /// The same connector without a pool: the one retry of a request that k_server did
+    /// not receive always goes out on a new connection (see [`retry_reason`]).
+    fresh: HopClient,
     base: Uri,
     proxy_token: HeaderValue,
     /// The Host header hyper's client would format for `base` on every request, made once.
@@ -84,6 +89,7 @@ impl Upstream {
                 .enable_http1()
                 .wrap_connector(http),
         };
+        let connector = ConnectDeadline::new(connector, settings.connect_timeout);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             // Below k_server's keep-alive wait (its --header-read-timeout, 10 s by
@@ -92,11 +98,20 @@ impl Upstream {
             // may or may not have happened).
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(256)
-            .build(ConnectDeadline::new(connector, settings.connect_timeout));
+            // A request that meets a pooled connection closing before a byte of it was
+            // written is sent again on another connection (hyper-util's own retry; the
+            // default, stated here because the forwarding relies on it).
+            .retry_canceled_requests(true)
+            .build(connector.clone());
+        let fresh = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
         let proxy_token = HeaderValue::from_str(settings.proxy_token.header_value())?;
         let host = host_header(&settings.base);
         Ok(Self {
             client,
+            fresh,
             base: settings.base,
             proxy_token,
             host,
@@ -114,32 +129,51 @@ impl Upstream {
         user: &str,
     ) -> Result<HttpResponse, ApiError> {
         let uri = self.target(path_and_query)?;
-        let mut request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(Full::new(body))
-            .map_err(|_| ApiError::internal("The forwarded request could not be built."))?;
-        *request.headers_mut() = rewrite_request_headers(client_headers);
-        let headers = request.headers_mut();
-        // Static names: inserting by &str would allocate a new HeaderName per request.
-        headers.insert(
-            HeaderName::from_static(PROXY_TOKEN_HEADER),
-            self.proxy_token.clone(),
-        );
-        if let Some(host) = &self.host {
-            headers.insert(header::HOST, host.clone());
-        }
-        headers.insert(
-            HeaderName::from_static(USER_HEADER),
-            HeaderValue::from_str(user)
-                .map_err(|_| ApiError::internal("The session's username cannot be sent."))?,
-        );
+        let user = HeaderValue::from_str(user)
+            .map_err(|_| ApiError::internal("The session's username cannot be sent."))?;
+        // Built again for the one retry (the body is shared bytes).
+        let build = || {
+            let mut request = Request::builder()
+                .method(method.clone())
+                .uri(uri.clone())
+                .body(Full::new(body.clone()))
+                .map_err(|_| ApiError::internal("The forwarded request could not be built."))?;
+            *request.headers_mut() = rewrite_request_headers(client_headers);
+            let headers = request.headers_mut();
+            // Static names: inserting by &str would allocate a new HeaderName per request.
+            headers.insert(
+                HeaderName::from_static(PROXY_TOKEN_HEADER),
+                self.proxy_token.clone(),
+            );
+            if let Some(host) = &self.host {
+                headers.insert(header::HOST, host.clone());
+            }
+            headers.insert(HeaderName::from_static(USER_HEADER), user.clone());
+            Ok::<_, ApiError>(request)
+        };
 
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|err| {
-                tracing::warn!(error = %chromecard_http::describe_error(&err), "k_server unreachable");
-                unavailable()
-            })?;
+            let response = match self.client.request(build()?).await {
+                Ok(response) => response,
+                Err(err) => match retry_reason(&method, &err) {
+                    None => {
+                        tracing::warn!(error = %chromecard_http::describe_error(&err), "k_server unreachable");
+                        return Err(unavailable());
+                    }
+                    Some(reason) => {
+                        tracing::info!(
+                            error = %chromecard_http::describe_error(&err),
+                            %method,
+                            reason,
+                            "k_server did not answer on a pooled connection; sending the request once more on a new one"
+                        );
+                        self.fresh.request(build()?).await.map_err(|err| {
+                            tracing::warn!(error = %chromecard_http::describe_error(&err), "k_server unreachable (after one retry)");
+                            unavailable()
+                        })?
+                    }
+                },
+            };
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_UPSTREAM_BODY)
                 .collect()
@@ -243,6 +277,42 @@ fn host_header(base: &Uri) -> Option<HeaderValue> {
         None => host.to_owned(),
     };
     HeaderValue::from_str(&value).ok()
+}
+
+/// Why a failed exchange may be sent once more, on a new connection; `None` when it may not.
+///
+/// * `unsent`: hyper handed the request back unwritten (the connection closed before a
+///   byte of it went out), so k_server cannot have acted on it: any method.
+/// * `idempotent`: the connection failed before an answer (closed, reset, broken pipe)
+///   and the method is idempotent (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT,
+///   DELETE), so acting on it twice is the same as once.
+///
+/// A POST that may have been written is never resent (an increment could count twice),
+/// and a failure to connect is not retried either: it happened on a new connection
+/// already, and a second attempt would only double the wait for the same 502.
+fn retry_reason(method: &Method, err: &hyper_util::client::legacy::Error) -> Option<&'static str> {
+    if err.is_connect() {
+        return None;
+    }
+    let hyper_err = std::iter::successors(Some(err as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
+    .find_map(|e| e.downcast_ref::<hyper::Error>())?;
+    if hyper_err.is_canceled() {
+        return Some("unsent");
+    }
+    let idempotent = matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    let connection_failed = hyper_err.is_incomplete_message()
+        || hyper_err.is_closed()
+        || hyper_err.is_body_write_aborted()
+        || std::iter::successors(Some(hyper_err as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        })
+        .any(|e| e.is::<std::io::Error>());
+    (idempotent && connection_failed && !hyper_err.is_timeout()).then_some("idempotent")
 }
 
 fn unavailable() -> ApiError {

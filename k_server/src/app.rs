@@ -8,14 +8,13 @@ use std::time::{Duration, Instant};
 use chromecard_hop::{validate_username, ProxyToken, PROXY_TOKEN_HEADER, USER_HEADER};
 use chromecard_http::{
     check_header_limits, json_response, read_body_limited, ApiError, ConnInfo, HeaderLimits,
-    HttpResponse,
+    HttpResponse, RequestBody,
 };
 use chromecard_store::{
     validate_secret_name, Refused, Store, StoreError, WriteError, WriteOp, WriteOutcome, Writer,
     MAX_SECRET_BYTES,
 };
 use http::{header, HeaderMap, Method, Request, StatusCode};
-use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use crate::peer::AllowList;
@@ -68,7 +67,7 @@ impl App {
         }
     }
 
-    pub async fn handle(&self, request: Request<Incoming>, conn: Arc<ConnInfo>) -> HttpResponse {
+    pub async fn handle(&self, request: Request<RequestBody>, conn: Arc<ConnInfo>) -> HttpResponse {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
@@ -91,7 +90,7 @@ impl App {
 
     async fn process(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         conn: &ConnInfo,
         user: &mut Option<String>,
     ) -> Result<HttpResponse, ApiError> {
@@ -152,7 +151,7 @@ impl App {
     }
 
     /// The proxy token (constant time) and the user k_proxy vouches for.
-    fn authorize_hop(&self, request: &Request<Incoming>) -> Result<String, ApiError> {
+    fn authorize_hop(&self, request: &Request<RequestBody>) -> Result<String, ApiError> {
         let mut tokens = request.headers().get_all(PROXY_TOKEN_HEADER).iter();
         let token = match (tokens.next(), tokens.next()) {
             (None, _) => {
@@ -225,7 +224,7 @@ impl App {
     /// same name is a different secret: the store is keyed by (user, name).
     async fn secret(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         user: &str,
         name: &str,
     ) -> Result<HttpResponse, ApiError> {
@@ -441,7 +440,7 @@ fn require_method(
 
 /// Who k_proxy says the caller is, and which header names arrived (names only, never
 /// values): lets an operator, and the tests, see what k_proxy forwards.
-fn whoami(request: &Request<Incoming>, user: &str) -> HttpResponse {
+fn whoami(request: &Request<RequestBody>, user: &str) -> HttpResponse {
     let headers: Vec<&str> = request.headers().keys().map(|name| name.as_str()).collect();
     json_response(StatusCode::OK, &json!({"user": user, "headers": headers}))
 }

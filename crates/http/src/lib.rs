@@ -4,11 +4,16 @@
 //!
 //! Nothing here decides *who* may do *what*; that policy lives in the binaries.
 
+mod body;
 mod error;
 mod limits;
+mod linger;
 mod serve;
 mod telemetry;
 mod write_stall;
+
+pub use body::{DrainLimits, RequestBody};
+pub use linger::{Linger, LingerLimits};
 
 pub use error::{json_response, ApiError, Fault, HttpResponse};
 pub use limits::{body_too_large, check_header_limits, read_body_limited, HeaderLimits};

@@ -6,9 +6,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use hyper::body::Body;
 
-use crate::ApiError;
+use crate::{ApiError, RequestBody};
 
 /// Limits on the request head, checked before routing. hyper's own hard limits sit above
 /// these so that the client gets our JSON 431 rather than hyper's bare one.
@@ -49,11 +49,18 @@ pub fn check_header_limits(headers: &HeaderMap, limits: HeaderLimits) -> Result<
 
 /// Reads the whole body, refusing more than `limit` bytes (413) or a body that takes longer
 /// than `timeout` to arrive (408).
+///
+/// A `Content-Length` over the limit is refused before the body is touched: hyper sends
+/// `100 Continue` when a body is first read, so a client that asked for it is told 413
+/// instead of being invited to upload what will be refused.
 pub async fn read_body_limited(
-    body: Incoming,
+    body: RequestBody,
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, ApiError> {
+    if body.size_hint().lower() > limit as u64 {
+        return Err(body_too_large(limit));
+    }
     let collect = Limited::new(body, limit).collect();
     match tokio::time::timeout(timeout, collect).await {
         Err(_) => Err(ApiError::new(

@@ -19,7 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::{HttpResponse, WriteStallLimit};
+use crate::body::MustClose;
+use crate::{DrainLimits, HttpResponse, Linger, LingerLimits, RequestBody, WriteStallLimit};
 
 /// What a handler may know about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -48,6 +49,11 @@ pub struct ServeSettings {
     /// hyper's read buffer, which also caps the request head. Kept above the JSON
     /// 431 limit so that clients normally get the JSON answer.
     pub max_buf_size: usize,
+    /// What a handler leaves unread of a request body is drained within these bounds
+    /// (the connection stays usable), or the answer says `Connection: close` (body.rs).
+    pub drain: DrainLimits,
+    /// The lingering close after an answer that ends the connection (linger.rs).
+    pub linger: LingerLimits,
 }
 
 impl ServeSettings {
@@ -68,6 +74,8 @@ impl Default for ServeSettings {
             max_connections: 1024,
             drain_timeout: Duration::from_secs(10),
             max_buf_size: 64 * 1024,
+            drain: DrainLimits::default(),
+            linger: LingerLimits::default(),
         }
     }
 }
@@ -112,7 +120,7 @@ pub async fn serve<H, F, T>(
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) where
-    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = HttpResponse> + Send + 'static,
     T: Into<ReloadableTls>,
 {
@@ -151,7 +159,12 @@ pub async fn serve<H, F, T>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let stream = WriteStallLimit::new(stream, settings.write_stall_timeout);
+        // Under TLS too: the lingering close reads and discards raw bytes after the
+        // close_notify, below the TLS layer.
+        let stream = Linger::new(
+            WriteStallLimit::new(stream, settings.write_stall_timeout),
+            settings.linger,
+        );
         let watcher = graceful.watcher();
         let mut stopping = stopping.clone();
         let http = http.clone();
@@ -166,7 +179,16 @@ pub async fn serve<H, F, T>(
                         tls: false,
                         client_cert: None,
                     });
-                    serve_connection(&http, watcher, stopping, stream, info, handler).await;
+                    serve_connection(
+                        &http,
+                        watcher,
+                        stopping,
+                        stream,
+                        info,
+                        handler,
+                        settings.drain,
+                    )
+                    .await;
                 }
                 Some(acceptor) => {
                     let handshake = tokio::select! {
@@ -199,7 +221,16 @@ pub async fn serve<H, F, T>(
                         tls: true,
                         client_cert,
                     });
-                    serve_connection(&http, watcher, stopping, stream, info, handler).await;
+                    serve_connection(
+                        &http,
+                        watcher,
+                        stopping,
+                        stream,
+                        info,
+                        handler,
+                        settings.drain,
+                    )
+                    .await;
                 }
             }
         });
@@ -223,18 +254,33 @@ async fn serve_connection<IO, H, F>(
     io: IO,
     info: Arc<ConnInfo>,
     handler: H,
+    drain: DrainLimits,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = HttpResponse> + Send + 'static,
 {
     let peer = info.peer;
     let started = Arc::new(AtomicBool::new(false));
     let seen = started.clone();
-    let service = service_fn(move |request| {
+    let service = service_fn(move |request: Request<Incoming>| {
         seen.store(true, Ordering::Relaxed);
-        let response = handler(request, info.clone());
-        async move { Ok::<_, std::convert::Infallible>(response.await) }
+        let (parts, body) = request.into_parts();
+        let must_close = Arc::new(MustClose::default());
+        let body = RequestBody::new(body, &parts.headers, drain, must_close.clone());
+        let response = handler(Request::from_parts(parts, body), info.clone());
+        async move {
+            let mut response = response.await;
+            // The handler left a body unread that cannot be drained: say so in this
+            // answer, so that no client reuses a connection that is about to close.
+            if must_close.get() {
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let connection = watcher.watch(http.serve_connection(TokioIo::new(io), service));
     tokio::pin!(connection);
