@@ -615,6 +615,48 @@ pub fn run(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Ran {
     }
 }
 
+/// Polls `cond` every 20 ms for at most `timeout`.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends SIGHUP to `p` and waits (at most 15 s) until it has logged the outcome of that
+/// reload: `true` for "reload complete", `false` for "reload failed".
+pub fn reload(p: &Proc) -> bool {
+    let outcomes = |logs: &str| {
+        (
+            logs.matches("reload complete").count(),
+            logs.matches("reload failed").count(),
+        )
+    };
+    let before = outcomes(&p.stderr());
+    let status = Command::new("kill")
+        .args(["-HUP", &p.pid().to_string()])
+        .status()
+        .expect("run kill -HUP");
+    assert!(status.success(), "kill -HUP {} failed: {status}", p.pid());
+    let mut after = before;
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            after = outcomes(&p.stderr());
+            after != before
+        }),
+        "{} logged no reload outcome within 15 s of SIGHUP\n{}",
+        p.name,
+        p.logs()
+    );
+    after.0 > before.0
+}
+
 /// Panics with an install hint if `program` cannot be executed.
 pub fn require_tool(program: &str, version_arg: &str) {
     match Command::new(program)

@@ -195,20 +195,6 @@ fn wait_exit(p: &mut Proc, timeout: Duration) -> Option<std::process::ExitStatus
     }
 }
 
-/// Polls `cond` every 20 ms for at most `timeout`.
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The soft and hard `RLIMIT_NOFILE` of this process, from /proc/self/limits.
 fn nofile_limits() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/self/limits").ok()?;

@@ -349,24 +349,40 @@ impl App {
         };
         let started = Instant::now();
         let mut stopping = self.stopping.clone();
+        // When this login's key operation started (set by `admit`): a login that goes away
+        // before that only waited in the queue, which proves nothing.
+        let key_started = std::sync::OnceLock::new();
         // The ban is asked again when the key is ours: logins that queued for the key
         // before their username or address was banned must not make it blink again.
-        let admit = || self.throttle.check(&login.username, address);
+        let admit = || -> Result<(), Banned> {
+            self.throttle.check(&login.username, address)?;
+            let _ = key_started.set(Instant::now());
+            Ok(())
+        };
         // Runs before the next login's turn at the key, so that login's `admit` sees
-        // what this one's outcome did to the throttle.
+        // what this one's outcome did to the throttle. What counts: throttle.rs.
         let settle = |outcome: Option<&Result<Passed, GateError>>| match outcome {
-            Some(Ok(_)) => self.throttle.record_success(&login.username),
+            Some(Ok(_)) => self.throttle.record_success(&login.username, address),
             // A busy device is nobody's failed attempt.
             Some(Err(GateError::Busy { .. })) => {}
             Some(Err(_)) => count_refused_login(&self.throttle, &login.username, conn.peer),
             // Dropped unfinished because k_proxy is stopping: not the client's doing.
             None if *self.stopping.borrow() => {}
-            // Dropped unfinished because the client went away, and the key operation with
-            // it: counted, or hanging up just before each touch timeout would keep the key
-            // blinking without ever being banned.
+            // Dropped unfinished because the client went away. Before its key operation:
+            // nothing. During it: the operation is cancelled and nothing can come of it, so
+            // not the username's failure; the address pays the key time it took, or hanging
+            // up just before each touch timeout would keep the key blinking for free.
             None => {
-                tracing::info!(event = "login_refused", user = %login.username, code = "client_gone", peer = %conn.peer, "audit");
-                count_refused_login(&self.throttle, &login.username, conn.peer);
+                let Some(started) = key_started.get() else {
+                    tracing::debug!(user = %login.username, peer = %conn.peer, "a login left the queue before its turn at the key");
+                    return;
+                };
+                let held = started.elapsed();
+                let share = held.as_secs_f64() / self.gate.settings().op_timeout.as_secs_f64();
+                tracing::info!(event = "login_refused", user = %login.username, code = "client_gone", held_ms = held.as_millis() as u64, peer = %conn.peer, "audit");
+                if let Some(banned) = self.throttle.record_hang_up(address, share) {
+                    tracing::warn!(event = "login_ban", user = %login.username, banned = banned.scope, seconds = banned.retry_after.as_secs(), peer = %conn.peer, "audit");
+                }
             }
         };
         let checked = tokio::select! {
@@ -481,18 +497,18 @@ impl Site<'_> {
     }
 }
 
-/// 429 for a banned username or client address.
 /// The refusal of a banned login, with its audit line.
 fn throttled(username: &str, peer: std::net::SocketAddr, banned: &Banned) -> ApiError {
     tracing::info!(event = "login_refused", user = %username, code = "login_throttled", banned = banned.scope, peer = %peer, "audit");
     let seconds = banned.retry_after.as_secs().max(1);
+    let what = match banned.scope {
+        "username" => "this username from your address",
+        _ => "your client address",
+    };
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "login_throttled",
-        format!(
-            "Too many refused logins for this {}; try again in {seconds} seconds.",
-            banned.scope
-        ),
+        format!("Too many refused logins for {what}; try again in {seconds} seconds."),
     )
     .with_retry_after(seconds)
 }
