@@ -470,15 +470,6 @@ fn an_expired_certificate_is_refused_at_start_up() {
         .assert_refused(&["expired", "old.crt"]);
 }
 
-fn hangup(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    thread::sleep(Duration::from_millis(700));
-}
-
 #[test]
 fn sighup_reloads_the_proxy_token_and_certificates_keeping_sessions() {
     let ours = Certs::generate();
@@ -520,17 +511,17 @@ fn sighup_reloads_the_proxy_token_and_certificates_keeping_sessions() {
 
     // A new (wrong) proxy token takes effect on SIGHUP: k_server now refuses k_proxy.
     std::fs::write(&token_file, "a-rotated-token-k_server-does-not-know").unwrap();
-    hangup(proxy.pid());
+    assert!(reload(&proxy), "{}", proxy.logs());
     c.counter_post(&tok)
         .expect_json_error(502, &["upstream_rejected_proxy"]);
     std::fs::write(&token_file, PROXY_TOKEN).unwrap();
-    hangup(proxy.pid());
+    assert!(reload(&proxy), "{}", proxy.logs());
     c.counter_post(&tok).expect(200);
 
     // A new listener certificate (from another CA) is served to new connections.
     std::fs::copy(theirs.proxy_crt(), &listener_crt).unwrap();
     std::fs::copy(theirs.proxy_key(), &listener_key).unwrap();
-    hangup(proxy.pid());
+    assert!(reload(&proxy), "{}", proxy.logs());
     Client::tls(port, &theirs.ca())
         .counter_post(&tok)
         .expect(200);
@@ -542,12 +533,146 @@ fn sighup_reloads_the_proxy_token_and_certificates_keeping_sessions() {
 
     // A broken reload changes nothing.
     std::fs::write(&listener_crt, "not a certificate").unwrap();
-    hangup(proxy.pid());
+    assert!(!reload(&proxy), "{}", proxy.logs());
     Client::tls(port, &theirs.ca())
         .counter_post(&tok)
         .expect(200);
     proxy.assert_running();
-    assert!(proxy.logs().contains("reload failed"), "{}", proxy.logs());
+}
+
+/// k_server with mutual TLS from files in `dir` (copies of `certs`' server certificate and
+/// key, the CA named explicitly) and its proxy token in `dir`/proxy-token.
+fn k_server_reloadable(certs: &Certs, dir: &std::path::Path, port: u16) -> Proc {
+    std::fs::write(dir.join("proxy-token"), PROXY_TOKEN).unwrap();
+    std::fs::copy(certs.server_crt(), dir.join("server.crt")).unwrap();
+    std::fs::copy(certs.server_key(), dir.join("server.key")).unwrap();
+    Spawn::k_server()
+        .args([
+            "--port",
+            &port.to_string(),
+            "--proxy-token-file",
+            &s(dir.join("proxy-token")),
+            "--tls-certfile",
+            &s(dir.join("server.crt")),
+            "--tls-keyfile",
+            &s(dir.join("server.key")),
+            "--client-ca-file",
+            &s(certs.ca()),
+        ])
+        .start(port)
+}
+
+fn whoami_with_token(c: &Client, token: &str) -> Resp {
+    c.req(
+        "GET",
+        "/resource/whoami",
+        &[
+            &format!("X-Proxy-Token: {token}"),
+            "X-Chromecard-User: alice",
+        ],
+        &[],
+    )
+}
+
+#[test]
+fn k_server_sighup_reloads_the_proxy_token_the_old_one_stops_working() {
+    let certs = Certs::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = k_server_reloadable(&certs, dir.path(), port);
+    let c = server_client_as_proxy(port, &certs);
+    whoami_with_token(&c, PROXY_TOKEN).expect(200);
+
+    let rotated = "a-rotated-proxy-token-of-forty-characters-or-so";
+    std::fs::write(dir.path().join("proxy-token"), rotated).unwrap();
+    assert!(reload(&server), "{}", server.logs());
+    whoami_with_token(&c, rotated).expect(200);
+    whoami_with_token(&c, PROXY_TOKEN).expect_json_error(401, &["invalid_proxy_token"]);
+    server.assert_running();
+}
+
+#[test]
+fn k_server_sighup_with_a_broken_certificate_keeps_serving_with_the_old_one() {
+    let certs = Certs::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = k_server_reloadable(&certs, dir.path(), port);
+    let c = server_client_as_proxy(port, &certs);
+    whoami_with_token(&c, PROXY_TOKEN).expect(200);
+
+    std::fs::write(dir.path().join("server.crt"), "not a certificate").unwrap();
+    // A token that would load: it must not be taken either (all or nothing).
+    std::fs::write(
+        dir.path().join("proxy-token"),
+        "another-token-that-is-long-enough-1234",
+    )
+    .unwrap();
+    assert!(!reload(&server), "{}", server.logs());
+    server.assert_running();
+    assert!(
+        server.stderr().contains("server.crt"),
+        "the failed reload must name the file: {}",
+        server.logs()
+    );
+    // New connections get the old certificate; the old token still works.
+    whoami_with_token(&c, PROXY_TOKEN).expect(200);
+}
+
+#[test]
+fn k_server_sigterm_drains_an_in_flight_request() {
+    use std::io::{Read, Write};
+    let (mut server, port) = start_server_plain();
+    let body = br#"{"value":"drained"}"#;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    write!(
+        conn,
+        "PUT /resource/secrets/drain HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Proxy-Token: {PROXY_TOKEN}\r\n\
+         X-Chromecard-User: alice\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    // Half the body: the request is in k_server's hands, waiting for the rest.
+    conn.write_all(&body[..5]).unwrap();
+    conn.flush().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let status = Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        wait_until(Duration::from_secs(10), || server
+            .stderr()
+            .contains("draining open connections")),
+        "{}",
+        server.logs()
+    );
+    conn.write_all(&body[5..]).unwrap();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 20"),
+        "the in-flight request must be answered: {answer:?}\n{}",
+        server.logs()
+    );
+    let mut exit = None;
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            exit = server.try_exited();
+            exit.is_some()
+        }),
+        "k_server did not exit after SIGTERM\n{}",
+        server.logs()
+    );
+    assert_eq!(exit.unwrap().code(), Some(0), "{}", server.logs());
+    assert!(
+        server.stderr().contains("k_server stopped"),
+        "{}",
+        server.logs()
+    );
 }
 
 #[test]
