@@ -657,6 +657,41 @@ pub fn reload(p: &Proc) -> bool {
     after.0 > before.0
 }
 
+/// Waits (at most 20 s, generous for a loaded machine) until `p`'s stderr holds `needle`
+/// at least `count` times; panics with the logs otherwise.
+pub fn wait_for_log(p: &Proc, needle: &str, count: usize) {
+    assert!(
+        wait_until(Duration::from_secs(20), || p
+            .stderr()
+            .matches(needle)
+            .count()
+            >= count),
+        "{} did not log {needle:?} {count} time(s) within 20 s\n{}",
+        p.name,
+        p.logs()
+    );
+}
+
+/// Waits until k_proxy `p` has started its `count`-th key operation (the key blinks).
+pub fn wait_for_key_operation(p: &Proc, count: usize) {
+    wait_for_log(p, "gate: asking the key", count);
+}
+
+/// True when the environment says this is CI (`CI=true`, as GitHub Actions, GitLab and
+/// most CI systems set it): there a test may not skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// A test that cannot run here: says why on stderr and returns (the caller returns too),
+/// except under `CI=true`, where it fails instead, so that CI cannot pass by skipping.
+pub fn skip_or_fail(test: &str, why: &str) {
+    if in_ci() {
+        panic!("{test} cannot run on this machine, and CI=true forbids skipping it: {why}");
+    }
+    eprintln!("SKIPPED {test}: {why} (under CI=true this fails)");
+}
+
 /// Panics with an install hint if `program` cannot be executed.
 pub fn require_tool(program: &str, version_arg: &str) {
     match Command::new(program)

@@ -306,7 +306,7 @@ fn a_login_queued_before_a_ban_is_refused_when_its_turn_at_the_key_comes() {
     ]);
     // The first login holds the key until its touch times out, which bans mallory...
     let first = login_in_background(&c, "mallory");
-    thread::sleep(Duration::from_millis(300));
+    wait_for_key_operation(&p, 1);
     // ...while a second one for mallory waits in the queue, admitted before the ban.
     let started = Instant::now();
     let second = c.login("mallory");
@@ -324,7 +324,7 @@ fn a_login_queued_before_a_ban_is_refused_when_its_turn_at_the_key_comes() {
 
 #[test]
 fn waiting_logins_are_bounded() {
-    let (_p, _port, c) = start_untouched_proxy(&[
+    let (p, _port, c) = start_untouched_proxy(&[
         "--touch-timeout",
         "3",
         "--device-wait",
@@ -333,7 +333,7 @@ fn waiting_logins_are_bounded() {
         "1",
     ]);
     let first = login_in_background(&c, "alice");
-    thread::sleep(Duration::from_millis(500));
+    wait_for_key_operation(&p, 1);
     let started = Instant::now();
     let second = c.login("bob");
     second.expect_json_error(503, &["login_queue_full"]);
@@ -679,7 +679,7 @@ fn k_server_sigterm_drains_an_in_flight_request() {
 fn sigterm_cancels_a_login_waiting_for_a_touch_and_exits_zero() {
     let (mut proxy, _port, c) = start_untouched_proxy(&["--touch-timeout", "30"]);
     let waiting = login_in_background(&c, "alice");
-    thread::sleep(Duration::from_millis(500));
+    wait_for_key_operation(&proxy, 1);
     let started = Instant::now();
     let status = Command::new("kill")
         .args(["-TERM", &proxy.pid().to_string()])

@@ -223,6 +223,8 @@ impl Gate {
             settling.settle = None;
             return Err(refused);
         }
+        // The moment the key starts to blink (at touch and assertion level).
+        tracing::info!(?username, level = %self.level(), "gate: asking the key");
         let level = Arc::clone(&self.level);
         let user = username.to_string();
         let result = self
