@@ -143,6 +143,12 @@ fn metrics_move_as_the_test_drives_them_and_readyz_follows_k_server() {
     // Readiness follows k_server; liveness does not.
     let ready = c.req("GET", "/readyz", &[], &[]);
     assert_eq!(ready.expect(200)["ready"], true, "{}", ready.ctx());
+    // Nothing about the gate for an unauthenticated caller.
+    assert!(
+        !ready.body.contains("gate") && !ready.body.contains("SOFTWARE"),
+        "{}",
+        ready.ctx()
+    );
     server.kill();
     c.req("GET", "/readyz", &[], &[])
         .expect_json_error(503, &["not_ready"]);

@@ -178,6 +178,7 @@ impl App {
         user: &mut Option<Arc<str>>,
     ) -> Result<HttpResponse, ApiError> {
         check_header_limits(request.headers(), self.header_limits)?;
+        check_target_length(request.uri())?;
         let route = route(request.uri().path());
         let hosts = self.hosts();
         // Health probes answer any name: they carry no session and no secret.
@@ -198,9 +199,11 @@ impl App {
             Route::Ready => {
                 require_method(request.method(), Method::GET, "GET")?;
                 self.upstream().probe().await?;
+                // Nothing about the gate or its files: /readyz answers anyone, and which
+                // gate runs is in the start-up log ("gate ready").
                 Ok(json_response(
                     StatusCode::OK,
-                    &json!({"ready": true, "k_server": "reachable", "gate": self.gate.describe()}),
+                    &json!({"ready": true, "k_server": "reachable"}),
                 ))
             }
             Route::Login => {
@@ -580,7 +583,14 @@ fn parse_logout(headers: &http::HeaderMap, body: &[u8]) -> Result<bool, ApiError
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(false);
     }
-    require_json(headers)?;
+    // A body must say it is JSON (no HTML form can); the message is the logout's own.
+    require_json(headers).map_err(|_| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "A logout body is JSON: send {\"all\": true} with Content-Type: application/json, or send no body.",
+        )
+    })?;
     let invalid = || {
         ApiError::bad_request(
             "invalid_body",
@@ -600,6 +610,27 @@ fn parse_logout(headers: &http::HeaderMap, body: &[u8]) -> Result<bool, ApiError
         Some(serde_json::Value::Bool(all)) => Ok(*all),
         Some(_) => Err(invalid()),
     }
+}
+
+/// Longest request target (path and query, with the authority of an absolute-form
+/// target) k_proxy takes; k_server then never sees a longer one.
+const MAX_TARGET_BYTES: usize = 8 * 1024;
+
+/// 414 JSON for a request target over [`MAX_TARGET_BYTES`]. (Beyond hyper's read buffer,
+/// 64 KiB or twice --max-header-bytes, hyper itself refuses the head before we see it.)
+fn check_target_length(uri: &http::Uri) -> Result<(), ApiError> {
+    let length = uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    if length > MAX_TARGET_BYTES {
+        return Err(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!(
+                "The request target is {length} bytes; k_proxy takes at most {MAX_TARGET_BYTES}."
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The resource a path names: the first segment after `/resource/`.
@@ -738,6 +769,18 @@ mod tests {
     }
 
     #[test]
+    fn request_targets_are_bounded() {
+        let at = |n: usize| {
+            format!("/resource/{}", "a".repeat(n - 10))
+                .parse::<http::Uri>()
+                .unwrap()
+        };
+        assert!(check_target_length(&at(MAX_TARGET_BYTES)).is_ok());
+        let err = check_target_length(&at(MAX_TARGET_BYTES + 1)).unwrap_err();
+        assert_eq!((err.status.as_u16(), err.code), (414, "uri_too_long"));
+    }
+
+    #[test]
     fn resource_names() {
         assert_eq!(resource_name("/resource/counter"), "counter");
         assert_eq!(resource_name("/resource/secrets/a/b"), "secrets");
@@ -764,11 +807,9 @@ mod tests {
                 .code,
             "invalid_body"
         );
-        assert_eq!(
-            parse_logout(&http::HeaderMap::new(), br#"{"all":true}"#)
-                .unwrap_err()
-                .code,
-            "unsupported_media_type"
-        );
+        let untyped = parse_logout(&http::HeaderMap::new(), br#"{"all":true}"#).unwrap_err();
+        assert_eq!(untyped.code, "unsupported_media_type");
+        assert!(untyped.message.contains("logout"), "{}", untyped.message);
+        assert!(!untyped.message.contains("login"), "{}", untyped.message);
     }
 }
