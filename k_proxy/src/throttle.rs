@@ -31,7 +31,9 @@
 //! user's own client qube can still ban the user's name by letting five key operations run
 //! to their touch timeout (2.5 minutes of a visibly blinking key by default), or ban the
 //! qube with twenty; it already runs as part of the user's own client, and a key that
-//! blinks without the user asking is the sign to look for. Other qubes reach k_proxy only
+//! blinks without the user asking is the sign to look for. Refusals that need no touch (no
+//! key attached, several keys) still count at once; while the key is unplugged nobody can
+//! log in anyway, but a ban earned then outlasts it. Other qubes reach k_proxy only
 //! where dom0 policy allows it. An attacker with many addresses (k_proxy listening beyond
 //! loopback, an IPv6 prefix) gets five tries per address, but every try is still one key
 //! operation at a time that succeeds only with a person's touch.
