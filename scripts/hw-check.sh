@@ -3,7 +3,7 @@
 #
 #   1. enrol a key for a user            (k_proxy enroll; touch the key)
 #   2. log in as that user               (touch the key)           -> 200 and a session token
-#   3. log in as a user nobody enrolled  (no touch needed)         -> 401 not_enrolled
+#   3. log in as a user nobody enrolled  (touch the key)           -> 401 not_enrolled
 #   4. log in and do NOT touch the key                             -> 401 touch_timeout within the timeout
 #   5. log in again right away           (touch the key)           -> 200: the timed-out operation was cancelled
 #
@@ -158,9 +158,10 @@ else
 fi
 
 step "3. Log in as a user nobody enrolled"
+prompt "TOUCH THE KEY when it blinks (within ${TIMEOUT} s): an unenrolled name is answered only after a touch."
 login "nobody-$$"
 if [[ "$STATUS" == 401 && "$(field error)" == not_enrolled ]]; then
-    ok "401 not_enrolled after ${ELAPSED} s (no touch asked)"
+    ok "401 not_enrolled after ${ELAPSED} s (after the touch)"
 else
     bad "expected 401 not_enrolled, got ${STATUS}: ${BODY}"
 fi

@@ -188,7 +188,7 @@ import json, sys
 raw = open(sys.argv[1], "rb").read()
 text = raw.decode("utf-8", "replace")
 def mask(t):
-    return t[:6] + "\u2026" if isinstance(t, str) else t
+    return t[:6] + "..." if isinstance(t, str) else t
 try:
     doc = json.loads(text)
     if isinstance(doc, dict) and "session_token" in doc:
@@ -224,8 +224,10 @@ desc() {
     esac
 }
 
+# ASCII "...", not U+2026: bash's printf writes a \u escape literally where the locale
+# is not UTF-8.
 short_token() {
-    printf '%s\u2026' "${TOKEN:0:6}"
+    printf '%s...' "${TOKEN:0:6}"
 }
 
 # ---- requests ---------------------------------------------------------------------------

@@ -615,6 +615,83 @@ pub fn run(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Ran {
     }
 }
 
+/// Polls `cond` every 20 ms for at most `timeout`.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends SIGHUP to `p` and waits (at most 15 s) until it has logged the outcome of that
+/// reload: `true` for "reload complete", `false` for "reload failed".
+pub fn reload(p: &Proc) -> bool {
+    let outcomes = |logs: &str| {
+        (
+            logs.matches("reload complete").count(),
+            logs.matches("reload failed").count(),
+        )
+    };
+    let before = outcomes(&p.stderr());
+    let status = Command::new("kill")
+        .args(["-HUP", &p.pid().to_string()])
+        .status()
+        .expect("run kill -HUP");
+    assert!(status.success(), "kill -HUP {} failed: {status}", p.pid());
+    let mut after = before;
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            after = outcomes(&p.stderr());
+            after != before
+        }),
+        "{} logged no reload outcome within 15 s of SIGHUP\n{}",
+        p.name,
+        p.logs()
+    );
+    after.0 > before.0
+}
+
+/// Waits (at most 20 s, generous for a loaded machine) until `p`'s stderr holds `needle`
+/// at least `count` times; panics with the logs otherwise.
+pub fn wait_for_log(p: &Proc, needle: &str, count: usize) {
+    assert!(
+        wait_until(Duration::from_secs(20), || p
+            .stderr()
+            .matches(needle)
+            .count()
+            >= count),
+        "{} did not log {needle:?} {count} time(s) within 20 s\n{}",
+        p.name,
+        p.logs()
+    );
+}
+
+/// Waits until k_proxy `p` has started its `count`-th key operation (the key blinks).
+pub fn wait_for_key_operation(p: &Proc, count: usize) {
+    wait_for_log(p, "gate: asking the key", count);
+}
+
+/// True when the environment says this is CI (`CI=true`, as GitHub Actions, GitLab and
+/// most CI systems set it): there a test may not skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// A test that cannot run here: says why on stderr and returns (the caller returns too),
+/// except under `CI=true`, where it fails instead, so that CI cannot pass by skipping.
+pub fn skip_or_fail(test: &str, why: &str) {
+    if in_ci() {
+        panic!("{test} cannot run on this machine, and CI=true forbids skipping it: {why}");
+    }
+    eprintln!("SKIPPED {test}: {why} (under CI=true this fails)");
+}
+
 /// Panics with an install hint if `program` cannot be executed.
 pub fn require_tool(program: &str, version_arg: &str) {
     match Command::new(program)

@@ -395,6 +395,7 @@ fn hardware_key_enrol_login_wrong_user_and_timeout() {
     let (_p, _port, c) = start_proxy_plain(&format!("http://127.0.0.1:{dead}"), &flags);
     eprintln!(">>> TOUCH THE KEY to log in (20 s)");
     c.login_ok("hwuser");
+    eprintln!(">>> TOUCH THE KEY again: a name nobody enrolled is answered after a touch (20 s)");
     assert_refused(&c.login("nobody"), 401, "not_enrolled");
     eprintln!(">>> DO NOT touch the key now (20 s)");
     let t = Instant::now();

@@ -103,7 +103,7 @@ fn soft_gate_concurrent_logins_one_device_busy() {
     ]);
     let c1 = c.clone();
     let first = thread::spawn(move || c1.login("alice"));
-    thread::sleep(Duration::from_millis(300));
+    wait_for_key_operation(&p, 1);
     let c2 = c.clone();
     let second = thread::spawn(move || c2.login("bob"));
     let mut rs = [

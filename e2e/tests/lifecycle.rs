@@ -137,11 +137,13 @@ fn scope_limits_which_resources_a_session_reaches() {
 
 #[test]
 fn idle_sessions_end_with_idle_timeout() {
-    let (_s, _p, c) = chain(&["--idle-timeout", "1"]);
+    // 2 s idle limit, a use every 500 ms: 1.5 s of margin for a slow curl on a loaded
+    // machine. Six uses take over 3 s, past bob's limit.
+    let (_s, _p, c) = chain(&["--idle-timeout", "2"]);
     let busy = c.login_ok("alice");
     let idle = c.login_ok("bob");
-    for _ in 0..4 {
-        thread::sleep(Duration::from_millis(400));
+    for _ in 0..6 {
+        thread::sleep(Duration::from_millis(500));
         c.status(&busy).expect(200);
     }
     c.status(&idle).expect_error(401, "idle_timeout");
@@ -250,7 +252,13 @@ fn audit_lines_for_every_event_and_no_token_in_any_log_line() {
     let expiring = c.login_ok("carol");
     tokens.extend([first, second, third, fourth, expiring.clone()]);
     // The sweeper (period 1 s at --session-ttl 2) reports carol's expiry.
-    thread::sleep(Duration::from_millis(3500));
+    assert!(
+        wait_until(Duration::from_secs(20), || proxy.stderr().lines().any(
+            |l| l.contains("event=\"expired\"") && l.contains("user=carol")
+        )),
+        "the sweeper did not report carol's expiry within 20 s\n{}",
+        proxy.logs()
+    );
     c.status(&expiring).expect_error(401, "expired");
 
     // A refused login needs a gate that refuses: a second k_proxy with no key.

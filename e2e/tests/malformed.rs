@@ -504,3 +504,31 @@ fn malformed_requests_table() {
         failures.join("\n\n")
     );
 }
+
+#[test]
+fn a_long_request_target_is_414_json_and_never_forwarded() {
+    let (_server, sport) = start_server_plain();
+    let (_proxy, _pport, c) =
+        start_proxy_plain(&format!("http://127.0.0.1:{sport}"), &["--gate", "soft"]);
+    let tok = c.login_ok("alice");
+    let before = counter_of(&c.counter_get(&tok));
+    // 60 KB: within hyper's read buffer, so k_proxy's own JSON answer.
+    let long = format!("/resource/counter?{}", "a".repeat(60_000));
+    c.req("POST", &long, &[&Client::bearer(&tok)], &[])
+        .expect_json_error(414, &["uri_too_long"]);
+    // Just over the 8 KiB bound, and without a session: refused before anything else.
+    let over = format!("/resource/counter?{}", "a".repeat(8 * 1024));
+    c.req("POST", &over, &[], &[])
+        .expect_json_error(414, &["uri_too_long"]);
+    // At the bound it is forwarded as before.
+    let at = format!(
+        "/resource/counter?{}",
+        "a".repeat(8 * 1024 - "/resource/counter?".len())
+    );
+    c.req("GET", &at, &[&Client::bearer(&tok)], &[]).expect(200);
+    assert_eq!(
+        counter_of(&c.counter_get(&tok)),
+        before,
+        "nothing was counted"
+    );
+}

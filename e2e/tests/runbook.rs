@@ -9,8 +9,12 @@ use chromecard_e2e::*;
 
 fn run_runbook_script(args: &[&str]) {
     let script = workspace_file("scripts/runbook.sh");
+    // A locale that is not UTF-8: the output must still be what it says.
     let ran = run(
-        Command::new(&script).args(args),
+        Command::new(&script)
+            .args(args)
+            .env("LC_ALL", "C")
+            .env("LANG", "C"),
         None,
         Duration::from_secs(120),
     );
@@ -28,6 +32,11 @@ fn run_runbook_script(args: &[&str]) {
         "runbook.sh exited 0 but did not print `runbook: all 5 steps passed`\nstdout:\n{}\nstderr:\n{}",
         ran.stdout,
         ran.stderr
+    );
+    assert!(
+        !ran.stdout.contains("\\u") && ran.stdout.contains("..."),
+        "runbook.sh printed an escape instead of the masked token under LC_ALL=C:\n{}",
+        ran.stdout
     );
 }
 

@@ -5,7 +5,7 @@
 //! started with the runbook's split-VM commands.
 //!
 //! Network namespaces need root. Where they cannot be made, the namespace tests print why
-//! and return (they do not fail). The policy-table and unit-verification tests need no root.
+//! and return (they do not fail), except under `CI=true`, where they fail. The policy-table and unit-verification tests need no root.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -42,7 +42,8 @@ fn show(ran: &Ran) -> String {
     )
 }
 
-/// `None` (and a line on stderr saying why) where network namespaces cannot be made.
+/// `None` (and a line on stderr saying why) where network namespaces cannot be made;
+/// under `CI=true` a panic instead.
 fn namespaces_or_skip(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
     let ran = run(
         Command::new(sim_script()).arg("probe"),
@@ -54,9 +55,12 @@ fn namespaces_or_skip(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> 
     }
     match ran.status.and_then(|s| s.code()) {
         Some(77) => {
-            eprintln!(
-                "SKIPPED {test}: the split-VM simulation needs network namespaces. {}",
-                ran.stderr.trim()
+            skip_or_fail(
+                test,
+                &format!(
+                    "the split-VM simulation needs network namespaces. {}",
+                    ran.stderr.trim()
+                ),
             );
             None
         }

@@ -177,6 +177,7 @@ impl App {
         user: &mut Option<Arc<str>>,
     ) -> Result<HttpResponse, ApiError> {
         check_header_limits(request.headers(), self.header_limits)?;
+        check_target_length(request.uri())?;
         let route = route(request.uri().path());
         let hosts = self.hosts();
         // Health probes answer any name: they carry no session and no secret.
@@ -197,9 +198,11 @@ impl App {
             Route::Ready => {
                 require_method(request.method(), Method::GET, "GET")?;
                 self.upstream().probe().await?;
+                // Nothing about the gate or its files: /readyz answers anyone, and which
+                // gate runs is in the start-up log ("gate ready").
                 Ok(json_response(
                     StatusCode::OK,
-                    &json!({"ready": true, "k_server": "reachable", "gate": self.gate.describe()}),
+                    &json!({"ready": true, "k_server": "reachable"}),
                 ))
             }
             Route::Login => {
@@ -348,24 +351,40 @@ impl App {
         };
         let started = Instant::now();
         let mut stopping = self.stopping.clone();
+        // When this login's key operation started (set by `admit`): a login that goes away
+        // before that only waited in the queue, which proves nothing.
+        let key_started = std::sync::OnceLock::new();
         // The ban is asked again when the key is ours: logins that queued for the key
         // before their username or address was banned must not make it blink again.
-        let admit = || self.throttle.check(&login.username, address);
+        let admit = || -> Result<(), Banned> {
+            self.throttle.check(&login.username, address)?;
+            let _ = key_started.set(Instant::now());
+            Ok(())
+        };
         // Runs before the next login's turn at the key, so that login's `admit` sees
-        // what this one's outcome did to the throttle.
+        // what this one's outcome did to the throttle. What counts: throttle.rs.
         let settle = |outcome: Option<&Result<Passed, GateError>>| match outcome {
-            Some(Ok(_)) => self.throttle.record_success(&login.username),
+            Some(Ok(_)) => self.throttle.record_success(&login.username, address),
             // A busy device is nobody's failed attempt.
             Some(Err(GateError::Busy { .. })) => {}
             Some(Err(_)) => count_refused_login(&self.throttle, &login.username, conn.peer),
             // Dropped unfinished because k_proxy is stopping: not the client's doing.
             None if *self.stopping.borrow() => {}
-            // Dropped unfinished because the client went away, and the key operation with
-            // it: counted, or hanging up just before each touch timeout would keep the key
-            // blinking without ever being banned.
+            // Dropped unfinished because the client went away. Before its key operation:
+            // nothing. During it: the operation is cancelled and nothing can come of it, so
+            // not the username's failure; the address pays the key time it took, or hanging
+            // up just before each touch timeout would keep the key blinking for free.
             None => {
-                tracing::info!(event = "login_refused", user = %login.username, code = "client_gone", peer = %conn.peer, "audit");
-                count_refused_login(&self.throttle, &login.username, conn.peer);
+                let Some(started) = key_started.get() else {
+                    tracing::debug!(user = %login.username, peer = %conn.peer, "a login left the queue before its turn at the key");
+                    return;
+                };
+                let held = started.elapsed();
+                let share = held.as_secs_f64() / self.gate.settings().op_timeout.as_secs_f64();
+                tracing::info!(event = "login_refused", user = %login.username, code = "client_gone", held_ms = held.as_millis() as u64, peer = %conn.peer, "audit");
+                if let Some(banned) = self.throttle.record_hang_up(address, share) {
+                    tracing::warn!(event = "login_ban", user = %login.username, banned = banned.scope, seconds = banned.retry_after.as_secs(), peer = %conn.peer, "audit");
+                }
             }
         };
         let checked = tokio::select! {
@@ -480,18 +499,18 @@ impl Site<'_> {
     }
 }
 
-/// 429 for a banned username or client address.
 /// The refusal of a banned login, with its audit line.
 fn throttled(username: &str, peer: std::net::SocketAddr, banned: &Banned) -> ApiError {
     tracing::info!(event = "login_refused", user = %username, code = "login_throttled", banned = banned.scope, peer = %peer, "audit");
     let seconds = banned.retry_after.as_secs().max(1);
+    let what = match banned.scope {
+        "username" => "this username from your address",
+        _ => "your client address",
+    };
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "login_throttled",
-        format!(
-            "Too many refused logins for this {}; try again in {seconds} seconds.",
-            banned.scope
-        ),
+        format!("Too many refused logins for {what}; try again in {seconds} seconds."),
     )
     .with_retry_after(seconds)
 }
@@ -563,7 +582,14 @@ fn parse_logout(headers: &http::HeaderMap, body: &[u8]) -> Result<bool, ApiError
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(false);
     }
-    require_json(headers)?;
+    // A body must say it is JSON (no HTML form can); the message is the logout's own.
+    require_json(headers).map_err(|_| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "A logout body is JSON: send {\"all\": true} with Content-Type: application/json, or send no body.",
+        )
+    })?;
     let invalid = || {
         ApiError::bad_request(
             "invalid_body",
@@ -583,6 +609,27 @@ fn parse_logout(headers: &http::HeaderMap, body: &[u8]) -> Result<bool, ApiError
         Some(serde_json::Value::Bool(all)) => Ok(*all),
         Some(_) => Err(invalid()),
     }
+}
+
+/// Longest request target (path and query, with the authority of an absolute-form
+/// target) k_proxy takes; k_server then never sees a longer one.
+const MAX_TARGET_BYTES: usize = 8 * 1024;
+
+/// 414 JSON for a request target over [`MAX_TARGET_BYTES`]. (Beyond hyper's read buffer,
+/// 64 KiB or twice --max-header-bytes, hyper itself refuses the head before we see it.)
+fn check_target_length(uri: &http::Uri) -> Result<(), ApiError> {
+    let length = uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    if length > MAX_TARGET_BYTES {
+        return Err(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!(
+                "The request target is {length} bytes; k_proxy takes at most {MAX_TARGET_BYTES}."
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The resource a path names: the first segment after `/resource/`.
@@ -721,6 +768,18 @@ mod tests {
     }
 
     #[test]
+    fn request_targets_are_bounded() {
+        let at = |n: usize| {
+            format!("/resource/{}", "a".repeat(n - 10))
+                .parse::<http::Uri>()
+                .unwrap()
+        };
+        assert!(check_target_length(&at(MAX_TARGET_BYTES)).is_ok());
+        let err = check_target_length(&at(MAX_TARGET_BYTES + 1)).unwrap_err();
+        assert_eq!((err.status.as_u16(), err.code), (414, "uri_too_long"));
+    }
+
+    #[test]
     fn resource_names() {
         assert_eq!(resource_name("/resource/counter"), "counter");
         assert_eq!(resource_name("/resource/secrets/a/b"), "secrets");
@@ -747,11 +806,9 @@ mod tests {
                 .code,
             "invalid_body"
         );
-        assert_eq!(
-            parse_logout(&http::HeaderMap::new(), br#"{"all":true}"#)
-                .unwrap_err()
-                .code,
-            "unsupported_media_type"
-        );
+        let untyped = parse_logout(&http::HeaderMap::new(), br#"{"all":true}"#).unwrap_err();
+        assert_eq!(untyped.code, "unsupported_media_type");
+        assert!(untyped.message.contains("logout"), "{}", untyped.message);
+        assert!(!untyped.message.contains("login"), "{}", untyped.message);
     }
 }

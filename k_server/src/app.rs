@@ -46,7 +46,8 @@ enum Route<'a> {
 }
 
 pub struct App {
-    proxy_token: ProxyToken,
+    /// Replaced whole on SIGHUP; a request checks against the one current when it arrived.
+    proxy_token: std::sync::RwLock<Arc<ProxyToken>>,
     store: Arc<Store>,
     writer: Writer,
     allow: AllowList,
@@ -60,10 +61,25 @@ impl App {
         allow: AllowList,
     ) -> Self {
         Self {
-            proxy_token,
+            proxy_token: std::sync::RwLock::new(Arc::new(proxy_token)),
             store,
             writer,
             allow,
+        }
+    }
+
+    /// Swaps in a reloaded proxy token (SIGHUP).
+    pub fn replace_proxy_token(&self, token: ProxyToken) {
+        match self.proxy_token.write() {
+            Ok(mut current) => *current = Arc::new(token),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(token),
+        }
+    }
+
+    fn proxy_token(&self) -> Arc<ProxyToken> {
+        match self.proxy_token.read() {
+            Ok(token) => token.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
@@ -168,7 +184,7 @@ impl App {
                 ))
             }
         };
-        if !self.proxy_token.verify(token.as_bytes()) {
+        if !self.proxy_token().verify(token.as_bytes()) {
             tracing::warn!("refused a request with a wrong proxy token");
             return Err(ApiError::unauthorized(
                 "invalid_proxy_token",

@@ -27,7 +27,7 @@ pub struct Config {
     pub serve: ServeSettings,
 }
 
-pub fn make_config(args: Args) -> anyhow::Result<Config> {
+pub fn make_config(args: &Args) -> anyhow::Result<Config> {
     let host: IpAddr = args.host.parse().with_context(|| {
         format!(
             "--host {:?} is not an IP address; use 127.0.0.1 (what qubes.ConnectTCP connects to)",
@@ -39,29 +39,18 @@ pub fn make_config(args: Args) -> anyhow::Result<Config> {
     }
     let listen = SocketAddr::new(host, args.port);
 
-    let proxy_token = ProxyToken::load(
-        args.proxy_token_file.as_deref(),
-        std::env::var(PROXY_TOKEN_ENV).ok(),
-        args.proxy_token,
-    )?;
-    tracing::info!(source = %proxy_token.source(), "proxy token loaded");
+    let Reloadable { tls, proxy_token } = load_reloadable(args)?;
+    if tls.is_none() {
+        tracing::warn!("serving plain HTTP without client certificates: only for the same-VM quickstart; pass --tls-certfile and --tls-keyfile for mutual TLS");
+    }
 
-    let tls = match (args.tls_certfile, args.tls_keyfile) {
-        (Some(cert), Some(key)) => Some(make_tls(cert, key, args.client_ca_file)?),
-        (None, None) => {
-            tracing::warn!("serving plain HTTP without client certificates: only for the same-VM quickstart; pass --tls-certfile and --tls-keyfile for mutual TLS");
-            None
-        }
-        _ => bail!("--tls-certfile and --tls-keyfile go together; give both or neither"),
-    };
-
-    let data_dir = match args.data_dir {
-        Some(dir) => dir,
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
         None => chromecard_store::default_data_dir().context(
             "no data directory: neither XDG_STATE_HOME nor HOME is set; pass --data-dir DIR",
         )?,
     };
-    let allow = AllowList::new(args.allow_client)?;
+    let allow = AllowList::new(args.allow_client.clone())?;
     if !allow.is_empty() {
         tracing::info!(names = ?allow.names(), "only client certificates with one of these names (CN or DNS SAN) are served (--allow-client)");
     }
@@ -105,14 +94,38 @@ pub fn make_config(args: Args) -> anyhow::Result<Config> {
     })
 }
 
+/// What SIGHUP reloads: the proxy token, and the certificate, its key and the client CA.
+/// Built whole or not at all. (The --allow-client names come from the command line,
+/// which a reload cannot change.)
+pub struct Reloadable {
+    pub tls: Option<TlsAcceptor>,
+    pub proxy_token: ProxyToken,
+}
+
+/// Loads (or reloads) the proxy token and the TLS files the flags name.
+pub fn load_reloadable(args: &Args) -> anyhow::Result<Reloadable> {
+    let proxy_token = ProxyToken::load(
+        args.proxy_token_file.as_deref(),
+        std::env::var(PROXY_TOKEN_ENV).ok(),
+        args.proxy_token.clone(),
+    )?;
+    tracing::info!(source = %proxy_token.source(), "proxy token loaded");
+    let tls = match (&args.tls_certfile, &args.tls_keyfile) {
+        (Some(cert), Some(key)) => Some(make_tls(cert, key, args.client_ca_file.as_deref())?),
+        (None, None) => None,
+        _ => bail!("--tls-certfile and --tls-keyfile go together; give both or neither"),
+    };
+    Ok(Reloadable { tls, proxy_token })
+}
+
 /// TLS always with required client certificates: k_server has no anonymous clients.
 fn make_tls(
-    cert: PathBuf,
-    key: PathBuf,
-    client_ca: Option<PathBuf>,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
 ) -> anyhow::Result<TlsAcceptor> {
     let ca_file = match client_ca {
-        Some(path) => path,
+        Some(path) => path.to_path_buf(),
         None => {
             let beside = cert
                 .parent()
@@ -130,8 +143,8 @@ fn make_tls(
     let summary = chromecard_tls::ca_summary(&ca_file)
         .context("the client CA (--client-ca-file; default ca.crt beside --tls-certfile)")?;
     let server_config = chromecard_tls::make_server_config(
-        &cert,
-        &key,
+        cert,
+        key,
         &ClientAuth::Required {
             ca_file: ca_file.clone(),
         },

@@ -16,7 +16,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     chromecard_http::init_tracing();
     let args = args::Args::parse();
-    let config = match config::make_config(args) {
+    let config = match config::make_config(&args) {
         Ok(config) => config,
         Err(err) => {
             eprintln!(
@@ -26,7 +26,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    match run(config) {
+    match run(config, args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!(
@@ -38,7 +38,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(config: config::Config) -> anyhow::Result<()> {
+fn run(config: config::Config, args: args::Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -54,6 +54,8 @@ fn run(config: config::Config) -> anyhow::Result<()> {
         serve,
     } = config;
     let served = runtime.block_on(async move {
+        // Before anything else: SIGHUP's default action ends the process.
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| {
@@ -61,7 +63,9 @@ fn run(config: config::Config) -> anyhow::Result<()> {
             })?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(address = %listen, "k_server listening on {scheme}://{listen}");
+        let tls = tls.map(chromecard_http::ReloadableTls::new);
         let app = Arc::new(app::App::new(proxy_token, store, writer, allow));
+        let reloader = tokio::spawn(reload_on_sighup(hangups, args, app.clone(), tls.clone()));
         let handler = move |request, conn| {
             let app = app.clone();
             async move { app.handle(request, conn).await }
@@ -74,6 +78,7 @@ fn run(config: config::Config) -> anyhow::Result<()> {
             chromecard_http::shutdown_signal(),
         )
         .await;
+        reloader.abort();
         Ok(())
     });
     // Dropping the runtime drops every connection (and its handle on the writer);
@@ -87,4 +92,36 @@ fn run(config: config::Config) -> anyhow::Result<()> {
     );
     tracing::info!("k_server stopped");
     served
+}
+
+/// On SIGHUP, reloads the proxy token, the certificate, its key and the client CA from
+/// the same files (the --allow-client names are flags, fixed for the process's life). New
+/// connections and requests use the new ones; open connections are not dropped. If
+/// anything fails to load, everything stays as it was and the error is logged.
+async fn reload_on_sighup(
+    hangups: Option<tokio::signal::unix::Signal>,
+    args: args::Args,
+    app: Arc<app::App>,
+    tls: Option<chromecard_http::ReloadableTls>,
+) {
+    let Some(mut hangups) = hangups else {
+        tracing::warn!("cannot listen for SIGHUP; reload by restarting");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading certificates and the proxy token");
+        match config::load_reloadable(&args) {
+            Ok(reloaded) => {
+                if let (Some(listener), Some(acceptor)) = (&tls, reloaded.tls) {
+                    listener.replace(acceptor);
+                }
+                app.replace_proxy_token(reloaded.proxy_token);
+                tracing::info!("reload complete");
+            }
+            Err(err) => tracing::error!(
+                error = %chromecard_http::describe_error(err.as_ref()),
+                "reload failed; still serving with the previous certificates and token"
+            ),
+        }
+    }
 }

@@ -77,6 +77,11 @@ pub(crate) fn login(
     let enrolments = store.load().map_err(storage)?;
     let creds = enrolments.credentials_of(username);
     if creds.is_empty() {
+        // Answered only after a touch, as an enrolled user's login would be: the key blinks
+        // and the answer waits for the touch (or --touch-timeout) either way. So which
+        // names are enrolled is not told at machine speed; each probe is one key operation
+        // that a person must answer, and k_proxy's throttle counts it as a refused login.
+        auth.wait_for_touch(cancel)?;
         return Err(GateError::NotEnrolled {
             username: username.to_string(),
         });

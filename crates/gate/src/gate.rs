@@ -223,6 +223,8 @@ impl Gate {
             settling.settle = None;
             return Err(refused);
         }
+        // The moment the key starts to blink (at touch and assertion level).
+        tracing::info!(?username, level = %self.level(), "gate: asking the key");
         let level = Arc::clone(&self.level);
         let user = username.to_string();
         let result = self
@@ -744,6 +746,17 @@ mod tests {
         }
         let gate = assertion_gate(&s, SoftBehavior::Present, 5000);
         assert_eq!(gate.check("bob").await.unwrap_err().code(), "not_enrolled");
+        // An unenrolled name is answered only after a touch, like an enrolled one: without
+        // a touch it times out, so the answer does not tell which names are enrolled.
+        let untouched = assertion_gate(&s, SoftBehavior::NoTouch, 300);
+        assert_eq!(
+            untouched.check("bob").await.unwrap_err().code(),
+            "touch_timeout"
+        );
+        assert_eq!(
+            untouched.check("alice").await.unwrap_err().code(),
+            "touch_timeout"
+        );
         // A different key (another key file) does not hold alice's credential.
         let other = Gate::with_level(
             Arc::new(SoftAuthenticator::new(SoftBehavior::Present)),

@@ -629,7 +629,7 @@ fn a_failed_commit_answers_every_caller_of_the_batch_with_an_error() {
 }
 
 #[test]
-fn writer_stopped_is_an_error_not_a_hang() {
+fn the_writer_runs_while_any_handle_lives() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&tmp.path().join("data")).unwrap());
     let (writer, thread) = Writer::start(store, CommitMode::Group).unwrap();
@@ -639,4 +639,33 @@ fn writer_stopped_is_an_error_not_a_hang() {
     assert_eq!(hammer(&clone, 1, 1), vec![1]);
     drop(clone);
     thread.join();
+}
+
+#[test]
+fn a_stopped_writer_answers_writer_stopped_at_once_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&tmp.path().join("data")).unwrap());
+    let (writer, thread) = Writer::start(store.clone(), CommitMode::Group).unwrap();
+    assert_eq!(hammer(&writer, 1, 1), vec![1]);
+    // The thread really ends while `writer` still exists.
+    assert_eq!(thread.stop(), (1, 1));
+    let results = runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            let (a, b) = tokio::join!(writer.increment(), writer.submit(put("alice", "k", b"v")));
+            [a.map(|_| ()), b.map(|_| ())]
+        })
+        .await
+        .expect("a write to a stopped writer must fail, not hang")
+    });
+    for result in results {
+        match result {
+            Err(WriteError::Store(err)) => {
+                assert!(matches!(*err, StoreError::WriterStopped), "{err:?}");
+                assert!(err.to_string().contains("nothing was written"), "{err}");
+            }
+            other => panic!("expected WriterStopped, got {other:?}"),
+        }
+    }
+    assert_eq!(store.counter().unwrap(), 1);
+    assert!(store.secret_names("alice").unwrap().is_empty());
 }

@@ -71,11 +71,17 @@ struct Job {
     reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
 }
 
+/// What travels on the queue: a write, or [`WriterThread::stop`]'s wake-up.
+enum Msg {
+    Write(Job),
+    Stop,
+}
+
 /// The queue into the writer thread. Cheap to clone; the thread ends once every
 /// `Writer` is dropped and the queue is empty.
 #[derive(Clone)]
 pub struct Writer {
-    queue: mpsc::Sender<Job>,
+    queue: mpsc::Sender<Msg>,
     mode: CommitMode,
     stats: Arc<Stats>,
 }
@@ -107,6 +113,8 @@ impl fmt::Debug for Writer {
 pub struct WriterThread {
     handle: JoinHandle<()>,
     stats: Arc<Stats>,
+    /// Does not keep the thread alive: only a way to tell it to stop.
+    queue: mpsc::WeakSender<Msg>,
 }
 
 impl WriterThread {
@@ -117,6 +125,17 @@ impl WriterThread {
             tracing::error!("the store's writer thread panicked");
         }
         self.stats.get()
+    }
+
+    /// Stops the writer while `Writer`s may still exist: what is queued now is committed
+    /// and answered; every later write gets [`StoreError::WriterStopped`] at once. Waits
+    /// for the thread like [`WriterThread::join`]. Not for use inside an async runtime.
+    pub fn stop(self) -> (u64, u64) {
+        if let Some(queue) = self.queue.upgrade() {
+            // Fails only when the thread is already gone.
+            let _ = queue.blocking_send(Msg::Stop);
+        }
+        self.join()
     }
 }
 
@@ -138,6 +157,7 @@ impl Writer {
         let thread = WriterThread {
             handle,
             stats: stats.clone(),
+            queue: queue.downgrade(),
         };
         Ok((Writer { queue, mode, stats }, thread))
     }
@@ -155,7 +175,12 @@ impl Writer {
     /// holding it has been committed to disk.
     pub async fn submit(&self, op: WriteOp) -> Result<WriteOutcome, WriteError> {
         let (reply, answer) = oneshot::channel();
-        if self.queue.send(Job { op, reply }).await.is_err() {
+        if self
+            .queue
+            .send(Msg::Write(Job { op, reply }))
+            .await
+            .is_err()
+        {
             return Err(WriteError::Store(Arc::new(StoreError::WriterStopped)));
         }
         answer
@@ -181,28 +206,35 @@ fn unexpected(outcome: WriteOutcome) -> WriteError {
 }
 
 /// The writer loop: one batch per transaction, until every sender is gone.
-fn run(store: &Store, mut rx: mpsc::Receiver<Job>, cap: usize, stats: &Stats) {
+fn run(store: &Store, mut rx: mpsc::Receiver<Msg>, cap: usize, stats: &Stats) {
     let mut ops = Vec::with_capacity(cap);
     let mut replies = Vec::with_capacity(cap);
     while let Some(first) = rx.blocking_recv() {
-        let mut take = |job: Job| {
+        let mut stop = false;
+        let mut take = |msg: Msg| match msg {
             // A caller that went away (its connection closed) is owed nothing; its
             // write is not made.
-            if !job.reply.is_closed() {
+            Msg::Write(job) if !job.reply.is_closed() => {
                 ops.push(job.op);
                 replies.push(job.reply);
             }
+            Msg::Write(_) => {}
+            Msg::Stop => stop = true,
         };
         take(first);
         let mut drained = 1;
         while drained < cap {
             match rx.try_recv() {
-                Ok(job) => {
-                    take(job);
+                Ok(msg) => {
+                    take(msg);
                     drained += 1;
                 }
                 Err(_) => break,
             }
+        }
+        if stop {
+            // No new writes; what is already queued is still taken and answered below.
+            rx.close();
         }
         if ops.is_empty() {
             continue;
