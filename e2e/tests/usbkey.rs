@@ -138,7 +138,7 @@ fn a_login_nobody_touches_is_cancelled_at_the_deadline_and_the_next_one_passes_a
     let usb = UsbKeyring::new();
     let key = usb.vkey("key", &["--untouched", "2"]);
     usb.enroll_ok("alice");
-    let (mut proxy, c) = usb.proxy("2", &[]);
+    let (mut proxy, c) = usb.proxy("3", &[]);
     let t = Instant::now();
     let r = c.login("alice");
     let seen = t.elapsed();
@@ -146,8 +146,8 @@ fn a_login_nobody_touches_is_cancelled_at_the_deadline_and_the_next_one_passes_a
     let took = last_login_took(&proxy);
     eprintln!("no touch: k_proxy answered 401 after {took:?} (the client saw {seen:?})");
     assert!(
-        took < Duration::from_secs(3) && took >= Duration::from_millis(1900),
-        "--touch-timeout 2 refused after {took:?}, not within the timeout plus one second{}",
+        took < Duration::from_secs(4) && took >= Duration::from_millis(2900),
+        "--touch-timeout 3 refused after {took:?}, not within the timeout plus one second{}",
         r.ctx()
     );
     // The key saw the CANCEL and stopped waiting.
@@ -157,13 +157,14 @@ fn a_login_nobody_touches_is_cancelled_at_the_deadline_and_the_next_one_passes_a
     }
     assert!(key.log().contains("<- CTAPHID_CANCEL"), "{}", key.log());
     assert!(key.log().contains("touch wait cancelled"), "{}", key.log());
-    // The device is free again at once.
-    let t = Instant::now();
+    // The device is free again at once: the next login is not held up by the cancelled
+    // one (it would wait for the device, or time out, if the key were still busy).
     c.login_ok("alice");
+    let next = last_login_took(&proxy);
+    eprintln!("the next login passed after {next:?}");
     assert!(
-        t.elapsed() < Duration::from_millis(1500),
-        "next login took {:?}",
-        t.elapsed()
+        next < Duration::from_secs(3),
+        "the next login took {next:?}, as long as a touch timeout"
     );
     proxy.assert_running();
 }
@@ -295,8 +296,9 @@ fn presence_level_asks_getinfo_only() {
 #[test]
 #[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
 fn the_hardware_check_script_runs_unattended_against_the_virtual_key() {
-    // Touches 1 (enrol) and 2 (login) happen; 3 is the login nobody touches; 4 passes.
-    let key = VKey::start(&["--untouched", "3"]);
+    // Touches 1 (enrol), 2 (login) and 3 (the unenrolled name, answered only after a
+    // touch) happen; 4 is the login nobody touches; 5 passes.
+    let key = VKey::start(&["--untouched", "4"]);
     let port = free_port().to_string();
     let ran = run(
         Command::new(workspace_file("scripts/hw-check.sh")).args([
