@@ -423,21 +423,113 @@ fn refused_qube_not_named_in_policy() {
         "qubes.ConnectTCP+22",
         "90-default.policy:",
     );
-    // A target that is not a qube at all.
+    // A target that is not a qube at all is evaluated as @default, as dom0 does: k_other
+    // and k_client are still refused on 8780 (block 3 matches @default too) ...
+    sim.assert_refused(
+        "k_other",
+        "no_such_qube",
+        "qubes.ConnectTCP+8780",
+        "30-chromecard.policy:",
+    );
+    sim.assert_refused(
+        "k_client",
+        "no_such_qube",
+        "qubes.ConnectTCP+8780",
+        "30-chromecard.policy:",
+    );
+    // ... while k_proxy's call goes where its @default rule says, k_server.
     let ran = sim.exec(
         "k_proxy",
         &["qrexec-client-vm", "no_such_qube", "qubes.ConnectTCP+8780"],
     );
-    assert_eq!(
-        ran.status.and_then(|s| s.code()),
-        Some(126),
-        "{}",
-        show(&ran)
-    );
+    assert!(ran.success(), "{}", show(&ran));
+    let journal = sim.dom0_journal();
     assert!(
-        sim.dom0_last().contains("denied: invalid target"),
-        "{}",
-        sim.dom0_last()
+        journal.ends_with(
+            "qrexec: target 'no_such_qube' does not exist, using @default instead\n\
+             qrexec: qubes.ConnectTCP+8780: k_proxy -> @default: allowed to k_server\n"
+        ),
+        "{journal}"
+    );
+}
+
+/// The target qube's side of qubes.ConnectTCP behaves as qrexec-agent 4.2.33+ does: one
+/// connection to IPv4 127.0.0.1:PORT; nothing listening there (or a listener on ::1 only)
+/// makes the allowed call end at once with exit 125 and nothing on the caller's stderr.
+#[test]
+fn connect_tcp_reaches_ipv4_loopback_only_and_exits_125() {
+    let Some(_guard) = namespaces_or_skip("connect_tcp_reaches_ipv4_loopback_only_and_exits_125")
+    else {
+        return;
+    };
+    let sim = Sim::up(&[]);
+    sim.ctl(&["stop", "k_server"], &[]);
+    let call = || {
+        sim.exec(
+            "k_proxy",
+            &["qrexec-client-vm", "k_server", "qubes.ConnectTCP+8780"],
+        )
+    };
+    let assert_125 = |what: &str| {
+        let ran = call();
+        assert_eq!(
+            ran.status.and_then(|s| s.code()),
+            Some(125),
+            "{what}: the call is allowed but nothing listens on 127.0.0.1:8780: {}",
+            show(&ran)
+        );
+        assert_eq!(ran.stderr, "", "{what}: the caller sees no message");
+        assert_eq!(
+            sim.dom0_last(),
+            "qrexec: qubes.ConnectTCP+8780: k_proxy -> k_server: allowed to k_server"
+        );
+    };
+    assert_125("k_server stopped");
+    let agent_log =
+        fs::read_to_string(sim.state().join("logs/qrexec-agent-k_server.log")).unwrap_or_default();
+    assert!(agent_log.contains("connect:"), "{agent_log}");
+
+    // A listener on ::1 only is not reached (where the namespace has IPv6 at all).
+    let lo = sim.exec("k_server", &["ip", "-6", "addr", "show", "dev", "lo"]);
+    if lo.stdout.contains("::1/128") {
+        sim.ctl(
+            &["bg", "v6", "k_server"],
+            &[
+                "--wait-port",
+                "8780",
+                "--",
+                "socat",
+                "TCP6-LISTEN:8780,bind=[::1],reuseaddr,fork",
+                "SYSTEM:echo from-v6",
+            ],
+        );
+        assert_eq!(
+            listeners_in(&sim, "k_server", 8780),
+            vec!["[::1]:8780".to_string()]
+        );
+        assert_125("a listener on [::1]:8780 only");
+        sim.ctl(&["stop", "v6"], &[]);
+    } else {
+        eprintln!("no ::1 in the simulated qubes: the IPv6 half of this test is not run");
+    }
+
+    // On 127.0.0.1 it is reached, and the call ends with exit 0.
+    sim.ctl(
+        &["bg", "v4", "k_server"],
+        &[
+            "--wait-port",
+            "8780",
+            "--",
+            "socat",
+            "TCP4-LISTEN:8780,bind=127.0.0.1,reuseaddr,fork",
+            "SYSTEM:echo from-v4",
+        ],
+    );
+    let ran = call();
+    assert!(
+        ran.success() && ran.stdout.contains("from-v4"),
+        "a listener on 127.0.0.1:8780 is reached: {}",
+        show(&ran)
     );
 }
 
@@ -528,8 +620,8 @@ fn servers_bind_ipv4_loopback_by_default_in_qubes() {
         listeners_in(&sim, "k_proxy", 8771),
         vec!["127.0.0.1:8771".to_string()]
     );
-    // qubes.ConnectTCP (`socat STDIO TCP:localhost:PORT` in the target) reaches both: the
-    // call exits 0 only if socat could connect.
+    // qubes.ConnectTCP (qrexec-agent connects to 127.0.0.1:PORT in the target) reaches
+    // both: the call exits 0 only if that connection was made (125 otherwise).
     sim.assert_allowed("k_proxy", "k_server", "qubes.ConnectTCP+8780", "k_server");
     sim.assert_allowed("k_client", "k_proxy", "qubes.ConnectTCP+8771", "k_proxy");
     // And a request through both forwarders (the socket units) to k_server and back.
@@ -739,6 +831,169 @@ fn shipped_policy_allows_exactly_the_two_hops() {
     assert_eq!(
         decide(p, "k_client", "@default", "qubes.ConnectTCP+8771").as_deref(),
         Some("k_proxy")
+    );
+}
+
+/// `*` as a source or target matches every qube (Qubes' WildcardVM), not a qube named `*`;
+/// `target=*` is a syntax error.
+#[test]
+fn dom0_stand_in_star_matches_every_qube() {
+    let dir = policy_dir(&[(
+        "90-default.policy",
+        workspace_file("scripts/sim/90-default.policy"),
+    )]);
+    let d = dir.path();
+    fs::write(
+        d.join("10-star.policy"),
+        "qubes.ConnectTCP  +1  *        *         deny\n\
+         qubes.ConnectTCP  +1  k_proxy  k_server  allow\n\
+         qubes.ConnectTCP  +2  *        k_server  allow\n\
+         qubes.ConnectTCP  +3  k_proxy  *         allow target=k_server\n",
+    )
+    .expect("write policy");
+    // `* *` deny comes first: it matches, so the allow below it never does.
+    assert_eq!(decide(d, "k_proxy", "k_server", "qubes.ConnectTCP+1"), None);
+    assert_eq!(decide(d, "k_other", "", "qubes.ConnectTCP+1"), None);
+    let journal = d.join("journal.log");
+    let ran = run(
+        Command::new(workspace_file("scripts/sim/qrexec-dom0"))
+            .arg("--policy-dir")
+            .arg(d)
+            .args(["--qubes", "k_client,k_proxy,k_server,k_other", "--log"])
+            .arg(&journal)
+            .args(["evaluate", "k_proxy", "k_server", "qubes.ConnectTCP+1"]),
+        None,
+        Duration::from_secs(30),
+    );
+    assert!(!ran.success(), "{}", show(&ran));
+    let line = fs::read_to_string(&journal).unwrap_or_default();
+    assert!(
+        line.contains("denied: denied by policy") && line.contains("10-star.policy:1"),
+        "the `* *` line decides: {line}"
+    );
+    // `*` as source: every qube.
+    for src in ["k_client", "k_proxy", "k_other"] {
+        assert_eq!(
+            decide(d, src, "k_server", "qubes.ConnectTCP+2").as_deref(),
+            Some("k_server"),
+            "{src}: `*` source must match"
+        );
+    }
+    assert_eq!(decide(d, "k_client", "k_proxy", "qubes.ConnectTCP+2"), None);
+    // `*` as target: named calls and @default calls alike.
+    for tgt in ["k_client", "k_server", "", "@default"] {
+        assert_eq!(
+            decide(d, "k_proxy", tgt, "qubes.ConnectTCP+3").as_deref(),
+            Some("k_server"),
+            "k_proxy -> {tgt:?}: `*` target must match"
+        );
+    }
+    assert_eq!(decide(d, "k_client", "k_proxy", "qubes.ConnectTCP+3"), None);
+
+    fs::write(
+        d.join("20-bad.policy"),
+        "qubes.ConnectTCP  +4  k_proxy  k_server  allow target=*\n",
+    )
+    .expect("write policy");
+    let ran = run(
+        Command::new(workspace_file("scripts/sim/qrexec-dom0"))
+            .arg("--policy-dir")
+            .arg(d)
+            .arg("check"),
+        None,
+        Duration::from_secs(30),
+    );
+    assert!(
+        !ran.success() && ran.stderr.contains("invalid redirect token"),
+        "`target=*` must not parse: {}",
+        show(&ran)
+    );
+}
+
+/// A call naming a qube that does not exist is evaluated as a call to `@default`, as dom0
+/// does (IntendedTarget.verify), under the shipped policy: k_proxy's misspelt target still
+/// reaches k_server through the `@default` rule, k_client's is still refused on 8780.
+#[test]
+fn dom0_stand_in_missing_qube_is_default() {
+    let shipped = policy_dir(&[
+        (
+            "30-chromecard.policy",
+            workspace_file("qubes/policy.d/30-chromecard.policy"),
+        ),
+        (
+            "90-default.policy",
+            workspace_file("scripts/sim/90-default.policy"),
+        ),
+    ]);
+    let d = shipped.path();
+    let journal = d.join("journal.log");
+    let decide_logged = |src: &str, tgt: &str, svc: &str| -> (Option<String>, String) {
+        let _ = fs::remove_file(&journal);
+        let ran = run(
+            Command::new(workspace_file("scripts/sim/qrexec-dom0"))
+                .arg("--policy-dir")
+                .arg(d)
+                .args(["--qubes", "k_client,k_proxy,k_server,k_other", "--log"])
+                .arg(&journal)
+                .args(["evaluate", src, tgt, svc]),
+            None,
+            Duration::from_secs(30),
+        );
+        let dest = match ran.status.and_then(|s| s.code()) {
+            Some(0) => Some(ran.stdout.trim().to_string()),
+            Some(1) => None,
+            _ => panic!("qrexec-dom0 failed: {}", show(&ran)),
+        };
+        (dest, fs::read_to_string(&journal).unwrap_or_default())
+    };
+
+    let (dest, log) = decide_logged("k_proxy", "k_sever", "qubes.ConnectTCP+8780");
+    assert_eq!(dest.as_deref(), Some("k_server"), "{log}");
+    assert_eq!(
+        log,
+        "qrexec: target 'k_sever' does not exist, using @default instead\n\
+         qrexec: qubes.ConnectTCP+8780: k_proxy -> @default: allowed to k_server\n"
+    );
+    let (dest, log) = decide_logged("k_client", "no_such_qube", "qubes.ConnectTCP+8771");
+    assert_eq!(dest.as_deref(), Some("k_proxy"), "{log}");
+    let (dest, log) = decide_logged("k_client", "no_such_qube", "qubes.ConnectTCP+8780");
+    assert_eq!(dest, None, "{log}");
+    assert!(
+        log.contains("k_client -> no_such_qube: denied: denied by policy")
+            && log.contains("30-chromecard.policy:"),
+        "{log}"
+    );
+    // Under the prototype's policy (only @default rules), the same misspelt call is allowed
+    // too, while the correctly named one is refused: the old blocker, from the other side.
+    let prototype = policy_dir(&[
+        (
+            "30-prototype.policy",
+            workspace_file("scripts/sim/prototype.policy"),
+        ),
+        (
+            "90-default.policy",
+            workspace_file("scripts/sim/90-default.policy"),
+        ),
+    ]);
+    let p = prototype.path();
+    assert_eq!(
+        decide(p, "k_proxy", "k_sever", "qubes.ConnectTCP+8780").as_deref(),
+        Some("k_server")
+    );
+    assert_eq!(
+        decide(p, "k_proxy", "k_server", "qubes.ConnectTCP+8780"),
+        None
+    );
+    // An `allow target=Q` where Q does not exist: no target, denied.
+    let dir = policy_dir(&[]);
+    fs::write(
+        dir.path().join("10-gone.policy"),
+        "qubes.ConnectTCP  +5  k_proxy  @default  allow target=gone\n",
+    )
+    .expect("write policy");
+    assert_eq!(
+        decide(dir.path(), "k_proxy", "", "qubes.ConnectTCP+5"),
+        None
     );
 }
 
