@@ -1376,3 +1376,122 @@ fn appvm_boot_starts_units_without_blocking() {
         );
     }
 }
+
+/// The shell steps of the shipped service units, as systemd would run them (`$$` is `$`).
+fn unit_shell_steps(unit: &str, key: &str) -> Vec<String> {
+    let text =
+        fs::read_to_string(workspace_file(&format!("qubes/systemd/{unit}"))).expect("unit file");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&format!("{key}=+/usr/bin/sh -c '")))
+        .map(|l| {
+            l.strip_suffix('\'')
+                .expect("one quoted script")
+                .replace("$$", "$")
+        })
+        .collect()
+}
+
+/// The units' own steps, run: the readiness check (ExecStartPost=, which holds
+/// qrexec-agent back until the port listens) succeeds where the service listens and keeps
+/// waiting where it does not; the re-own step (ExecStartPre=) hands stale files to the
+/// service user but leaves root's files, hard links and symbolic-link targets alone.
+#[test]
+fn unit_readiness_and_reown_steps_work() {
+    let Some(_guard) = namespaces_or_skip("unit_readiness_and_reown_steps_work") else {
+        return;
+    };
+    let sim = Sim::up(&[]);
+    for (unit, qube) in [
+        ("k_server.service", "k_server"),
+        ("k_proxy.service", "k_proxy"),
+    ] {
+        let post = unit_shell_steps(unit, "ExecStartPost");
+        assert_eq!(post.len(), 1, "{unit}: one readiness step");
+        let ran = sim.exec(qube, &["timeout", "5", "sh", "-c", &post[0]]);
+        assert!(ran.success(), "{unit} in {qube}, listening: {}", show(&ran));
+        let ran = sim.exec("k_client", &["timeout", "2", "sh", "-c", &post[0]]);
+        assert_eq!(
+            ran.status.and_then(|s| s.code()),
+            Some(124),
+            "{unit} in k_client, where nothing listens: still waiting after 2 s: {}",
+            show(&ran)
+        );
+    }
+    drop(sim);
+
+    for (unit, dir) in [
+        ("k_server.service", "k_server"),
+        ("k_proxy.service", "k_proxy"),
+    ] {
+        let pre = unit_shell_steps(unit, "ExecStartPre");
+        let reown: Vec<&String> = pre.iter().filter(|s| s.contains("chown")).collect();
+        assert_eq!(reown.len(), 1, "{unit}: one re-own step: {pre:?}");
+        let t = tempfile::tempdir().expect("tempdir");
+        let state = t.path().join(dir);
+        fs::create_dir_all(state.join("sub")).expect("mkdir");
+        for f in ["stale", "sub/stale", "linked", "root-owned"] {
+            fs::write(state.join(f), f).expect("write");
+        }
+        fs::write(t.path().join("outside"), "x").expect("write");
+        fs::hard_link(state.join("linked"), state.join("linked2")).expect("link");
+        std::os::unix::fs::symlink(t.path().join("outside"), state.join("symlink")).expect("ln");
+        let chown = |args: &[&str], p: &Path| {
+            let ran = run(
+                Command::new("chown").args(args).arg(p),
+                None,
+                Duration::from_secs(10),
+            );
+            assert!(ran.success(), "chown: {}", show(&ran));
+        };
+        chown(&["-R", "12345:12345"], &state);
+        chown(&["0:0"], &state.join("root-owned"));
+        chown(&["4321:4321"], &t.path().join("outside"));
+        // The unit's step with its directory here, and uid/gid 65534 for chromecard.
+        let script = reown[0]
+            .replace(&format!("/rw/chromecard/{dir}"), &s(&state))
+            .replace("chromecard:chromecard", "65534:65534")
+            .replace(
+                "-user chromecard -group chromecard",
+                "-user 65534 -group 65534",
+            );
+        assert!(!script.contains("chromecard"), "{script}");
+        let ran = run(
+            Command::new("sh").arg("-c").arg(&script),
+            None,
+            Duration::from_secs(30),
+        );
+        assert!(ran.success(), "{unit}: {script}: {}", show(&ran));
+        use std::os::unix::fs::MetadataExt;
+        let owner = |p: &Path| {
+            let m = fs::symlink_metadata(p).expect("stat");
+            (m.uid(), m.gid())
+        };
+        for f in ["", "sub", "stale", "sub/stale"] {
+            assert_eq!(
+                owner(&state.join(f)),
+                (65534, 65534),
+                "{unit}: {f:?} re-owned"
+            );
+        }
+        assert_eq!(
+            owner(&state.join("root-owned")),
+            (0, 0),
+            "{unit}: root's file left"
+        );
+        assert_eq!(
+            owner(&state.join("linked")),
+            (12345, 12345),
+            "{unit}: hard link left"
+        );
+        assert_eq!(
+            owner(&state.join("symlink")),
+            (12345, 12345),
+            "{unit}: symlink left"
+        );
+        assert_eq!(
+            owner(&t.path().join("outside")),
+            (4321, 4321),
+            "{unit}: never through a symbolic link"
+        );
+    }
+}
