@@ -137,8 +137,64 @@ install_unit() {
     echo "installed ${destdir}/${unit}"
 }
 
+# The service user's fixed UID and GID (qubes/sysusers.d/chromecard.conf). Files in
+# /rw/chromecard outlive the root file system of an app qube, which is rebuilt from its
+# template at every boot: a fixed number keeps them the service's (see qubes/README.md).
+SERVICE_USER=chromecard
+SERVICE_ID="$(awk '$1 == "u" && $2 == "chromecard" {print $3}' "${HERE}/sysusers.d/chromecard.conf")"
+readonly SERVICE_USER SERVICE_ID
+[[ "${SERVICE_ID}" =~ ^[0-9]+$ ]] || die "${HERE}/sysusers.d/chromecard.conf: no fixed UID for chromecard"
+
+needs_service_user() {
+    # k_client runs no service of its own: no user there.
+    [[ "$1" == k_server || "$1" == k_proxy ]]
+}
+
+id_owner() {
+    # id_owner FILE ID: the name that holds numeric ID (field 3) in FILE (passwd or group
+    # format), empty if none. Reads the files under --root, so staging checks the staged root.
+    local file="$1" id="$2"
+    [[ -r "${file}" ]] || return 0
+    awk -F: -v id="${id}" '$3 == id {print $1; exit}' "${file}"
+}
+
+check_service_id() {
+    # The fixed UID and GID must be free, or already the service user's.
+    local who
+    who="$(id_owner "${ROOT}/etc/passwd" "${SERVICE_ID}")"
+    if [[ -n "${who}" && "${who}" != "${SERVICE_USER}" ]]; then
+        die "UID ${SERVICE_ID} (fixed for ${SERVICE_USER} in qubes/sysusers.d/chromecard.conf) belongs to '${who}' here;" \
+            "pick a free number in the system range, change it in that file, and install again (qubes/README.md)"
+    fi
+    who="$(id_owner "${ROOT}/etc/group" "${SERVICE_ID}")"
+    if [[ -n "${who}" && "${who}" != "${SERVICE_USER}" ]]; then
+        die "GID ${SERVICE_ID} (fixed for ${SERVICE_USER} in qubes/sysusers.d/chromecard.conf) belongs to group '${who}' here;" \
+            "pick a free number in the system range, change it in that file, and install again (qubes/README.md)"
+    fi
+    who="$(awk -F: -v u="${SERVICE_USER}" '$1 == u {print $3; exit}' "${ROOT}/etc/passwd" 2>/dev/null || true)"
+    if [[ -n "${who}" && "${who}" != "${SERVICE_ID}" ]]; then
+        if [[ "${CMD}" == appvm ]]; then
+            # An app qube makes the user again at every boot: the next one gets the fixed UID.
+            echo "note: user ${SERVICE_USER} has UID ${who} until this qube restarts, then ${SERVICE_ID}" >&2
+        else
+            die "user ${SERVICE_USER} exists here with UID ${who}, not the fixed ${SERVICE_ID}:" \
+                "remove it (userdel ${SERVICE_USER}) and install again; the units re-own /rw/chromecard at start"
+        fi
+    fi
+}
+
+ensure_config_dir() {
+    # /rw/config/chromecard: root only when it is new. An existing one keeps its mode:
+    # `secrets --role k_client` makes it 0755 so that `user` can read tls/ca.crt.
+    local d="${ROOT}/rw/config/chromecard"
+    if [[ ! -d "${d}" ]]; then
+        install -d -m 0700 "${d}"
+    fi
+}
+
 case "${CMD}" in
 template)
+    check_service_id
     install_binaries /opt/chromecard/bin k_server k_proxy
     for unit in $(units_for k_server) $(units_for k_proxy) $(units_for k_client); do
         install_unit "${unit}" /etc/systemd/system /opt/chromecard/bin
@@ -167,18 +223,29 @@ template)
     ;;
 
 appvm)
+    if needs_service_user "${ROLE}"; then
+        check_service_id
+    fi
     install_binaries /usr/local/bin "${ROLE}"
     BOOT=/rw/config/chromecard/boot
-    install -d -m 0700 "${ROOT}/rw/config/chromecard"
+    ensure_config_dir
     for unit in $(units_for "${ROLE}"); do
         install_unit "${unit}" "${BOOT}/units" /usr/local/bin
     done
-    install -D -m 0644 "${HERE}/sysusers.d/chromecard.conf" "${ROOT}${BOOT}/chromecard.conf"
+    if needs_service_user "${ROLE}"; then
+        install -D -m 0644 "${HERE}/sysusers.d/chromecard.conf" "${ROOT}${BOOT}/chromecard.conf"
+    else
+        rm -f "${ROOT}${BOOT}/chromecard.conf"
+    fi
     if [[ "${ROLE}" == k_proxy ]]; then
         install -D -m 0644 "${HERE}/udev/70-chromecard-fido.rules" "${ROOT}${BOOT}/70-chromecard-fido.rules"
     fi
     install -m 0755 "${HERE}/appvm-boot.sh" "${ROOT}${BOOT}/boot.sh"
-    echo "installed ${BOOT}/ (units, sysusers file, boot.sh)"
+    if needs_service_user "${ROLE}"; then
+        echo "installed ${BOOT}/ (units, sysusers file, boot.sh)"
+    else
+        echo "installed ${BOOT}/ (units, boot.sh; no service user for ${ROLE})"
+    fi
     RC="${ROOT}/rw/config/rc.local"
     if [[ ! -e "${RC}" ]]; then
         printf '#!/bin/sh\n' >"${RC}"

@@ -8,8 +8,10 @@
 #     namespace it runs in, asks "dom0" (scripts/sim/qrexec-dom0), which evaluates the SHIPPED
 #     policy file qubes/policy.d/30-chromecard.policy (plus a stand-in for dom0's
 #     90-default.policy) the way Qubes does, and either prints "Request refused" and exits 126,
-#     or runs qubes.ConnectTCP (`socat STDIO TCP:localhost:PORT`) inside the target namespace
-#     with the caller's stdin/stdout;
+#     or does inside the target namespace what a Qubes 4.2 qrexec-agent (4.2.33 and later)
+#     does for qubes.ConnectTCP (scripts/sim/qubes.ConnectTCP): one connection to IPv4
+#     127.0.0.1:PORT joined to the caller's stdin/stdout, or exit 125 for the caller when
+#     nothing listens there;
 #   - qvm-connect-tcp (scripts/sim/qvm-connect-tcp): a socat listener whose EXEC is that
 #     qrexec-client-vm, as in Qubes;
 #   - the shipped socket units (qubes/systemd/chromecard-fwd-*.socket, Accept=true), run by
