@@ -1499,3 +1499,90 @@ fn unit_readiness_and_reown_steps_work() {
         );
     }
 }
+
+/// The CTAP policy (`qubes/policy.d/30-chromecard-ctap.policy`), decision by decision,
+/// in front of a stand-in for the qubes-ctap-dom0 package's own rules (any qube may call
+/// sys-usb): k_proxy may ask sys-usb for GetInfo and assertions, a new credential needs
+/// the user's yes in dom0, nothing else reaches anywhere from k_proxy.
+#[test]
+fn ctap_policy_allows_exactly_what_k_proxy_needs_from_sys_usb() {
+    let d = policy_dir(&[
+        (
+            "30-chromecard-ctap.policy",
+            workspace_file("qubes/policy.d/30-chromecard-ctap.policy"),
+        ),
+        (
+            "30-chromecard.policy",
+            workspace_file("qubes/policy.d/30-chromecard.policy"),
+        ),
+        (
+            "90-default.policy",
+            workspace_file("scripts/sim/90-default.policy"),
+        ),
+    ]);
+    fs::write(
+        d.path().join("50-qubes-ctap.policy"),
+        "# Stand-in for the qubes-ctap-dom0 package: any qube may use the key in sys-usb.\n\
+         ctap.GetInfo * @anyvm sys-usb allow user=root\n\
+         u2f.Authenticate * @anyvm sys-usb allow user=root\n\
+         u2f.Register * @anyvm sys-usb allow user=root\n\
+         ctap.ClientPin * @anyvm sys-usb allow user=root\n",
+    )
+    .expect("write the package stand-in");
+    let evaluate = |source: &str, target: &str, service: &str| {
+        let ran = run(
+            Command::new(workspace_file("scripts/sim/qrexec-dom0"))
+                .arg("--policy-dir")
+                .arg(d.path())
+                .args([
+                    "--qubes",
+                    "k_client,k_proxy,k_server,sys-usb",
+                    "evaluate",
+                    source,
+                    target,
+                    service,
+                ]),
+            None,
+            Duration::from_secs(30),
+        );
+        let allowed = match ran.status.and_then(|s| s.code()) {
+            Some(0) => Some(ran.stdout.trim().to_string()),
+            Some(1) => None,
+            _ => panic!("qrexec-dom0 failed: {}", show(&ran)),
+        };
+        (allowed, ran.stderr)
+    };
+    let handle = "u2f.Authenticate+0123456789abcdef0123456789abcdef";
+    for service in ["ctap.GetInfo", handle] {
+        let (allowed, line) = evaluate("k_proxy", "sys-usb", service);
+        assert_eq!(allowed.as_deref(), Some("sys-usb"), "{service}: {line}");
+        assert!(
+            line.contains("30-chromecard-ctap.policy") || line.contains("allowed"),
+            "{line}"
+        );
+    }
+    let (allowed, line) = evaluate("k_proxy", "sys-usb", "u2f.Register");
+    assert_eq!(allowed, None);
+    assert!(
+        line.contains("'ask' at") && line.contains("30-chromecard-ctap.policy:"),
+        "enrolment must ask the user in dom0: {line}"
+    );
+    for (target, service) in [
+        ("sys-usb", "ctap.ClientPin"),
+        ("k_server", handle),
+        ("k_client", "ctap.GetInfo"),
+        ("@default", handle),
+        ("", "u2f.Register"),
+    ] {
+        let (allowed, line) = evaluate("k_proxy", target, service);
+        assert_eq!(allowed, None, "k_proxy -> {target:?} {service}: {line}");
+        assert!(line.contains("30-chromecard-ctap.policy:"), "{line}");
+    }
+    // The chain's own hops are unchanged by the second file.
+    assert_eq!(
+        evaluate("k_proxy", "k_server", "qubes.ConnectTCP+8780")
+            .0
+            .as_deref(),
+        Some("k_server")
+    );
+}
