@@ -41,7 +41,7 @@ while (($#)); do
     esac
     shift
 done
-ALL_TARGETS=(credential login token auth_data cose_key enrolment ctaphid ctap2_answer)
+ALL_TARGETS=(credential login token auth_data cose_key enrolment ctaphid ctap2_answer resource_path)
 ((${#TARGETS[@]})) || TARGETS=("${ALL_TARGETS[@]}")
 
 if ((SMOKE)); then

@@ -34,6 +34,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("enrolment", enrolment),
     ("ctaphid", ctaphid),
     ("ctap2_answer", ctap2_answer),
+    ("resource_path", resource_path),
 ];
 
 // ---------------------------------------------------------------------------
@@ -467,5 +468,47 @@ pub fn ctap2_answer(data: &[u8]) {
             let code = ctap2::status_error(status, "fuzz", "op").code();
             assert!(!code.is_empty());
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The resource path k_proxy forwards
+// ---------------------------------------------------------------------------
+
+/// Input: a request target. Whatever `checked_resource_path` lets through is exactly the
+/// target given (nothing normalised) and has no dot segment, no empty segment, no
+/// backslash and no encoded separator (`%2e`, `%2f`, `%5c`, either case): k_server sees
+/// the path k_proxy checked.
+pub fn resource_path(data: &[u8]) {
+    use chromecard_request::{checked_resource_path, resource_name, resource_path_is_clean};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let clean = resource_path_is_clean(text);
+    if clean {
+        for segment in text.split('/').skip(1) {
+            assert!(
+                segment != "." && segment != ".." && !segment.is_empty(),
+                "{text:?}"
+            );
+        }
+        assert!(!text.contains('\\'), "{text:?}");
+        let lower = text.to_ascii_lowercase();
+        for encoded in ["%2e", "%2f", "%5c"] {
+            assert!(!lower.contains(encoded), "{text:?}");
+        }
+    }
+    let _ = resource_name(text);
+    let Ok(uri) = text.parse::<http::Uri>() else {
+        return;
+    };
+    if let Ok(forwarded) = checked_resource_path(&uri) {
+        assert!(resource_path_is_clean(uri.path()), "{text:?}");
+        assert!(
+            forwarded.starts_with(uri.path()),
+            "{forwarded:?} from {text:?}"
+        );
+        let expected = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+        assert_eq!(forwarded, expected);
     }
 }
