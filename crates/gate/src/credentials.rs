@@ -539,7 +539,7 @@ impl CredentialStore {
         }
         let file = self.path.display().to_string();
         for (line, reason) in &now {
-            tracing::warn!(file = %file, line, reason = %reason, "enrolment file: line {line} is not used: {reason}");
+            tracing::warn!(file = %file, line, "enrolment file: line {line} is not used: {reason}");
         }
         if now.is_empty() && last.is_some() {
             tracing::info!(file = %file, "enrolment file: every line is in use again");
