@@ -8,7 +8,7 @@
 //! the input (round trips, invariants); on refusal the documented status and code.
 //! A violated property panics, which libFuzzer reports as a crash.
 
-use chromecard_gate::credentials::Enrolments;
+use chromecard_gate::credentials::{Enrolments, MAX_CREDENTIALS_PER_USER};
 use chromecard_gate::verify::{
     self, parse_auth_data, verify_assertion, verify_new_credential, Expected, KeyKind, PublicKey,
     FLAG_AT, FLAG_ED,
@@ -382,13 +382,33 @@ pub fn cose_key(data: &[u8]) {
 }
 
 /// `Enrolments::parse`: an accepted file renders to text that parses to the same
-/// enrolments.
+/// enrolments (the same credentials, the same lines refused); every accepted user is a
+/// name login accepts, with 1 to `MAX_CREDENTIALS_PER_USER` credentials whose keys
+/// re-parse from their stored form; a refused line names its line number in the input.
 pub fn enrolment(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     if let Ok(e) = Enrolments::parse(&text, "fuzz") {
+        let lines = text.lines().count();
+        for (user, creds) in e.iter() {
+            assert!(chromecard_hop::validate_username(user).is_ok(), "user {user:?}");
+            assert!((1..=MAX_CREDENTIALS_PER_USER).contains(&creds.len()));
+            for c in creds {
+                let raw = c.public_key.to_raw();
+                assert_eq!(
+                    PublicKey::from_raw(c.public_key.kind(), &raw).as_ref(),
+                    Ok(&c.public_key),
+                    "an enrolled key does not re-parse"
+                );
+            }
+        }
+        for r in e.refused() {
+            assert!((1..=lines).contains(&r.line), "refused line {}", r.line);
+            assert!(!r.reason.is_empty());
+        }
         let rendered = e.render();
         let again = Enrolments::parse(&rendered, "rendered").expect("rendered file refused");
         assert_eq!(again, e, "the enrolment file does not round-trip");
+        assert_eq!(again.render(), rendered, "rendering is not stable");
     }
 }
 
