@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fuzz the request-side parsers (fuzz/: credential, login, token, auth_data, cose_key,
-# enrolment) and print the executions per target and whether any crashed.
+# Fuzz the parsers of untrusted input (fuzz/: credential, login, token, auth_data, cose_key,
+# enrolment, ctaphid, ctap2_answer, resource_path) and print the executions per target and
+# whether any crashed.
 #
 #   scripts/fuzz.sh [SECONDS]             libFuzzer, SECONDS per target (default 60)
 #   scripts/fuzz.sh --smoke [SECONDS]     the CI smoke: the same target functions as
@@ -41,7 +42,7 @@ while (($#)); do
     esac
     shift
 done
-ALL_TARGETS=(credential login token auth_data cose_key enrolment ctaphid ctap2_answer)
+ALL_TARGETS=(credential login token auth_data cose_key enrolment ctaphid ctap2_answer resource_path)
 ((${#TARGETS[@]})) || TARGETS=("${ALL_TARGETS[@]}")
 
 if ((SMOKE)); then

@@ -145,6 +145,79 @@ fn unenrolled_user_is_refused_and_removal_takes_effect_at_once() {
     p.assert_running();
 }
 
+/// pam-u2f's own test credential file `name` (crates/gate/tests/pam-u2f), for `user`.
+fn pam_u2f_line(name: &str, user: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/gate/tests/pam-u2f")
+        .join(name);
+    fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .replace("@USERNAME@", user)
+}
+
+#[test]
+fn a_bad_enrolment_line_costs_only_that_line_and_is_logged_with_its_number() {
+    let k = Keyring::new();
+    k.enroll_ok("alice");
+    // Lines k_proxy cannot use, from pam-u2f's own files: a resident key (bob), a
+    // +pin credential (carol), a user name login refuses.
+    let mut text = fs::read_to_string(k.creds()).unwrap();
+    let first_extra = text.lines().count() + 1;
+    for line in [
+        pam_u2f_line("new_-r.cred.in", "bob"),
+        pam_u2f_line("new_-N.cred.in", "carol"),
+        pam_u2f_line("new_.cred.in", "dave@example.com"),
+    ] {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    fs::write(k.creds(), &text).unwrap();
+    let (mut p, c) = k.proxy("present", &[]);
+    c.login_ok("alice");
+    assert_refused(&c.login("bob"), 401, "not_enrolled");
+    assert_refused(&c.login("carol"), 401, "not_enrolled");
+    let log = p.stderr();
+    for (n, what) in [
+        (first_extra, "resident-key entry"),
+        (first_extra + 1, "option +pin"),
+        (first_extra + 2, "is not one k_proxy's login accepts"),
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("line {n} is not used")) && l.contains(what)),
+            "line {n} ({what}) not logged: {log}"
+        );
+    }
+    assert!(log.contains("unused_lines=3"), "{log}");
+    // Logged once: the logins above re-read an unchanged file.
+    assert_eq!(
+        log.matches(&format!("line {first_extra} is not used"))
+            .count(),
+        1,
+        "{log}"
+    );
+    // An edit is seen at the next login (a reload) and logged with the new numbers.
+    fs::write(k.creds(), format!("# edited\n{text}")).unwrap();
+    c.login_ok("alice");
+    let log = p.stderr();
+    assert!(
+        log.contains(&format!("line {} is not used", first_extra + 3)),
+        "{log}"
+    );
+    // Enrolling someone else rewrites the file and keeps those lines.
+    k.enroll_ok("erin");
+    let after = fs::read_to_string(k.creds()).unwrap();
+    assert!(
+        after.contains(&pam_u2f_line("new_-N.cred.in", "carol")),
+        "{after}"
+    );
+    assert!(after.contains("dave@example.com:"), "{after}");
+    c.login_ok("erin");
+    c.login_ok("alice");
+    p.assert_running();
+}
+
 #[test]
 fn an_assertion_signed_by_another_key_is_refused() {
     let k = Keyring::new();

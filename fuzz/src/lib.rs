@@ -8,7 +8,7 @@
 //! the input (round trips, invariants); on refusal the documented status and code.
 //! A violated property panics, which libFuzzer reports as a crash.
 
-use chromecard_gate::credentials::Enrolments;
+use chromecard_gate::credentials::{Enrolments, MAX_CREDENTIALS_PER_USER};
 use chromecard_gate::verify::{
     self, parse_auth_data, verify_assertion, verify_new_credential, Expected, KeyKind, PublicKey,
     FLAG_AT, FLAG_ED,
@@ -34,6 +34,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("enrolment", enrolment),
     ("ctaphid", ctaphid),
     ("ctap2_answer", ctap2_answer),
+    ("resource_path", resource_path),
 ];
 
 // ---------------------------------------------------------------------------
@@ -381,13 +382,33 @@ pub fn cose_key(data: &[u8]) {
 }
 
 /// `Enrolments::parse`: an accepted file renders to text that parses to the same
-/// enrolments.
+/// enrolments (the same credentials, the same lines refused); every accepted user is a
+/// name login accepts, with 1 to `MAX_CREDENTIALS_PER_USER` credentials whose keys
+/// re-parse from their stored form; a refused line names its line number in the input.
 pub fn enrolment(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     if let Ok(e) = Enrolments::parse(&text, "fuzz") {
+        let lines = text.lines().count();
+        for (user, creds) in e.iter() {
+            assert!(chromecard_hop::validate_username(user).is_ok(), "user {user:?}");
+            assert!((1..=MAX_CREDENTIALS_PER_USER).contains(&creds.len()));
+            for c in creds {
+                let raw = c.public_key.to_raw();
+                assert_eq!(
+                    PublicKey::from_raw(c.public_key.kind(), &raw).as_ref(),
+                    Ok(&c.public_key),
+                    "an enrolled key does not re-parse"
+                );
+            }
+        }
+        for r in e.refused() {
+            assert!((1..=lines).contains(&r.line), "refused line {}", r.line);
+            assert!(!r.reason.is_empty());
+        }
         let rendered = e.render();
         let again = Enrolments::parse(&rendered, "rendered").expect("rendered file refused");
         assert_eq!(again, e, "the enrolment file does not round-trip");
+        assert_eq!(again.render(), rendered, "rendering is not stable");
     }
 }
 
@@ -467,5 +488,47 @@ pub fn ctap2_answer(data: &[u8]) {
             let code = ctap2::status_error(status, "fuzz", "op").code();
             assert!(!code.is_empty());
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The resource path k_proxy forwards
+// ---------------------------------------------------------------------------
+
+/// Input: a request target. Whatever `checked_resource_path` lets through is exactly the
+/// target given (nothing normalised) and has no dot segment, no empty segment, no
+/// backslash and no encoded separator (`%2e`, `%2f`, `%5c`, either case): k_server sees
+/// the path k_proxy checked.
+pub fn resource_path(data: &[u8]) {
+    use chromecard_request::{checked_resource_path, resource_name, resource_path_is_clean};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let clean = resource_path_is_clean(text);
+    if clean {
+        for segment in text.split('/').skip(1) {
+            assert!(
+                segment != "." && segment != ".." && !segment.is_empty(),
+                "{text:?}"
+            );
+        }
+        assert!(!text.contains('\\'), "{text:?}");
+        let lower = text.to_ascii_lowercase();
+        for encoded in ["%2e", "%2f", "%5c"] {
+            assert!(!lower.contains(encoded), "{text:?}");
+        }
+    }
+    let _ = resource_name(text);
+    let Ok(uri) = text.parse::<http::Uri>() else {
+        return;
+    };
+    if let Ok(forwarded) = checked_resource_path(&uri) {
+        assert!(resource_path_is_clean(uri.path()), "{text:?}");
+        assert!(
+            forwarded.starts_with(uri.path()),
+            "{forwarded:?} from {text:?}"
+        );
+        let expected = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+        assert_eq!(forwarded, expected);
     }
 }

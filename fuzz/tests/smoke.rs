@@ -110,6 +110,16 @@ fn dictionary(target: &str) -> &'static [&'static [u8]] {
             b"\x00\x00\x00\x09\x00",
             b"\x00\x00\x00\x09\x01",
         ],
+        "resource_path" => &[
+            b"/resource/",
+            b"..",
+            b"%2e",
+            b"%2F",
+            b"%5c",
+            b"//",
+            b"?",
+            b"\\",
+        ],
         "ctap2_answer" => &[b"\x00\xa3", b"\x01", b"\x58\x25", b"\x62id", b"\x64type"],
         _ => &[],
     }
@@ -283,7 +293,8 @@ smoke!(
     cose_key,
     enrolment,
     ctaphid,
-    ctap2_answer
+    ctap2_answer,
+    resource_path
 );
 
 #[test]
@@ -297,6 +308,7 @@ fn every_target_has_a_smoke_test_and_seeds() {
         "enrolment",
         "ctaphid",
         "ctap2_answer",
+        "resource_path",
     ];
     for (name, _) in chromecard_fuzz::TARGETS {
         assert!(smoked.contains(name), "target {name} has no smoke test");

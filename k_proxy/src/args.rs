@@ -213,5 +213,48 @@ pub struct Args {
 
     /// `enroll`: manage the enrolment file instead of serving.
     #[command(subcommand)]
-    pub command: Option<crate::enroll::Command>,
+    pub command: Option<Command>,
+}
+
+/// k_proxy's subcommands (without one, k_proxy serves).
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Enrol a FIDO2 key for a user (one touch), or list / remove enrolments.
+    Enroll(EnrollCommand),
+}
+
+/// `k_proxy enroll --username NAME [--require-uv]`, `k_proxy enroll list`, `k_proxy enroll remove`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct EnrollCommand {
+    #[command(subcommand)]
+    pub action: Option<Action>,
+
+    /// The user whose key to enrol (touch the key when it blinks).
+    #[arg(long, required = true)]
+    pub username: Option<String>,
+
+    /// Also require user verification (the key's PIN or biometric) at every login with
+    /// this credential. The key must do UV itself (k_proxy does not handle PINs).
+    #[arg(long)]
+    pub require_uv: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Action {
+    /// List the enrolled users and their credentials.
+    List {
+        /// Only this user.
+        #[arg(long)]
+        username: Option<String>,
+    },
+    /// Remove a user's credentials: all of them, or those whose id starts with --credential.
+    Remove {
+        /// The user.
+        #[arg(long)]
+        username: String,
+        /// The start of a credential id as `list` shows it.
+        #[arg(long, value_name = "ID_PREFIX")]
+        credential: Option<String>,
+    },
 }

@@ -11,51 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use chromecard_gate::{CredentialStore, EnrolOptions, Gate, LevelConfig};
 
-use crate::args::{Args, GateKind};
+use crate::args::{Action, Args, Command, GateKind};
 use crate::gate_setup;
-
-/// k_proxy's subcommands (without one, k_proxy serves).
-#[derive(Debug, clap::Subcommand)]
-pub enum Command {
-    /// Enrol a FIDO2 key for a user (one touch), or list / remove enrolments.
-    Enroll(EnrollCommand),
-}
-
-/// `k_proxy enroll --username NAME [--require-uv]`, `k_proxy enroll list`, `k_proxy enroll remove`.
-#[derive(Debug, clap::Args)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
-pub struct EnrollCommand {
-    #[command(subcommand)]
-    action: Option<Action>,
-
-    /// The user whose key to enrol (touch the key when it blinks).
-    #[arg(long, required = true)]
-    username: Option<String>,
-
-    /// Also require user verification (the key's PIN or biometric) at every login with
-    /// this credential. The key must do UV itself (k_proxy does not handle PINs).
-    #[arg(long)]
-    require_uv: bool,
-}
-
-#[derive(Debug, clap::Subcommand)]
-enum Action {
-    /// List the enrolled users and their credentials.
-    List {
-        /// Only this user.
-        #[arg(long)]
-        username: Option<String>,
-    },
-    /// Remove a user's credentials: all of them, or those whose id starts with --credential.
-    Remove {
-        /// The user.
-        #[arg(long)]
-        username: String,
-        /// The start of a credential id as `list` shows it.
-        #[arg(long, value_name = "ID_PREFIX")]
-        credential: Option<String>,
-    },
-}
 
 /// Runs a subcommand; prints results on stdout, errors on stderr.
 pub fn run(args: &Args, command: Command) -> ExitCode {

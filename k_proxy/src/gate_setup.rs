@@ -81,7 +81,11 @@ pub fn assertion_config(args: &Args, must_exist: bool) -> anyhow::Result<LevelCo
             .with_context(|| format!("--credentials-file {}", path.display()))?;
         let users = enrolments.iter().count();
         let credentials: usize = enrolments.iter().map(|(_, c)| c.len()).sum();
-        tracing::info!(file = %path.display(), users, credentials, "enrolment file loaded (re-read at every login)");
+        let unused_lines = enrolments.refused().len();
+        tracing::info!(file = %path.display(), users, credentials, unused_lines, "enrolment file loaded (re-read at every login)");
+        if unused_lines > 0 {
+            tracing::warn!(file = %path.display(), unused_lines, "some enrolment lines are not used (each is logged above with its line number and why); the other lines work");
+        }
         if credentials == 0 {
             tracing::warn!(file = %path.display(), "nobody is enrolled yet: every login is refused (not_enrolled) until a key is enrolled with `k_proxy enroll`");
         }

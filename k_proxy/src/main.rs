@@ -2,14 +2,27 @@
 //! k_proxy: issues short-lived sessions only after the FIDO2 gate, and forwards
 //! bearer-authenticated `/resource/*` calls to k_server over mutual TLS.
 
+mod admin;
+mod admit;
 mod app;
 mod args;
+mod authenticate;
+mod authorise;
 mod config;
 mod connect_deadline;
 mod enroll;
+mod forward;
 mod gate_setup;
 mod host_allow;
+mod log;
+mod login;
 mod metrics;
+mod probes;
+mod reload;
+mod respond;
+mod route;
+mod session_api;
+mod sweeper;
 mod throttle;
 mod upstream;
 
@@ -72,10 +85,10 @@ fn run(config: config::Config, args: args::Args) -> anyhow::Result<()> {
 
         let throttle = Arc::new(throttle::LoginThrottle::new(config.throttle, Arc::new(SystemClock)));
         let metrics = Arc::new(metrics::ProxyMetrics::new(sessions.clone()));
-        let sweeper = tokio::spawn(sweep_forever(sessions.clone(), throttle.clone()));
+        let sweeper = tokio::spawn(sweeper::sweep_forever(sessions.clone(), throttle.clone()));
         let admin = admin_listener.map(|listener| {
             tracing::info!(address = ?listener.local_addr().ok(), "admin listener: GET /metrics");
-            tokio::spawn(serve_metrics(listener, metrics.clone(), config.serve))
+            tokio::spawn(admin::serve_metrics(listener, metrics.clone(), config.serve))
         });
         let tls = config.tls.map(chromecard_http::ReloadableTls::new);
         let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -89,8 +102,8 @@ fn run(config: config::Config, args: args::Args) -> anyhow::Result<()> {
                 supersede_on_login: config.supersede_on_login,
             },
             gate: config.gate,
-            upstream: std::sync::RwLock::new(Arc::new(upstream)),
-            hosts: std::sync::RwLock::new(Arc::new(config.hosts)),
+            upstream: chromecard_http::Slot::new(upstream),
+            hosts: chromecard_http::Slot::new(config.hosts),
             max_body_bytes: config.max_body_bytes,
             header_limits: config.header_limits,
             throttle,
@@ -99,7 +112,7 @@ fn run(config: config::Config, args: args::Args) -> anyhow::Result<()> {
             metrics,
             stopping,
         });
-        let reloader = tokio::spawn(reload_on_sighup(args, app.clone(), tls.clone()));
+        let reloader = tokio::spawn(reload::reload_on_sighup(args, app.clone(), tls.clone()));
         let handler = move |request, conn| {
             let app = app.clone();
             async move { app.handle(request, conn).await }
@@ -116,105 +129,4 @@ fn run(config: config::Config, args: args::Args) -> anyhow::Result<()> {
     // A key operation stuck in a blocking read must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_secs(2));
     result
-}
-
-/// On SIGHUP, reloads the proxy token and every certificate from the same files. New
-/// connections and new requests use the new ones; open connections are not dropped. If
-/// anything fails to load, everything stays as it was and the error is logged.
-async fn reload_on_sighup(
-    args: args::Args,
-    app: Arc<app::App>,
-    tls: Option<chromecard_http::ReloadableTls>,
-) {
-    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
-        tracing::warn!("cannot listen for SIGHUP; reload by restarting");
-        return;
-    };
-    while hangups.recv().await.is_some() {
-        tracing::info!("SIGHUP: reloading certificates and the proxy token");
-        let reloaded = config::load_reloadable(&args)
-            .and_then(|r| Ok((r.tls, upstream::Upstream::new(r.upstream)?, r.hosts)));
-        match reloaded {
-            Ok((new_tls, new_upstream, new_hosts)) => {
-                if let (Some(listener), Some(acceptor)) = (&tls, new_tls) {
-                    listener.replace(acceptor);
-                }
-                app.replace_upstream(new_upstream);
-                app.replace_hosts(new_hosts);
-                tracing::info!("reload complete");
-            }
-            Err(err) => tracing::error!(
-                error = %chromecard_http::describe_error(err.as_ref()),
-                "reload failed; still serving with the previous certificates and token"
-            ),
-        }
-    }
-}
-
-/// The admin listener: `GET /metrics` in the Prometheus text format, nothing else.
-async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<metrics::ProxyMetrics>,
-    settings: chromecard_http::ServeSettings,
-) {
-    let handler = move |request: http::Request<chromecard_http::RequestBody>, _conn| {
-        let metrics = metrics.clone();
-        async move {
-            match (request.method(), request.uri().path()) {
-                (&http::Method::GET, "/metrics") => {
-                    let mut response = http::Response::new(http_body_util::Full::new(
-                        bytes::Bytes::from(metrics.render()),
-                    ));
-                    response.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("text/plain; version=0.0.4"),
-                    );
-                    response
-                }
-                (_, "/metrics") => {
-                    chromecard_http::ApiError::method_not_allowed("GET").into_response()
-                }
-                _ => chromecard_http::ApiError::not_found().into_response(),
-            }
-        }
-    };
-    chromecard_http::serve(
-        listener,
-        None::<chromecard_http::ReloadableTls>,
-        settings,
-        handler,
-        std::future::pending(),
-    )
-    .await;
-}
-
-/// Removes ended sessions in the background, so memory follows live sessions only, and
-/// writes each expiry's audit line. The sweep runs off the async workers.
-async fn sweep_forever(sessions: Arc<SessionStore>, throttle: Arc<throttle::LoginThrottle>) {
-    let settings = sessions.settings();
-    let shortest = settings
-        .idle_timeout
-        .map_or(settings.ttl, |idle| idle.min(settings.ttl));
-    let period = (shortest / 10).clamp(Duration::from_secs(1), Duration::from_secs(30));
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let store = sessions.clone();
-        let Ok(ended) = tokio::task::spawn_blocking(move || store.sweep()).await else {
-            continue;
-        };
-        for session in &ended {
-            app::audit_ended(session);
-        }
-        throttle.sweep();
-        if !ended.is_empty() {
-            tracing::debug!(
-                removed = ended.len(),
-                live = sessions.len(),
-                "swept ended sessions"
-            );
-        }
-    }
 }

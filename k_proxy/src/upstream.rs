@@ -157,8 +157,7 @@ impl Upstream {
                 Ok(response) => response,
                 Err(err) => match retry_reason(&method, &err) {
                     None => {
-                        tracing::warn!(error = %chromecard_http::describe_error(&err), "k_server unreachable");
-                        return Err(unavailable());
+                        return Err(unavailable().with_cause(chromecard_http::describe_error(&err)));
                     }
                     Some(reason) => {
                         tracing::info!(
@@ -168,8 +167,10 @@ impl Upstream {
                             "k_server did not answer on a pooled connection; sending the request once more on a new one"
                         );
                         self.fresh.request(build()?).await.map_err(|err| {
-                            tracing::warn!(error = %chromecard_http::describe_error(&err), "k_server unreachable (after one retry)");
-                            unavailable()
+                            unavailable().with_cause(format!(
+                                "after one retry: {}",
+                                chromecard_http::describe_error(&err)
+                            ))
                         })?
                     }
                 },
@@ -179,8 +180,7 @@ impl Upstream {
                 .collect()
                 .await
                 .map_err(|err| {
-                    tracing::warn!(error = %err, "k_server's answer could not be read");
-                    unavailable()
+                    unavailable().with_cause(format!("k_server's answer could not be read: {err}"))
                 })?
                 .to_bytes();
             Ok::<_, ApiError>(Response::from_parts(parts, body))
@@ -192,7 +192,7 @@ impl Upstream {
                     timeout_secs = self.response_timeout.as_secs(),
                     "k_server too slow"
                 );
-                ApiError::new(
+                ApiError::upstream(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream_timeout",
                     format!(
@@ -208,8 +208,8 @@ impl Upstream {
             tracing::error!(
                 "k_server refused k_proxy's credentials: check that both use the same proxy token"
             );
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
+            return Err(ApiError::upstream(
+            StatusCode::BAD_GATEWAY,
                 "upstream_rejected_proxy",
                 "k_server refused k_proxy's credentials; the operator must check the proxy token on both.",
             ));
@@ -222,7 +222,7 @@ impl Upstream {
     /// Readiness: k_server answers `GET /healthz` over the pooled connection within 2 s.
     pub async fn probe(&self) -> Result<(), ApiError> {
         let not_ready = |why: &str| {
-            ApiError::new(
+            ApiError::upstream(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_ready",
                 format!("k_proxy is not ready: {why}."),
@@ -316,7 +316,7 @@ fn retry_reason(method: &Method, err: &hyper_util::client::legacy::Error) -> Opt
 }
 
 fn unavailable() -> ApiError {
-    ApiError::new(
+    ApiError::upstream(
         StatusCode::BAD_GATEWAY,
         "upstream_unavailable",
         "k_server could not be reached (connection or TLS handshake failed); try again later.",

@@ -3,18 +3,18 @@
 //! hop (proxy token, user) → resource → log.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chromecard_hop::{validate_username, ProxyToken, PROXY_TOKEN_HEADER, USER_HEADER};
 use chromecard_http::{
-    check_header_limits, json_response, read_body_limited, ApiError, ConnInfo, HeaderLimits,
-    HttpResponse, RequestBody,
+    check_header_limits, json_response, read_body_limited, require_json, require_method, ApiError,
+    ConnInfo, HeaderLimits, HttpResponse, RequestBody, Slot, BODY_READ_TIMEOUT,
 };
 use chromecard_store::{
     validate_secret_name, Refused, Store, StoreError, WriteError, WriteOp, WriteOutcome, Writer,
     MAX_SECRET_BYTES,
 };
-use http::{header, HeaderMap, Method, Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use serde_json::{json, Value};
 
 use crate::peer::AllowList;
@@ -22,8 +22,6 @@ use crate::peer::AllowList;
 /// Largest request body: a secret's JSON body, `{"value": "..."}`, with room for the
 /// value's escapes. The value itself is bounded by [`MAX_SECRET_BYTES`].
 const MAX_BODY_BYTES: usize = 2 * MAX_SECRET_BYTES + 1024;
-/// Time a request body may take to arrive.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request heads k_server takes: k_proxy's own bound (100 fields, 16 KiB by default) plus
 /// room for what k_proxy adds (proxy token, user, Host), so that a request k_proxy
 /// accepted is not refused one hop later with a 431 the client cannot make sense of.
@@ -47,7 +45,7 @@ enum Route<'a> {
 
 pub struct App {
     /// Replaced whole on SIGHUP; a request checks against the one current when it arrived.
-    proxy_token: std::sync::RwLock<Arc<ProxyToken>>,
+    proxy_token: Slot<ProxyToken>,
     store: Arc<Store>,
     writer: Writer,
     allow: AllowList,
@@ -61,7 +59,7 @@ impl App {
         allow: AllowList,
     ) -> Self {
         Self {
-            proxy_token: std::sync::RwLock::new(Arc::new(proxy_token)),
+            proxy_token: Slot::new(proxy_token),
             store,
             writer,
             allow,
@@ -70,17 +68,11 @@ impl App {
 
     /// Swaps in a reloaded proxy token (SIGHUP).
     pub fn replace_proxy_token(&self, token: ProxyToken) {
-        match self.proxy_token.write() {
-            Ok(mut current) => *current = Arc::new(token),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(token),
-        }
+        self.proxy_token.replace(token);
     }
 
     fn proxy_token(&self) -> Arc<ProxyToken> {
-        match self.proxy_token.read() {
-            Ok(token) => token.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.proxy_token.get()
     }
 
     pub async fn handle(&self, request: Request<RequestBody>, conn: Arc<ConnInfo>) -> HttpResponse {
@@ -265,7 +257,7 @@ impl App {
                 ))
             }
             Method::PUT => {
-                require_json(request.headers())?;
+                require_json(request.headers(), "the secret")?;
                 let body =
                     read_body_limited(request.into_body(), MAX_BODY_BYTES, BODY_READ_TIMEOUT)
                         .await?;
@@ -383,24 +375,6 @@ fn unexpected(outcome: WriteOutcome) -> ApiError {
     ApiError::internal("The store answered unexpectedly.")
 }
 
-/// 415 unless the body is declared JSON.
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-    if json {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Send the secret as JSON with Content-Type: application/json.",
-        ))
-    }
-}
-
 /// `{"value": "<string>"}` → the value, at most [`MAX_SECRET_BYTES`] bytes.
 fn parse_secret_body(body: &[u8]) -> Result<String, ApiError> {
     let parsed: Value = serde_json::from_slice(body)
@@ -442,18 +416,6 @@ fn route(path: &str) -> Option<Route<'_>> {
     }
 }
 
-fn require_method(
-    method: &Method,
-    allowed: &[Method],
-    allow: &'static str,
-) -> Result<(), ApiError> {
-    if allowed.contains(method) {
-        Ok(())
-    } else {
-        Err(ApiError::method_not_allowed(allow))
-    }
-}
-
 /// Who k_proxy says the caller is, and which header names arrived (names only, never
 /// values): lets an operator, and the tests, see what k_proxy forwards.
 fn whoami(request: &Request<RequestBody>, user: &str) -> HttpResponse {
@@ -464,6 +426,7 @@ fn whoami(request: &Request<RequestBody>, user: &str) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{header, HeaderMap};
 
     #[test]
     fn routes() {
@@ -514,16 +477,16 @@ mod tests {
     fn json_content_type_is_required_for_put() {
         let mut headers = HeaderMap::new();
         assert_eq!(
-            require_json(&headers).unwrap_err().code,
+            require_json(&headers, "the secret").unwrap_err().code,
             "unsupported_media_type"
         );
         headers.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
-        assert!(require_json(&headers).is_err());
+        assert!(require_json(&headers, "the secret").is_err());
         headers.insert(
             header::CONTENT_TYPE,
             "Application/JSON; charset=utf-8".parse().unwrap(),
         );
-        assert!(require_json(&headers).is_ok());
+        assert!(require_json(&headers, "the secret").is_ok());
     }
 
     #[test]

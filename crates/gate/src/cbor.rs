@@ -62,7 +62,9 @@ impl<'a> Reader<'a> {
             0..=23 => u64::from(info),
             24 => {
                 let v = u64::from(self.byte()?);
-                if v < 24 {
+                // Shortest form; for simple values (major 7) the one-byte form is
+                // ill-formed below 32 (RFC 8949 §3.3: `0xf8 0x18` is not well formed).
+                if v < 24 || (major == 7 && v < 32) {
                     return Err(Malformed);
                 }
                 v
@@ -123,7 +125,10 @@ impl<'a> Reader<'a> {
         self.take(h.arg)
     }
 
-    /// Skips one complete item of any (accepted) kind.
+    /// Skips one complete, well-formed item: shortest heads, definite lengths, text
+    /// strings that are UTF-8, maps without duplicate keys (compared by their encoding,
+    /// which is unique once heads are shortest), no tags and, of the simple values,
+    /// only false, true and null. Nesting beyond [`MAX_DEPTH`] is refused.
     pub fn skip(&mut self, depth: usize) -> Result<(), Malformed> {
         if depth > MAX_DEPTH {
             return Err(Malformed);
@@ -131,7 +136,11 @@ impl<'a> Reader<'a> {
         let h = self.head()?;
         match h.major {
             0 | 1 => Ok(()),
-            2 | 3 => self.take(h.arg).map(|_| ()),
+            2 => self.take(h.arg).map(|_| ()),
+            3 => {
+                let text = self.take(h.arg)?;
+                std::str::from_utf8(text).map(|_| ()).map_err(|_| Malformed)
+            }
             4 => {
                 for _ in 0..h.arg {
                     self.skip(depth + 1)?;
@@ -139,17 +148,25 @@ impl<'a> Reader<'a> {
                 Ok(())
             }
             5 => {
+                // Keys seen so far: bounded by the entries actually read (each at
+                // least one byte of input), never by the length field.
+                let mut keys = std::collections::BTreeSet::new();
                 for _ in 0..h.arg {
+                    let start = self.pos;
                     self.skip(depth + 1)?;
+                    let key = self.buf.get(start..self.pos).ok_or(Malformed)?;
+                    if !keys.insert(key) {
+                        return Err(Malformed);
+                    }
                     self.skip(depth + 1)?;
                 }
                 Ok(())
             }
-            // Tags: skip the tagged item.
-            6 => self.skip(depth + 1),
-            // Simple values (false, true, null, undefined, 0..=23, and the
-            // one-byte form 32..=255).
-            7 => Ok(()),
+            // Tags: nothing in a COSE key or a CTAP extension output is tagged.
+            6 => Err(Malformed),
+            // false, true, null. Not undefined, the unassigned simple values or the
+            // reserved ones.
+            7 if matches!(h.arg, 20..=22) => Ok(()),
             _ => Err(Malformed),
         }
     }
@@ -209,6 +226,36 @@ mod tests {
     fn deep_nesting_is_refused() {
         let deep = vec![0x81u8; 64];
         assert_eq!(Reader::new(&deep).skip(0), Err(Malformed));
+    }
+
+    #[test]
+    fn extension_maps_must_be_well_formed() {
+        // {"a": 1} is fine; each variant below is one rule broken.
+        assert!(is_single_map(&[0xa1, 0x61, b'a', 0x01]));
+        assert!(is_single_map(&[0xa2, 0x61, b'a', 0xf5, 0x61, b'b', 0xf6]));
+        let bad: &[&[u8]] = &[
+            // {"a": simple(24)} in the ill-formed two-byte form, and simple(31).
+            &[0xa1, 0x61, b'a', 0xf8, 0x18],
+            &[0xa1, 0x61, b'a', 0xf8, 0x1f],
+            // {"a": simple(32)}, undefined, and an unassigned simple value: unexpected.
+            &[0xa1, 0x61, b'a', 0xf8, 0x20],
+            &[0xa1, 0x61, b'a', 0xf7],
+            &[0xa1, 0x61, b'a', 0xe0],
+            // Duplicate keys, at the top and inside a nested map.
+            &[0xa2, 0x61, b'a', 0x01, 0x61, b'a', 0x02],
+            &[0xa1, 0x61, b'm', 0xa2, 0x01, 0x00, 0x01, 0x00],
+            // Text that is not UTF-8, as a key and as a value.
+            &[0xa1, 0x61, 0xff, 0x01],
+            &[0xa1, 0x61, b'a', 0x62, 0xc3, 0x28],
+            // Tags: an epoch date, a bignum.
+            &[0xa1, 0x61, b'a', 0xc1, 0x01],
+            &[0xa1, 0x61, b'a', 0xc2, 0x41, 0x01],
+        ];
+        for b in bad {
+            assert!(!is_single_map(b), "{b:02x?}");
+        }
+        // The same key under a different major type is a different key.
+        assert!(is_single_map(&[0xa2, 0x01, 0x00, 0x41, 0x01, 0x00]));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::credentials::{credential_label, CommitError, Credential, CredentialStore};
-use crate::gate::{EnrolOptions, Enrolled, Passed};
+use crate::outcome::{EnrolOptions, Enrolled, Passed};
 use crate::verify::{self, client_data_hash, rp_id_hash, Expected, Rejection, Verified};
 use crate::{
     AssertionResponse, Authenticator, CancelSignal, GateError, GateLevel, GetAssertionRequest,

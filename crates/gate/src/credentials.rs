@@ -8,11 +8,18 @@
 //!
 //! i.e. the user name, then one `:`-separated entry per credential with four
 //! `,`-separated fields: the credential id (standard base64), the public key
-//! (standard base64 of the 65-byte uncompressed P-256 point for `es256`, of the
-//! 32-byte key for `eddsa`), the COSE type, and the options (`+presence`, always
-//! enforced; `+verification`, also require UV). `#` starts a comment line. Anything
-//! else (an unknown option, a bad key, a user listed twice) refuses the whole file:
-//! the gate fails closed rather than guess.
+//! (standard base64 of the 65-byte uncompressed P-256 point, or pamu2fcfg's 64-byte
+//! `x || y`, for `es256`; of the 32-byte key for `eddsa`), the COSE type (in any case,
+//! as pam-u2f reads it), and the options (`+presence`, always enforced;
+//! `+verification`, also require UV). pam-u2f's pre-1.1 entries
+//! (`KEYHANDLE_WEBSAFE_B64,PUBLIC_KEY_HEX`) are read as ES256 `+presence`. `#` starts a
+//! comment line. A user on several lines has the credentials of all of them.
+//!
+//! A line that cannot be used (a resident-key entry `*`, `+pin`, a bad key, a user name
+//! login refuses, a credential listed twice, more than [`MAX_CREDENTIALS_PER_USER`])
+//! costs only that line: it is reported (with its line number, never its key material)
+//! and kept, verbatim, when k_proxy rewrites the file. Only a file that is not an
+//! authfile at all (NUL bytes, an OpenSSH key file) is refused as a whole.
 //!
 //! Sign counts live in `<file>.counters`, one `user:credential_id_b64:count` line
 //! each, written by k_proxy after every successful login. Both files are replaced
@@ -23,7 +30,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 
 use crate::fsutil;
@@ -31,8 +39,14 @@ use crate::verify::{check_sign_count, KeyKind, PublicKey, Rejection, MAX_CREDENT
 
 /// Largest enrolment or counter file read (a generous bound for hand-edited files).
 const MAX_FILE_BYTES: u64 = 1 << 20;
-/// Credentials one user may hold.
-pub const MAX_CREDENTIALS_PER_USER: usize = 16;
+/// Credentials one user may hold: pam-u2f's default `max_devices`.
+pub const MAX_CREDENTIALS_PER_USER: usize = 24;
+
+/// pam-u2f's pre-1.1 key handles: websafe base64, padding optional.
+const WEBSAFE: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// One enrolled credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,11 +71,50 @@ pub fn credential_label(id: &[u8]) -> String {
     STANDARD.encode(id).chars().take(12).collect()
 }
 
-/// The parsed enrolment file: users in name order, credentials in file order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A line of the enrolment file that k_proxy does not use. It is kept, verbatim, when
+/// the file is rewritten, so an `enroll` or `remove` never deletes what it could not read.
+#[derive(Clone)]
+pub struct RefusedLine {
+    /// Its line number in the file it was read from (1-based).
+    pub line: usize,
+    /// Why it is not used. Never quotes key material.
+    pub reason: String,
+    text: String,
+}
+
+/// Without the line's text: it holds key material.
+impl std::fmt::Debug for RefusedLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefusedLine")
+            .field("line", &self.line)
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The parsed enrolment file: users in name order, credentials in file order, and the
+/// lines that are not used.
+#[derive(Debug, Clone, Default)]
 pub struct Enrolments {
     users: BTreeMap<String, Vec<Credential>>,
+    refused: Vec<RefusedLine>,
 }
+
+/// Equal when the same users have the same credentials and the same lines are refused
+/// (line numbers and wording aside: rewriting the file renumbers them).
+impl PartialEq for Enrolments {
+    fn eq(&self, other: &Self) -> bool {
+        self.users == other.users
+            && self.refused.len() == other.refused.len()
+            && self
+                .refused
+                .iter()
+                .zip(&other.refused)
+                .all(|(a, b)| a.text == b.text)
+    }
+}
+
+impl Eq for Enrolments {}
 
 /// Why the enrolment file or the counters file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +126,9 @@ pub enum StoreError {
         line: usize,
         reason: String,
     },
+    /// The file as a whole is not an enrolment file.
+    #[error("{path}: {reason}")]
+    NotAnAuthfile { path: String, reason: String },
     /// Reading, writing or a permission check failed.
     #[error("{path}: {detail}")]
     Io { path: String, detail: String },
@@ -80,55 +136,100 @@ pub enum StoreError {
 
 impl Enrolments {
     /// Parses the enrolment file's text. `path` is for messages only.
+    ///
+    /// Refuses the whole file only when it is not an authfile at all; a line that
+    /// cannot be used is listed in [`Enrolments::refused`] and the other lines count.
     pub fn parse(text: &str, path: &str) -> Result<Self, StoreError> {
-        let mut users: BTreeMap<String, Vec<Credential>> = BTreeMap::new();
+        let whole = |reason: &str| StoreError::NotAnAuthfile {
+            path: path.to_string(),
+            reason: reason.to_string(),
+        };
+        if text.contains('\0') {
+            return Err(whole("the file holds NUL bytes: it is not a text file"));
+        }
+        if text.lines().any(|l| l.trim().starts_with("-----BEGIN")) {
+            return Err(whole(
+                "this is a PEM/OpenSSH key file (pam-u2f's `sshformat`), not a \
+                 `user:credential` enrolment file; k_proxy does not read SSH credentials \
+                 (enrol the key with `k_proxy enroll`)",
+            ));
+        }
+        let mut e = Enrolments::default();
+        // Credential id -> the line that enrolled it (accepted lines only).
         let mut seen_ids: HashMap<Vec<u8>, usize> = HashMap::new();
         for (i, raw) in text.lines().enumerate() {
             let line_no = i + 1;
-            let err = |reason: String| StoreError::Parse {
-                path: path.to_string(),
-                line: line_no,
-                reason,
-            };
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let mut parts = line.split(':');
-            let user = parts.next().unwrap_or_default();
-            chromecard_hop::validate_username(user)
-                .map_err(|e| err(format!("the user name is not valid: {e}")))?;
-            if users.contains_key(user) {
-                return Err(err(format!(
-                    "user {user:?} is listed twice; put all of a user's credentials on one line"
-                )));
-            }
-            let mut creds = Vec::new();
-            for entry in parts {
-                let cred = parse_entry(entry).map_err(&err)?;
-                if let Some(other) = seen_ids.insert(cred.id.clone(), line_no) {
-                    return Err(err(format!(
-                        "credential {} is already listed on line {other}",
-                        cred.label()
-                    )));
+            match e.accept_line(line, &seen_ids) {
+                Ok((user, creds)) => {
+                    for c in &creds {
+                        seen_ids.insert(c.id.clone(), line_no);
+                    }
+                    e.users.entry(user).or_default().extend(creds);
                 }
-                creds.push(cred);
+                Err(reason) => e.refused.push(RefusedLine {
+                    line: line_no,
+                    reason,
+                    text: line.to_string(),
+                }),
             }
-            if creds.is_empty() {
-                return Err(err(format!("user {user:?} has no credential entries")));
-            }
-            if creds.len() > MAX_CREDENTIALS_PER_USER {
-                return Err(err(format!(
-                    "user {user:?} has {} credentials; at most {MAX_CREDENTIALS_PER_USER}",
-                    creds.len()
-                )));
-            }
-            users.insert(user.to_string(), creds);
         }
-        Ok(Self { users })
+        Ok(e)
     }
 
-    /// The file's text (a header comment, then one line per user).
+    /// One line: its user and credentials, or why it is not used.
+    fn accept_line(
+        &self,
+        line: &str,
+        seen_ids: &HashMap<Vec<u8>, usize>,
+    ) -> Result<(String, Vec<Credential>), String> {
+        let Some((user, rest)) = line.split_once(':') else {
+            return Err("not `user:credential[:credential...]` (no `:`)".to_string());
+        };
+        let mut creds: Vec<Credential> = Vec::new();
+        // Empty entries (`::`, a trailing `:`) are skipped, as pam-u2f's strtok does.
+        for (n, entry) in rest.split(':').filter(|e| !e.is_empty()).enumerate() {
+            let cred = parse_entry(entry).map_err(|r| format!("credential {}: {r}", n + 1))?;
+            if creds.iter().any(|c| c.id == cred.id) {
+                return Err(format!(
+                    "credential {} is listed twice on this line",
+                    cred.label()
+                ));
+            }
+            if let Some(other) = seen_ids.get(&cred.id) {
+                return Err(format!(
+                    "credential {} is already listed on line {other}",
+                    cred.label()
+                ));
+            }
+            creds.push(cred);
+        }
+        if let Err(e) = chromecard_hop::validate_username(user) {
+            let shown: String = user.chars().take(80).collect();
+            return Err(format!(
+                "user name {shown:?} is not one k_proxy's login accepts ({e}); the line is \
+                 kept in the file but nobody can log in with it"
+            ));
+        }
+        if creds.is_empty() {
+            return Err(format!("user {user:?} has no credential entries"));
+        }
+        let before = self.credentials_of(user).len();
+        if before + creds.len() > MAX_CREDENTIALS_PER_USER {
+            return Err(format!(
+                "this line would give user {user:?} {} credentials; at most \
+                 {MAX_CREDENTIALS_PER_USER} (pam-u2f's default max_devices)",
+                before + creds.len()
+            ));
+        }
+        Ok((user.to_string(), creds))
+    }
+
+    /// The file's text (a header comment, then one line per user, then the lines that
+    /// are not used, verbatim).
     pub fn render(&self) -> String {
         let mut out = String::from(
             "# chromecard enrolment file (pam-u2f authfile format):\n\
@@ -153,6 +254,15 @@ impl Enrolments {
             }
             out.push('\n');
         }
+        if !self.refused.is_empty() {
+            out.push_str(
+                "# Lines k_proxy does not use (kept as they were; see its log for why):\n",
+            );
+            for r in &self.refused {
+                out.push_str(&r.text);
+                out.push('\n');
+            }
+        }
         out
     }
 
@@ -164,6 +274,11 @@ impl Enrolments {
     /// All users and their credentials, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[Credential])> {
         self.users.iter().map(|(u, c)| (u.as_str(), c.as_slice()))
+    }
+
+    /// The lines that are not used, in file order.
+    pub fn refused(&self) -> &[RefusedLine] {
+        &self.refused
     }
 
     /// Adds a credential. Refuses a credential id that is already enrolled (for anyone)
@@ -191,7 +306,7 @@ impl Enrolments {
     }
 
     /// Removes `user`'s credentials whose base64 id starts with `id_prefix` (all of them
-    /// when `None`). Returns how many were removed.
+    /// when `None`). Returns how many were removed. Lines that are not used are kept.
     pub fn remove(&mut self, user: &str, id_prefix: Option<&str>) -> usize {
         let Some(creds) = self.users.get_mut(user) else {
             return 0;
@@ -209,25 +324,44 @@ impl Enrolments {
     }
 }
 
+/// What a resident-key line needs and k_proxy does not do; see the README.
+const RESIDENT_REFUSAL: &str = "a resident-key entry (credential id `*`, from `pamu2fcfg -r`) \
+     is not supported: k_proxy always names the credential it asks for (getAssertion with an \
+     allowList; Qubes' CTAP proxy can forward nothing else); enrol the key with `k_proxy \
+     enroll` or `pamu2fcfg` without -r";
+
+/// What a `+pin` entry needs and k_proxy does not do yet.
+const PIN_REFUSAL: &str = "option +pin (`pamu2fcfg -N`, PIN verification at every login) is \
+     not supported yet: k_proxy does not collect PINs, and it will not log in without the \
+     check the line asks for; enrol without -N (or use +verification on a key with built-in \
+     UV)";
+
 fn parse_entry(entry: &str) -> Result<Credential, String> {
     let fields: Vec<&str> = entry.split(',').collect();
-    let [id, key, kind, options] = fields.as_slice() else {
-        return Err(format!(
-            "a credential entry has {} fields; expected 4 (credential_id,public_key,cose_type,options)",
-            fields.len()
-        ));
+    let (id, key, kind, options) = match fields.as_slice() {
+        [id, key, kind, options] => (*id, *key, *kind, *options),
+        // pam-u2f reads a missing fourth field as no options.
+        [id, key, kind] => (*id, *key, *kind, ""),
+        [id, key] => return parse_old_entry(id, key),
+        _ => {
+            return Err(format!(
+                "{} fields; expected 4 (credential_id,public_key,cose_type,options)",
+                fields.len()
+            ))
+        }
     };
+    if id == "*" {
+        return Err(RESIDENT_REFUSAL.to_string());
+    }
     let id = STANDARD
         .decode(id)
         .map_err(|_| "the credential id is not valid base64".to_string())?;
-    if id.is_empty() || id.len() > MAX_CREDENTIAL_ID_LEN {
-        return Err(format!(
-            "the credential id is {} bytes; expected 1 to {MAX_CREDENTIAL_ID_LEN}",
-            id.len()
-        ));
-    }
-    let kind = KeyKind::parse(kind)
-        .ok_or_else(|| format!("COSE type {kind:?} is not supported; use es256 or eddsa"))?;
+    check_id_len(&id)?;
+    let kind = KeyKind::parse(&kind.to_ascii_lowercase()).ok_or_else(|| {
+        let shown: String = kind.chars().take(16).collect();
+        format!("COSE type {shown:?} is not supported; k_proxy verifies es256 and eddsa")
+    })?;
+    let require_uv = parse_options(options)?;
     let raw = STANDARD
         .decode(key)
         .map_err(|_| "the public key is not valid base64".to_string())?;
@@ -237,7 +371,6 @@ fn parse_entry(entry: &str) -> Result<Credential, String> {
             kind.as_str().to_uppercase()
         )
     })?;
-    let require_uv = parse_options(options)?;
     Ok(Credential {
         id,
         public_key,
@@ -245,28 +378,80 @@ fn parse_entry(entry: &str) -> Result<Credential, String> {
     })
 }
 
-/// `+presence`, `+verification`, or both; empty means `+presence`. Anything else
-/// (pam-u2f's `+pin`, a typo) is refused: k_proxy cannot enforce it.
+/// pam-u2f before 1.1 (`pamu2fcfg` of the U2F era): `KEYHANDLE,PUBLIC_KEY` with the
+/// key handle in websafe base64 and the public key in hex (the 65-byte uncompressed
+/// P-256 point); ES256, `+presence`.
+fn parse_old_entry(id: &str, key: &str) -> Result<Credential, String> {
+    const OLD: &str = "in pam-u2f's pre-1.1 format (`keyhandle,pubkey`)";
+    let id = WEBSAFE
+        .decode(id)
+        .map_err(|_| format!("{OLD}: the key handle is not valid websafe base64"))?;
+    check_id_len(&id)?;
+    let raw = hex_decode(key).ok_or_else(|| format!("{OLD}: the public key is not hex"))?;
+    if raw.len() != 65 {
+        return Err(format!(
+            "{OLD}: the public key is {} bytes; expected the 65-byte uncompressed P-256 point",
+            raw.len()
+        ));
+    }
+    let public_key = PublicKey::from_raw(KeyKind::Es256, &raw)
+        .map_err(|_| format!("{OLD}: the public key is not a valid ES256 key"))?;
+    Ok(Credential {
+        id,
+        public_key,
+        require_uv: false,
+    })
+}
+
+fn check_id_len(id: &[u8]) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_CREDENTIAL_ID_LEN {
+        return Err(format!(
+            "the credential id is {} bytes; expected 1 to {MAX_CREDENTIAL_ID_LEN}",
+            id.len()
+        ));
+    }
+    Ok(())
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// `+presence`, `+verification`, or both; empty means `+presence`. `+pin` and anything
+/// else (a typo) is refused: k_proxy cannot enforce it.
 fn parse_options(options: &str) -> Result<bool, String> {
     if options.is_empty() {
         return Ok(false);
     }
     let Some(rest) = options.strip_prefix('+') else {
+        let shown: String = options.chars().take(40).collect();
         return Err(format!(
-            "options {options:?} must be like +presence or +presence+verification"
+            "options {shown:?} must be like +presence or +presence+verification"
         ));
     };
     let mut uv = false;
+    let mut pin = false;
     for opt in rest.split('+') {
         match opt {
             "presence" => {}
             "verification" => uv = true,
+            "pin" => pin = true,
             other => {
+                let shown: String = other.chars().take(40).collect();
                 return Err(format!(
-                "option {other:?} is not supported (k_proxy enforces +presence and +verification)"
-            ))
+                    "option {shown:?} is not supported (k_proxy enforces +presence and +verification)"
+                ));
             }
         }
+    }
+    if pin {
+        return Err(PIN_REFUSAL.to_string());
     }
     Ok(uv)
 }
@@ -282,6 +467,10 @@ pub struct CredentialStore {
     counters_path: PathBuf,
     /// (user, credential id) -> highest count seen; also the lock for counter updates.
     counters: Mutex<HashMap<(String, Vec<u8>), u32>>,
+    /// The refused lines last logged (`None` before the first load), so that each
+    /// change of the file is reported once, at start-up and at the reload that sees it,
+    /// not at every login.
+    reported: Mutex<Option<Vec<(usize, String)>>>,
 }
 
 impl std::fmt::Debug for CredentialStore {
@@ -302,6 +491,7 @@ impl CredentialStore {
             path,
             counters_path: counters_path.into(),
             counters: Mutex::new(HashMap::new()),
+            reported: Mutex::new(None),
         }
     }
 
@@ -331,7 +521,30 @@ impl CredentialStore {
         }
         let text = fsutil::read_small(&self.path, MAX_FILE_BYTES)
             .map_err(|e| Self::io_err(&self.path, e))?;
-        Enrolments::parse(&text, &self.path.display().to_string())
+        let e = Enrolments::parse(&text, &self.path.display().to_string())?;
+        self.report(&e);
+        Ok(e)
+    }
+
+    /// Logs the lines that are not used, when they differ from the last report.
+    fn report(&self, e: &Enrolments) {
+        let now: Vec<(usize, String)> = e
+            .refused
+            .iter()
+            .map(|r| (r.line, r.reason.clone()))
+            .collect();
+        let mut last = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_ref() == Some(&now) {
+            return;
+        }
+        let file = self.path.display().to_string();
+        for (line, reason) in &now {
+            tracing::warn!(file = %file, line, "enrolment file: line {line} is not used: {reason}");
+        }
+        if now.is_empty() && last.is_some() {
+            tracing::info!(file = %file, "enrolment file: every line is in use again");
+        }
+        *last = Some(now);
     }
 
     /// Checks that the enrolment file exists, is acceptable and parses; returns it.
@@ -544,41 +757,50 @@ mod tests {
     }
 
     #[test]
-    fn bad_lines_are_refused_with_the_line_number_and_no_key_material() {
+    fn bad_lines_are_refused_alone_with_the_line_number_and_no_key_material() {
         let good = line_for(1, "es256", "+presence");
-        assert!(Enrolments::parse(&good, "f").is_ok());
+        assert!(Enrolments::parse(&good, "f").unwrap().refused().is_empty());
         let cases = [
             (
                 format!("# c\n\n{}", line_for(1, "es256", "+pin")),
-                "line 3",
-                "\"pin\"",
+                3,
+                "+pin",
             ),
-            (line_for(1, "rs256", "+presence"), "line 1", "not supported"),
+            (line_for(1, "rs256", "+presence"), 1, "not supported"),
             (
                 line_for(1, "eddsa", "+presence"),
-                "line 1",
+                1,
                 "not a valid EDDSA key",
             ),
-            (line_for(1, "es256", "presence"), "line 1", "must be like"),
-            ("alice".to_string(), "line 1", "no credential entries"),
-            ("alice:abc".to_string(), "line 1", "1 fields"),
-            ("al ice:a,b,es256,".to_string(), "line 1", "user name"),
+            (line_for(1, "es256", "presence"), 1, "must be like"),
+            ("alice".to_string(), 1, "no `:`"),
+            ("alice:".to_string(), 1, "no credential entries"),
+            ("alice:abc".to_string(), 1, "1 fields"),
             (
-                format!("{good}\n{}", good.replace("cred", "crex")),
-                "line 2",
-                "listed twice",
+                line_for(1, "es256", "").replace("alice", "al ice"),
+                1,
+                "user name",
             ),
             (
                 format!("{good}\n{}", good.replace("alice", "bob")),
-                "line 2",
+                2,
                 "already listed on line 1",
             ),
-            ("alice:!!!,AAAA,es256,".to_string(), "line 1", "base64"),
+            ("alice:!!!,AAAA,es256,".to_string(), 1, "base64"),
         ];
         for (text, line, what) in cases {
-            let e = Enrolments::parse(&text, "f").unwrap_err().to_string();
-            assert!(e.contains(line) && e.contains(what), "{text:?} -> {e}");
-            assert!(!e.contains(&STANDARD.encode(key(1).to_raw())), "{e}");
+            let e = Enrolments::parse(&text, "f").unwrap();
+            let [r] = e.refused() else {
+                panic!("{text:?} -> {:?}", e.refused());
+            };
+            assert!(
+                r.line == line && r.reason.contains(what),
+                "{text:?} -> {r:?}"
+            );
+            assert!(
+                !r.reason.contains(&STANDARD.encode(key(1).to_raw())),
+                "{r:?}"
+            );
         }
         // A point that is not on the curve.
         let mut raw = key(1).to_raw();
@@ -588,7 +810,9 @@ mod tests {
             STANDARD.encode(b"c"),
             STANDARD.encode(&raw)
         );
-        assert!(Enrolments::parse(&text, "f").is_err());
+        let e = Enrolments::parse(&text, "f").unwrap();
+        assert!(e.credentials_of("alice").is_empty());
+        assert!(e.refused()[0].reason.contains("not a valid ES256 key"));
     }
 
     #[test]
@@ -676,3 +900,6 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod interop_tests;

@@ -8,6 +8,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::ceremony;
 use crate::credentials::CredentialStore;
+use crate::outcome::{EnrolOptions, Enrolled, Passed};
 use crate::{Authenticator, CancelSignal, GateError, GateLevel};
 
 /// Time limits for one check.
@@ -46,39 +47,6 @@ impl LevelConfig {
             LevelConfig::Assertion { .. } => GateLevel::Assertion,
         }
     }
-}
-
-/// A login that passed the gate; for logs and the audit line.
-#[derive(Debug, Clone)]
-pub struct Passed {
-    /// The level that was enforced.
-    pub level: GateLevel,
-    /// Which device answered.
-    pub device: String,
-    /// At assertion level: a short label of the credential that signed.
-    pub credential: Option<String>,
-    /// At assertion level: the verified signCount.
-    pub sign_count: Option<u32>,
-}
-
-/// Options for [`Gate::enroll`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EnrolOptions {
-    /// Require user verification (PIN or biometric on the key) at every login too.
-    pub require_uv: bool,
-}
-
-/// A credential that [`Gate::enroll`] wrote to the enrolment file.
-#[derive(Debug, Clone)]
-pub struct Enrolled {
-    /// Short label of the new credential id.
-    pub credential: String,
-    /// `es256` or `eddsa`.
-    pub kind: &'static str,
-    /// The key's AAGUID (model identifier), hex.
-    pub aaguid: String,
-    /// Which device made it.
-    pub device: String,
 }
 
 /// The gate k_proxy runs once per login. Cheap to clone; clones share the device lock.

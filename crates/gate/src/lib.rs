@@ -27,6 +27,7 @@ mod fido2;
 mod fsutil;
 mod gate;
 mod hid;
+mod outcome;
 mod soft;
 pub mod verify;
 
@@ -37,7 +38,8 @@ use std::time::Duration;
 pub use cancel::CancelSignal;
 pub use credentials::{Credential, CredentialStore, Enrolments, StoreError};
 pub use fido2::Fido2Key;
-pub use gate::{EnrolOptions, Enrolled, Gate, GateSettings, LevelConfig, Passed};
+pub use gate::{Gate, GateSettings, LevelConfig};
+pub use outcome::{EnrolOptions, Enrolled, Passed};
 pub use soft::{SelfAttested, SoftAuthenticator, SoftBehavior, UnknownSoftBehavior};
 pub use verify::Rejection;
 

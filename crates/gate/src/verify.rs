@@ -6,9 +6,11 @@
 //! known-answer tests.
 //!
 //! What is checked, and in which order ([`verify_assertion`]):
-//! 1. authenticator data is well formed: 32-byte rpIdHash, flags, 4-byte signCount,
-//!    no attested credential data (AT clear), extension data exactly one CBOR map
-//!    when ED is set and nothing otherwise;
+//! 1. authenticator data is well formed: 32-byte rpIdHash, flags (BS never without
+//!    BE, WebAuthn L3 §6.1, §7.1 and §7.2), 4-byte signCount, no attested credential
+//!    data (AT clear), extension data exactly one well-formed CBOR map (shortest
+//!    encodings, no duplicate keys, UTF-8 text, no tags, only false/true/null as
+//!    simple values) when ED is set and nothing otherwise;
 //! 2. rpIdHash = SHA-256(rp id);
 //! 3. the signature over `authenticatorData || clientDataHash` with the enrolled
 //!    public key: ES256 (ECDSA P-256 / SHA-256, DER signature) or EdDSA (Ed25519,
@@ -30,6 +32,10 @@ use crate::cbor::{self, Reader};
 pub const FLAG_UP: u8 = 0x01;
 /// User verified.
 pub const FLAG_UV: u8 = 0x04;
+/// Backup eligible (WebAuthn L3): the credential may be backed up (synced).
+pub const FLAG_BE: u8 = 0x08;
+/// Backup state (WebAuthn L3): the credential is backed up. Never set without BE.
+pub const FLAG_BS: u8 = 0x10;
 /// Attested credential data included.
 pub const FLAG_AT: u8 = 0x40;
 /// Extension data included.
@@ -199,9 +205,12 @@ impl PublicKey {
             }
             KeyKind::EdDsa => {
                 let bytes: &[u8; 32] = raw.try_into().map_err(|_| Rejection::BadPublicKey)?;
-                ed25519_dalek::VerifyingKey::from_bytes(bytes)
-                    .map(PublicKey::EdDsa)
-                    .map_err(|_| Rejection::BadPublicKey)
+                let key = ed25519_dalek::VerifyingKey::from_bytes(bytes)
+                    .map_err(|_| Rejection::BadPublicKey)?;
+                if !ed25519_key_is_sound(&key) {
+                    return Err(Rejection::BadPublicKey);
+                }
+                Ok(PublicKey::EdDsa(key))
             }
         }
     }
@@ -285,8 +294,8 @@ impl PublicKey {
 
     /// Verifies `signature` over `message`. ES256: DER-encoded ECDSA signature
     /// (strict DER; high-S accepted, as WebAuthn does), SHA-256 of the message.
-    /// EdDSA: 64-byte Ed25519 signature, strict verification (no small-order keys,
-    /// canonical S).
+    /// EdDSA: 64-byte Ed25519 signature, strict verification (no small-order keys or
+    /// R, canonical S); the key itself was checked when it was parsed.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), Rejection> {
         match self {
             PublicKey::Es256(k) => {
@@ -302,6 +311,18 @@ impl PublicKey {
             }
         }
     }
+}
+
+/// Whether an Ed25519 public key is one a real key pair can have: its encoding is
+/// canonical (the point compresses back to the same 32 bytes: y below the field prime,
+/// no sign bit on x = 0), it is not of small order (strict verification refuses every
+/// signature for such a key, and a forger needs no private key for it), and it has no
+/// small-order component (an honest key is a multiple of the base point, which lies in
+/// the prime-order subgroup). A key that fails any of these is refused when it is
+/// parsed (enrolment, the enrolment file), not only when a login would fail.
+fn ed25519_key_is_sound(key: &ed25519_dalek::VerifyingKey) -> bool {
+    let point = key.to_edwards();
+    point.compress().as_bytes() == key.as_bytes() && !key.is_weak() && point.is_torsion_free()
 }
 
 /// Attested credential data (present in a makeCredential answer).
@@ -340,6 +361,11 @@ pub fn parse_auth_data(bytes: &[u8]) -> Result<AuthData<'_>, Rejection> {
     let mut rp_id_hash = [0u8; 32];
     rp_id_hash.copy_from_slice(&fixed[..32]);
     let flags = fixed[32];
+    if flags & FLAG_BS != 0 && flags & FLAG_BE == 0 {
+        // WebAuthn L3 §6.1: a credential that is not backup eligible cannot be backed
+        // up; §7.1 step 16 / §7.2 step 18 refuse it.
+        return Err(Rejection::MalformedAuthData);
+    }
     let sign_count = u32::from_be_bytes([fixed[33], fixed[34], fixed[35], fixed[36]]);
 
     let attested = if flags & FLAG_AT != 0 {

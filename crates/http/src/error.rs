@@ -11,13 +11,17 @@ use serde::Serialize;
 pub type HttpResponse = Response<Full<Bytes>>;
 
 /// Where a fault came from, so logs and metrics can tell a bad client from a broken
-/// k_server from our own bug.
+/// k_server from a full queue from our own bug. Set where the error is made: 4xx answers
+/// are the client's, and every other constructor says whose fault it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// The request was wrong or not allowed (4xx).
     Client,
     /// The FIDO2 device or k_server failed or was too slow.
     Upstream,
+    /// One of this process's own bounds was reached (a queue, the session limit, a
+    /// shutdown): nothing is broken, try again later.
+    Capacity,
     /// Something inside this process failed.
     Internal,
 }
@@ -29,20 +33,19 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub fault: Fault,
+    /// Why, for the log (never sent to the client): the underlying error's text.
+    pub cause: Option<Box<str>>,
     allow: Option<&'static str>,
     www_authenticate: Option<String>,
     retry_after: Option<u64>,
 }
 
 impl ApiError {
+    /// An answer whose fault is the client's (4xx) or, for any other status, this
+    /// process's own; [`ApiError::upstream`] and [`ApiError::capacity`] say otherwise.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         let fault = if status.is_client_error() {
             Fault::Client
-        } else if matches!(
-            status,
-            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE
-        ) {
-            Fault::Upstream
         } else {
             Fault::Internal
         };
@@ -51,6 +54,7 @@ impl ApiError {
             code,
             message: message.into(),
             fault,
+            cause: None,
             allow: None,
             www_authenticate: None,
             retry_after: None,
@@ -105,6 +109,22 @@ impl ApiError {
         );
         err.allow = Some(allow);
         err
+    }
+
+    /// k_server (or the key) failed or was too slow: 502, 503 or 504.
+    pub fn upstream(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(status, code, message).with_fault(Fault::Upstream)
+    }
+
+    /// 503 for a bound of our own (a queue, the session limit, shutting down).
+    pub fn capacity(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message).with_fault(Fault::Capacity)
+    }
+
+    /// Keeps the underlying error's text for the log.
+    pub fn with_cause(mut self, cause: impl std::fmt::Display) -> Self {
+        self.cause = Some(cause.to_string().into_boxed_str());
+        self
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
@@ -244,11 +264,23 @@ mod tests {
         assert_eq!(response.headers()[header::ALLOW], "POST");
     }
 
-    #[test]
-    fn fault_follows_status() {
+    #[tokio::test]
+    async fn fault_is_set_where_the_error_is_made() {
         assert_eq!(ApiError::not_found().fault, Fault::Client);
-        let upstream = ApiError::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", "x");
+        let upstream = ApiError::upstream(StatusCode::BAD_GATEWAY, "upstream_unavailable", "x");
         assert_eq!(upstream.fault, Fault::Upstream);
         assert_eq!(ApiError::internal("x").fault, Fault::Internal);
+        // A 503 of our own is not k_server's doing (it used to be guessed from the status).
+        let full = ApiError::capacity("login_queue_full", "x");
+        assert_eq!(
+            (full.status, full.fault),
+            (StatusCode::SERVICE_UNAVAILABLE, Fault::Capacity)
+        );
+        let bare = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "x", "y");
+        assert_eq!(bare.fault, Fault::Internal);
+        let with = ApiError::internal("x").with_cause("disk full");
+        assert_eq!(with.cause.as_deref(), Some("disk full"));
+        let body = body_json(with.into_response()).await;
+        assert!(!body.to_string().contains("disk full"), "{body}");
     }
 }

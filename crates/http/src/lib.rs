@@ -1,14 +1,17 @@
 #![forbid(unsafe_code)]
 //! HTTP plumbing shared by k_proxy and k_server: the JSON error type, bounded body and
-//! header reads, the accept loop with graceful shutdown, and log set-up.
+//! header reads, the method and content-type guards, the reload slot, the accept loop
+//! with graceful shutdown, and log set-up.
 //!
 //! Nothing here decides *who* may do *what*; that policy lives in the binaries.
 
 mod body;
 mod error;
+mod guards;
 mod limits;
 mod linger;
 mod serve;
+mod slot;
 mod telemetry;
 mod write_stall;
 
@@ -16,7 +19,9 @@ pub use body::{DrainLimits, RequestBody};
 pub use linger::{Linger, LingerLimits};
 
 pub use error::{json_response, ApiError, Fault, HttpResponse};
+pub use guards::{require_json, require_method, BODY_READ_TIMEOUT};
 pub use limits::{body_too_large, check_header_limits, read_body_limited, HeaderLimits};
 pub use serve::{serve, shutdown_signal, ConnInfo, ReloadableTls, ServeSettings};
+pub use slot::Slot;
 pub use telemetry::{describe_error, init_tracing};
 pub use write_stall::WriteStallLimit;

@@ -3,29 +3,17 @@
 
 use chromecard_hop::{validate_username, UsernameError};
 use chromecard_http::ApiError;
-use http::{header, HeaderMap, StatusCode};
+use http::HeaderMap;
 use serde_json::Value;
 
 /// Login bodies are tiny; anything larger is refused before parsing.
 pub const MAX_LOGIN_BODY: usize = 4096;
 
-/// Only JSON is accepted, which also keeps cross-site HTML forms (which cannot send
-/// application/json without a CORS preflight) from logging anyone in.
+/// 415 unless the login is declared JSON. Only JSON is accepted, which also keeps
+/// cross-site HTML forms (which cannot send application/json without a CORS preflight)
+/// from logging anyone in.
 pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-    if is_json {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Send the login as JSON with Content-Type: application/json.",
-        ))
-    }
+    chromecard_http::require_json(headers, "the login")
 }
 
 /// Scope entries are resource names: the first path segment after `/resource/`.
@@ -141,7 +129,7 @@ fn parse_scope(value: &Value) -> Result<Vec<String>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use http::{header, HeaderValue};
 
     fn code(body: &str) -> &'static str {
         parse_login(body.as_bytes()).unwrap_err().code

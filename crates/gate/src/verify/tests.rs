@@ -757,3 +757,193 @@ proptest! {
         let _ = crate::credentials::Enrolments::parse(&text, "f");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Issue 18: backup flags, weak Ed25519 keys, the extension map
+// ---------------------------------------------------------------------------
+
+#[test]
+fn backup_state_without_backup_eligibility_is_refused_at_login_and_enrolment() {
+    let (sk, pk) = es256(11);
+    let rp = rp_id_hash("chromecard");
+    let cdh = client_data_hash(b"c");
+    let sign = |ad: &[u8]| -> Vec<u8> {
+        let s: p256::ecdsa::Signature = sk.sign(&msg(ad, &cdh));
+        s.to_der().as_bytes().to_vec()
+    };
+    // Login: BS alone is refused however well signed; BE alone and BE|BS pass.
+    for (flags, ok) in [
+        (FLAG_UP | FLAG_BS, false),
+        (FLAG_UP | FLAG_UV | FLAG_BS, false),
+        (FLAG_UP | FLAG_BE, true),
+        (FLAG_UP | FLAG_BE | FLAG_BS, true),
+    ] {
+        let ad = auth_data("chromecard", flags, 3, &[]);
+        let r = verify_assertion(&pk, &ad, &sign(&ad), &expected(&rp, &cdh, false));
+        if ok {
+            assert!(r.is_ok(), "{flags:#x}: {r:?}");
+        } else {
+            assert_eq!(r, Err(Rejection::MalformedAuthData), "{flags:#x}");
+        }
+    }
+    // Enrolment: the same rule on makeCredential's authenticator data.
+    let new = |flags: u8| {
+        let mut ad = auth_data("chromecard", flags | FLAG_AT, 0, &[]);
+        ad.extend_from_slice(&[0u8; 16]);
+        ad.extend_from_slice(&[0, 2, 9, 9]);
+        ad.extend_from_slice(&pk.to_cose());
+        verify_new_credential(&ad, &rp, false)
+    };
+    assert_eq!(
+        new(FLAG_UP | FLAG_BS).unwrap_err(),
+        Rejection::MalformedAuthData
+    );
+    assert!(new(FLAG_UP | FLAG_BE).is_ok());
+    assert!(new(FLAG_UP | FLAG_BE | FLAG_BS).is_ok());
+}
+
+/// The eight small-order points of edwards25519 in their canonical encodings
+/// (the list libsodium refuses), and the non-canonical encodings of two of them.
+fn small_order_ed25519() -> Vec<[u8; 32]> {
+    let mut out: Vec<[u8; 32]> = [
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0000000000000000000000000000000000000000000000000000000000000080",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+        // y = p + 1 (the identity) and y = p - 1 with the sign bit set on x = 0.
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    ]
+    .iter()
+    .map(|h| hex(h).try_into().unwrap())
+    .collect();
+    out.dedup();
+    out
+}
+
+#[test]
+fn weak_ed25519_keys_are_refused_where_they_are_parsed() {
+    let rp = rp_id_hash("chromecard");
+    let enrol_with = |cose: &[u8]| {
+        let mut ad = auth_data("chromecard", FLAG_UP | FLAG_AT, 0, &[]);
+        ad.extend_from_slice(&[0u8; 16]);
+        ad.extend_from_slice(&[0, 1, 7]);
+        ad.extend_from_slice(cose);
+        verify_new_credential(&ad, &rp, false)
+    };
+    let cose_of = |raw: &[u8; 32]| {
+        let mut c = vec![0xa4, 0x01, 0x01, 0x03, 0x27, 0x20, 0x06, 0x21, 0x58, 0x20];
+        c.extend_from_slice(raw);
+        c
+    };
+    let mut weak = small_order_ed25519();
+    // Every other non-canonical encoding (y >= p, with either sign bit) that decodes.
+    for k in 0u8..19 {
+        for sign in [0u8, 0x80] {
+            let mut raw = [0xffu8; 32];
+            raw[0] = 0xed + k;
+            raw[31] = 0x7f | sign;
+            if ed25519_dalek::VerifyingKey::from_bytes(&raw).is_ok() {
+                weak.push(raw);
+            }
+        }
+    }
+    // A good key plus a point of order 8: canonical, not small order, not in the
+    // prime-order subgroup.
+    let (_, good) = eddsa(7);
+    let PublicKey::EdDsa(g) = &good else {
+        unreachable!()
+    };
+    let torsion = ed25519_dalek::VerifyingKey::from_bytes(&weak[4]).unwrap();
+    let mixed = (g.to_edwards() + torsion.to_edwards())
+        .compress()
+        .to_bytes();
+    weak.push(mixed);
+    assert!(weak.len() > 10, "{}", weak.len());
+    for raw in &weak {
+        assert_eq!(
+            PublicKey::from_raw(KeyKind::EdDsa, raw),
+            Err(Rejection::BadPublicKey),
+            "{raw:02x?}"
+        );
+        assert_eq!(
+            PublicKey::from_cose(&cose_of(raw)),
+            Err(Rejection::BadPublicKey)
+        );
+        assert_eq!(
+            enrol_with(&cose_of(raw)).unwrap_err(),
+            Rejection::BadPublicKey
+        );
+    }
+    // The good key itself passes everywhere.
+    let PublicKey::EdDsa(k) = &good else {
+        unreachable!()
+    };
+    assert!(PublicKey::from_raw(KeyKind::EdDsa, k.as_bytes()).is_ok());
+    assert!(enrol_with(&good.to_cose()).is_ok());
+}
+
+#[test]
+fn the_extension_map_must_be_well_formed_cbor() {
+    let (sk, pk) = es256(12);
+    let rp = rp_id_hash("chromecard");
+    let cdh = client_data_hash(b"c");
+    let sign = |ad: &[u8]| -> Vec<u8> {
+        let s: p256::ecdsa::Signature = sk.sign(&msg(ad, &cdh));
+        s.to_der().as_bytes().to_vec()
+    };
+    let key = |k: &str| {
+        let mut v = vec![0x60 | k.len() as u8];
+        v.extend_from_slice(k.as_bytes());
+        v
+    };
+    let map = |entries: &[(&str, &[u8])]| {
+        let mut v = vec![0xa0 | entries.len() as u8];
+        for (k, val) in entries {
+            v.extend(key(k));
+            v.extend_from_slice(val);
+        }
+        v
+    };
+    // credProtect and hmac-secret, as real keys send them.
+    let good = map(&[("credProtect", &[0x02]), ("hmac-secret", &[0xf5])]);
+    let ok = auth_data("chromecard", FLAG_UP | FLAG_ED, 1, &good);
+    assert!(verify_assertion(&pk, &ok, &sign(&ok), &expected(&rp, &cdh, false)).is_ok());
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("ill-formed simple value", map(&[("x", &[0xf8, 0x18])])),
+        ("undefined", map(&[("x", &[0xf7])])),
+        (
+            "duplicate key",
+            map(&[("credProtect", &[0x02]), ("credProtect", &[0x03])]),
+        ),
+        ("non-UTF-8 text", map(&[("x", &[0x62, 0xc3, 0x28])])),
+        ("non-UTF-8 key", vec![0xa1, 0x62, 0xff, 0xfe, 0x01]),
+        ("a tag", map(&[("x", &[0xc0, 0x61, b'a'])])),
+        ("a tagged map", vec![0xd9, 0xd9, 0xf7, 0xa0]),
+        ("non-shortest head", map(&[("x", &[0x18, 0x01])])),
+        ("indefinite map", vec![0xbf, 0xff]),
+    ];
+    for (what, ext) in bad {
+        let ad = auth_data("chromecard", FLAG_UP | FLAG_ED, 1, &ext);
+        assert_eq!(
+            verify_assertion(&pk, &ad, &sign(&ad), &expected(&rp, &cdh, false)),
+            Err(Rejection::MalformedAuthData),
+            "{what}"
+        );
+        // And at enrolment, after the attested credential data.
+        let mut reg = auth_data("chromecard", FLAG_UP | FLAG_AT | FLAG_ED, 0, &[]);
+        reg.extend_from_slice(&[0u8; 16]);
+        reg.extend_from_slice(&[0, 1, 5]);
+        reg.extend_from_slice(&pk.to_cose());
+        reg.extend_from_slice(&ext);
+        assert_eq!(
+            verify_new_credential(&reg, &rp, false).unwrap_err(),
+            Rejection::MalformedAuthData,
+            "{what}"
+        );
+    }
+}

@@ -1,0 +1,61 @@
+//! Phase 3, authenticate: the one place a request's credential (Bearer header, or the
+//! session cookie with its CSRF check) becomes a live session. Every [`crate::route::Authed`]
+//! handler takes an [`Authenticated`], and only [`authenticate`] makes one.
+
+use std::sync::Arc;
+
+use chromecard_http::ApiError;
+use chromecard_request::{take_credential, Credential, CredentialSource};
+use chromecard_session::{SessionStore, SessionView};
+use http::{HeaderMap, Method};
+
+use crate::admit::Site;
+use crate::respond::session_error;
+
+/// A request whose credential names a live session. The fields are private: the only way
+/// to hold one is through [`authenticate`].
+pub struct Authenticated<'h> {
+    credential: Credential<'h>,
+    session: SessionView,
+}
+
+impl Authenticated<'_> {
+    /// The presented token (for the session store's own calls: refresh, revoke, list).
+    pub fn token(&self) -> &str {
+        self.credential.token
+    }
+
+    /// Bearer header or cookie (a cookie session gets its cookie refreshed or cleared).
+    pub fn source(&self) -> CredentialSource {
+        self.credential.source
+    }
+
+    /// The session, as validated.
+    pub fn session(&self) -> &SessionView {
+        &self.session
+    }
+
+    /// The user, for the access log.
+    pub fn username(&self) -> Arc<str> {
+        self.session.username.clone()
+    }
+}
+
+/// The credential and its session. A cookie is taken only with the CSRF header and an
+/// `Origin` naming this k_proxy by the host the request was addressed to (never merely
+/// the client's `Host`: a DNS-rebinding page chooses both).
+pub fn authenticate<'h>(
+    sessions: &SessionStore,
+    site: &Site,
+    headers: &'h HeaderMap,
+    method: &Method,
+) -> Result<Authenticated<'h>, ApiError> {
+    let credential = take_credential(headers, method, &|origin: &str| {
+        site.hosts.allows_origin(origin, site.addressed.as_ref())
+    })?;
+    let session = sessions.validate(credential.token).map_err(session_error)?;
+    Ok(Authenticated {
+        credential,
+        session,
+    })
+}

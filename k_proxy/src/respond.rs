@@ -1,0 +1,77 @@
+//! Phase 6, respond: how what happened becomes an answer. The session store's and the
+//! gate's refusals as HTTP errors (each with where the fault lies), the token answer
+//! (the only place a token is written out), and cookies.
+
+use chromecard_gate::GateError;
+use chromecard_http::{json_response, ApiError, Fault, HttpResponse};
+use chromecard_session::{EndReason, Issued, SessionError};
+use http::StatusCode;
+use serde_json::json;
+
+/// 401 with the reason the token stopped working, so the client knows what to do next.
+pub fn session_error(err: SessionError) -> ApiError {
+    let (code, sentence) = match err {
+        SessionError::Ended(EndReason::Expired) => ("expired", "The session has reached its lifetime; log in again (touch the key)."),
+        SessionError::Ended(EndReason::IdleTimeout) => ("idle_timeout", "The session was unused for too long; log in again (touch the key)."),
+        SessionError::Ended(EndReason::LoggedOut) => ("logged_out", "The session was logged out; log in again (touch the key)."),
+        SessionError::Ended(EndReason::Superseded) => ("superseded", "This token was replaced by a refresh or a newer login; use the newer token or log in again."),
+        SessionError::Malformed | SessionError::Unknown => ("invalid_token", "The session token is unknown; log in again (touch the key)."),
+        SessionError::Full(max) => {
+            return ApiError::capacity(
+                "session_limit",
+                format!("k_proxy already holds {max} live sessions; try again when some expire."),
+            )
+        }
+        SessionError::Storage(_) | SessionError::NoRandomness => {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "session_store_unavailable",
+                "The session could not be recorded; try again later.",
+            )
+            .with_cause(err);
+        }
+    };
+    ApiError::unauthorized(code, sentence)
+}
+
+/// Gate refusals are 401 (no session), a busy device is 503 (try again shortly).
+pub fn gate_error(err: &GateError) -> ApiError {
+    match err {
+        GateError::Busy { .. } => ApiError::capacity(err.code(), err.client_message()),
+        // k_proxy's own enrolment records failed: not the client's fault, not a refusal.
+        _ if err.is_server_fault() => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            err.code(),
+            err.client_message(),
+        )
+        .with_cause(err),
+        // The key (or whoever held it) said no: the device's doing, not a bad request.
+        _ => ApiError::login_refused(err.code(), err.client_message())
+            .with_fault(Fault::Upstream)
+            .with_cause(err),
+    }
+}
+
+/// The login and refresh answer; the only place a token is written out.
+pub fn token_response(issued: &Issued) -> HttpResponse {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "session_token": issued.token.expose(),
+            "token_type": "Bearer",
+            "username": &*issued.session.username,
+            "session_id": issued.session.id,
+            "expires_in": issued.session.expires_in.as_secs(),
+            "scope": issued.session.scope.as_deref(),
+        }),
+    )
+}
+
+/// Appends a `Set-Cookie` (when there is one to set).
+pub fn set_cookie(response: &mut HttpResponse, value: Option<http::HeaderValue>) {
+    if let Some(value) = value {
+        response
+            .headers_mut()
+            .append(http::header::SET_COOKIE, value);
+    }
+}
