@@ -132,49 +132,9 @@ impl Upstream {
         let user = HeaderValue::from_str(user)
             .map_err(|_| ApiError::internal("The session's username cannot be sent."))?;
         // Built again for the one retry (the body is shared bytes).
-        let build = || {
-            let mut request = Request::builder()
-                .method(method.clone())
-                .uri(uri.clone())
-                .body(Full::new(body.clone()))
-                .map_err(|_| ApiError::internal("The forwarded request could not be built."))?;
-            *request.headers_mut() = rewrite_request_headers(client_headers);
-            let headers = request.headers_mut();
-            // Static names: inserting by &str would allocate a new HeaderName per request.
-            headers.insert(
-                HeaderName::from_static(PROXY_TOKEN_HEADER),
-                self.proxy_token.clone(),
-            );
-            if let Some(host) = &self.host {
-                headers.insert(header::HOST, host.clone());
-            }
-            headers.insert(HeaderName::from_static(USER_HEADER), user.clone());
-            Ok::<_, ApiError>(request)
-        };
-
+        let build = || self.request(&method, &uri, client_headers, &body, &user);
         let exchange = async {
-            let response = match self.client.request(build()?).await {
-                Ok(response) => response,
-                Err(err) => match retry_reason(&method, &err) {
-                    None => {
-                        return Err(unavailable().with_cause(chromecard_http::describe_error(&err)));
-                    }
-                    Some(reason) => {
-                        tracing::info!(
-                            error = %chromecard_http::describe_error(&err),
-                            %method,
-                            reason,
-                            "k_server did not answer on a pooled connection; sending the request once more on a new one"
-                        );
-                        self.fresh.request(build()?).await.map_err(|err| {
-                            unavailable().with_cause(format!(
-                                "after one retry: {}",
-                                chromecard_http::describe_error(&err)
-                            ))
-                        })?
-                    }
-                },
-            };
+            let response = self.send_with_one_retry(&method, build).await?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_UPSTREAM_BODY)
                 .collect()
@@ -187,21 +147,7 @@ impl Upstream {
         };
         let response = tokio::time::timeout(self.response_timeout, exchange)
             .await
-            .map_err(|_| {
-                tracing::warn!(
-                    timeout_secs = self.response_timeout.as_secs(),
-                    "k_server too slow"
-                );
-                ApiError::upstream(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    format!(
-                        "k_server did not answer within {} seconds.",
-                        self.response_timeout.as_secs()
-                    ),
-                )
-            })??;
-
+            .map_err(|_| self.too_slow())??;
         if response.status() == StatusCode::UNAUTHORIZED {
             // k_server refusing *us* is a configuration fault, not the client's: a 401 here
             // would wrongly tell the client to log in again.
@@ -209,7 +155,7 @@ impl Upstream {
                 "k_server refused k_proxy's credentials: check that both use the same proxy token"
             );
             return Err(ApiError::upstream(
-            StatusCode::BAD_GATEWAY,
+                StatusCode::BAD_GATEWAY,
                 "upstream_rejected_proxy",
                 "k_server refused k_proxy's credentials; the operator must check the proxy token on both.",
             ));
@@ -217,6 +163,79 @@ impl Upstream {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, Full::new(body)))
+    }
+
+    /// The request k_server gets: the client's headers less hop-by-hop and identity
+    /// headers, then the proxy token, k_server's Host and the session's user.
+    fn request(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        client_headers: &HeaderMap,
+        body: &Bytes,
+        user: &HeaderValue,
+    ) -> Result<Request<Full<Bytes>>, ApiError> {
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(uri.clone())
+            .body(Full::new(body.clone()))
+            .map_err(|_| ApiError::internal("The forwarded request could not be built."))?;
+        *request.headers_mut() = rewrite_request_headers(client_headers);
+        let headers = request.headers_mut();
+        // Static names: inserting by &str would allocate a new HeaderName per request.
+        headers.insert(
+            HeaderName::from_static(PROXY_TOKEN_HEADER),
+            self.proxy_token.clone(),
+        );
+        if let Some(host) = &self.host {
+            headers.insert(header::HOST, host.clone());
+        }
+        headers.insert(HeaderName::from_static(USER_HEADER), user.clone());
+        Ok(request)
+    }
+
+    /// Sends on the pool; a request k_server provably never got (see `retry_reason`) goes
+    /// once more on a new connection, outside the pool.
+    async fn send_with_one_retry(
+        &self,
+        method: &Method,
+        build: impl Fn() -> Result<Request<Full<Bytes>>, ApiError>,
+    ) -> Result<Response<hyper::body::Incoming>, ApiError> {
+        let err = match self.client.request(build()?).await {
+            Ok(response) => return Ok(response),
+            Err(err) => err,
+        };
+        let Some(reason) = retry_reason(method, &err) else {
+            return Err(unavailable().with_cause(chromecard_http::describe_error(&err)));
+        };
+        tracing::info!(
+            error = %chromecard_http::describe_error(&err),
+            %method,
+            reason,
+            "k_server did not answer on a pooled connection; sending the request once more on a new one"
+        );
+        self.fresh.request(build()?).await.map_err(|err| {
+            unavailable().with_cause(format!(
+                "after one retry: {}",
+                chromecard_http::describe_error(&err)
+            ))
+        })
+    }
+
+    /// 504 when k_server does not answer within --upstream-timeout.
+    fn too_slow(&self) -> ApiError {
+        tracing::warn!(
+            timeout_secs = self.response_timeout.as_secs(),
+            "k_server too slow"
+        );
+        ApiError::upstream(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            format!(
+                "k_server did not answer within {} seconds.",
+                self.response_timeout.as_secs()
+            ),
+        )
     }
 
     /// Readiness: k_server answers `GET /healthz` over the pooled connection within 2 s.
