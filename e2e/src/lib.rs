@@ -925,6 +925,15 @@ pub struct Client {
 }
 
 impl Client {
+    /// The port this client talks to (its base is `scheme://127.0.0.1:PORT`).
+    pub fn port(&self) -> u16 {
+        self.base
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("client base {:?} does not end with :PORT", self.base))
+    }
+
     /// `http://127.0.0.1:port`
     pub fn plain(port: u16) -> Client {
         Client {
@@ -1178,6 +1187,11 @@ pub fn start_proxy_plain_to_tls(certs: &Certs, sport: u16, extra: &[&str]) -> (P
 /// The full split-VM shape on ephemeral ports: k_server with mTLS, k_proxy serving TLS
 /// and talking mTLS to k_server, `--gate soft`. Returns (server, proxy, client of proxy).
 pub fn start_tls_chain(certs: &Certs) -> (Proc, u16, Proc, Client) {
+    start_tls_chain_with(certs, &["--gate", "soft"])
+}
+
+/// [`start_tls_chain`] with k_proxy's gate flags given by the caller (`--gate fido2 ...`).
+pub fn start_tls_chain_with(certs: &Certs, gate_flags: &[&str]) -> (Proc, u16, Proc, Client) {
     let (server, sport) = start_server_tls(certs);
     let pport = free_port();
     let proxy = Spawn::k_proxy()
@@ -1198,11 +1212,35 @@ pub fn start_tls_chain(certs: &Certs) -> (Proc, u16, Proc, Client) {
             &s(certs.proxy_crt()),
             "--tls-keyfile",
             &s(certs.proxy_key()),
-            "--gate",
-            "soft",
         ])
+        .args(gate_flags)
         .start(pport);
     (server, sport, proxy, Client::tls(pport, &certs.ca()))
+}
+
+/// Runs `scripts/runbook.sh` (the prototype's curl flow) against k_proxy's TLS port as
+/// `username`; panics with its output (and `context`) unless all five steps pass.
+pub fn assert_runbook_passes(port: u16, ca: &Path, username: &str, context: &dyn Fn() -> String) {
+    let ran = run(
+        Command::new(workspace_file("scripts/runbook.sh")).args([
+            "--port",
+            &port.to_string(),
+            "--cacert",
+            &s(ca),
+            "--username",
+            username,
+        ]),
+        None,
+        Duration::from_secs(120),
+    );
+    assert!(
+        ran.success() && ran.stdout.contains("runbook: all 5 steps passed"),
+        "runbook.sh against k_proxy on {port}: {}\n{}\n{}\n{}",
+        ran.describe_status(),
+        ran.stdout,
+        ran.stderr,
+        context()
+    );
 }
 
 /// A running virtual FIDO2 key (`chromecard-vkey`) and the hidraw node it made.

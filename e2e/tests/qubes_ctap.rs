@@ -4,7 +4,6 @@
 //! CTAPHID_MSG), and k_proxy must enrol, log in, time out and recover through it.
 //! Needs /dev/uhid: scripts/test-usb.sh runs these in a VM, one at a time.
 
-use std::process::Command;
 use std::time::Duration;
 
 use chromecard_e2e::*;
@@ -18,49 +17,22 @@ fn enrolment_and_the_runbook_through_qubes_ctap_proxy() {
     let key = usb.vkey("key", &[QUBES]);
     usb.enroll_ok("alice");
     let certs = Certs::generate();
-    let (_server, sport) = start_server_tls(&certs);
-    let pport = free_port();
-    let mut proxy = Spawn::k_proxy()
-        .args([
-            "--port",
-            &pport.to_string(),
-            "--server-base-url",
-            &format!("https://127.0.0.1:{sport}"),
-            "--server-ca-file",
-            &s(certs.ca()),
-            "--proxy-token",
-            PROXY_TOKEN,
-            "--tls-certfile",
-            &s(certs.proxy_crt()),
-            "--tls-keyfile",
-            &s(certs.proxy_key()),
-        ])
-        .args(usb.gate_flags("10"))
-        .start(pport);
-    let ran = run(
-        Command::new(workspace_file("scripts/runbook.sh")).args([
-            "--port",
-            &pport.to_string(),
-            "--cacert",
-            &s(certs.ca()),
-        ]),
-        None,
-        Duration::from_secs(120),
-    );
-    assert!(
-        ran.success() && ran.stdout.contains("runbook: all 5 steps passed"),
-        "runbook.sh through Qubes' CTAP proxy: {}\n{}\n{}\n{}\n{}",
-        ran.describe_status(),
-        ran.stdout,
-        ran.stderr,
-        proxy.logs(),
-        key.log()
-    );
-    // Every CTAP2 answer came framed as CTAPHID_MSG, and none was a keep-alive.
+    let flags = usb.gate_flags("10");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (_server, _sport, mut proxy, client) = start_tls_chain_with(&certs, &flags);
+    assert_runbook_passes(client.port(), &certs.ca(), "alice", &|| {
+        format!("{}\n{}", proxy.logs(), key.log())
+    });
+    // The answers came framed as CTAPHID_MSG, and k_proxy read them as CBOR.
     assert!(
         key.log().contains("authenticatorGetAssertion"),
         "{}",
         key.log()
+    );
+    assert!(
+        proxy.stderr().contains("framed as CTAPHID_MSG"),
+        "{}",
+        proxy.stderr()
     );
     proxy.assert_running();
 }

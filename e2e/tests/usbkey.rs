@@ -31,50 +31,12 @@ fn enrol_over_usb_then_the_runbook_through_the_whole_chain() {
 
     // The split-VM shape: k_server with mutual TLS, k_proxy serving TLS on the USB key.
     let certs = Certs::generate();
-    let (_server, sport) = start_server_tls(&certs);
-    let pport = free_port();
-    let mut proxy = Spawn::k_proxy()
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &pport.to_string(),
-            "--session-ttl",
-            "300",
-            "--server-base-url",
-            &format!("https://127.0.0.1:{sport}"),
-            "--server-ca-file",
-            &s(certs.ca()),
-            "--proxy-token",
-            PROXY_TOKEN,
-            "--tls-certfile",
-            &s(certs.proxy_crt()),
-            "--tls-keyfile",
-            &s(certs.proxy_key()),
-        ])
-        .args(usb.gate_flags("10"))
-        .start(pport);
-    let ran = run(
-        Command::new(workspace_file("scripts/runbook.sh")).args([
-            "--port",
-            &pport.to_string(),
-            "--cacert",
-            &s(certs.ca()),
-            "--username",
-            "alice",
-        ]),
-        None,
-        Duration::from_secs(120),
-    );
-    assert!(
-        ran.success() && ran.stdout.contains("runbook: all 5 steps passed"),
-        "runbook.sh against the chain on the USB key: {}\n{}\n{}\n{}\n{}",
-        ran.describe_status(),
-        ran.stdout,
-        ran.stderr,
-        proxy.logs(),
-        key.log()
-    );
+    let flags = usb.gate_flags("10");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (_server, _sport, mut proxy, client) = start_tls_chain_with(&certs, &flags);
+    assert_runbook_passes(client.port(), &certs.ca(), "alice", &|| {
+        format!("{}\n{}", proxy.logs(), key.log())
+    });
     let log = proxy.stderr();
     assert!(log.contains("GATE LEVEL: ASSERTION"), "{log}");
     assert!(log.contains("USB FIDO2 key"), "{log}");
