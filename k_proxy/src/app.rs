@@ -6,7 +6,8 @@
 //!    route that needs one;
 //! 4. authorise (authorise.rs): the session's scope (the cookie's CSRF check is part of
 //!    the credential);
-//! 5. the room's handler: login.rs, session_api.rs, forward.rs (then upstream.rs), probes.rs;
+//! 5. the room's handler: login.rs, session_api.rs, probes.rs, or forward.rs, which has
+//!    rewrite.rs strip what may not cross and upstream.rs carry it to k_server;
 //! 6. respond (respond.rs): refusals as JSON errors, the token answer, cookies;
 //! 7. log (log.rs): the access line, and the cause of any fault that is not the client's.
 //!

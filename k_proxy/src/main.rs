@@ -20,6 +20,7 @@ mod metrics;
 mod probes;
 mod reload;
 mod respond;
+mod rewrite;
 mod route;
 mod session_api;
 mod sweeper;
