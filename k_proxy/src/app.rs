@@ -38,6 +38,8 @@ enum Route {
     Logout,
     List,
     Resource,
+    /// The browser page and its endpoints (ui.rs).
+    Ui(crate::ui::UiRoute),
 }
 
 fn route(path: &str) -> Option<Route> {
@@ -50,7 +52,7 @@ fn route(path: &str) -> Option<Route> {
         "/session/logout" => Some(Route::Logout),
         "/session/list" => Some(Route::List),
         p if p.starts_with("/resource/") => Some(Route::Resource),
-        _ => None,
+        p => crate::ui::route(p).map(Route::Ui),
     }
 }
 
@@ -79,6 +81,8 @@ pub struct App {
     /// Becomes true when shutdown starts: a login waiting for a touch is abandoned at once
     /// (dropping the gate's future cancels the key operation) instead of holding the drain.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// What the browser page counts down from (ui.rs).
+    pub ui: crate::ui::UiSettings,
 }
 
 impl App {
@@ -279,6 +283,19 @@ impl App {
                     &json!({"username": &*current.username, "sessions": sessions}),
                 ))
             }
+            Route::Ui(crate::ui::UiRoute::EndSession) => {
+                let credential = site.credential(request.headers(), request.method())?;
+                let token = credential.token.to_owned();
+                let credential = Credential {
+                    token: &token,
+                    ..credential
+                };
+                let (response, who) =
+                    crate::ui::end_session(request, credential, &self.sessions, conn.peer).await?;
+                *user = Some(who);
+                Ok(response)
+            }
+            Route::Ui(page) => crate::ui::asset(page, request.method(), self.ui, &self.sessions),
             Route::Resource => {
                 let path_and_query = checked_resource_path(&request)?;
                 let credential = site.credential(request.headers(), request.method())?;
@@ -602,7 +619,7 @@ fn require_method(method: &Method, allowed: Method, allow: &'static str) -> Resu
 }
 
 /// 401 with the reason the token stopped working, so the client knows what to do next.
-fn session_error(err: SessionError) -> ApiError {
+pub(crate) fn session_error(err: SessionError) -> ApiError {
     let (code, sentence) = match err {
         SessionError::Ended(EndReason::Expired) => ("expired", "The session has reached its lifetime; log in again (touch the key)."),
         SessionError::Ended(EndReason::IdleTimeout) => ("idle_timeout", "The session was unused for too long; log in again (touch the key)."),

@@ -11,7 +11,9 @@ mod gate_setup;
 mod host_allow;
 mod metrics;
 mod throttle;
+mod ui;
 mod upstream;
+mod ws;
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -98,6 +100,9 @@ fn run(config: config::Config, args: args::Args) -> anyhow::Result<()> {
             max_waiting_logins: config.max_waiting_logins,
             metrics,
             stopping,
+            ui: ui::UiSettings {
+                touch_timeout: Duration::from_secs(args.touch_timeout),
+            },
         });
         let reloader = tokio::spawn(reload_on_sighup(args, app.clone(), tls.clone()));
         let handler = move |request, conn| {
