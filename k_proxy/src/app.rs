@@ -40,6 +40,9 @@ enum Route {
     Resource,
     /// The browser page and its endpoints (ui.rs).
     Ui(crate::ui::UiRoute),
+    /// `POST /session/ws-ticket` and `GET /resource/<name>/events?ticket=` (ws.rs).
+    WsTicket,
+    Events,
 }
 
 fn route(path: &str) -> Option<Route> {
@@ -51,6 +54,7 @@ fn route(path: &str) -> Option<Route> {
         "/session/refresh" => Some(Route::Refresh),
         "/session/logout" => Some(Route::Logout),
         "/session/list" => Some(Route::List),
+        "/session/ws-ticket" => Some(Route::WsTicket),
         p if p.starts_with("/resource/") => Some(Route::Resource),
         p => crate::ui::route(p).map(Route::Ui),
     }
@@ -83,6 +87,8 @@ pub struct App {
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// What the browser page counts down from (ui.rs).
     pub ui: crate::ui::UiSettings,
+    /// WebSocket tickets and the open event sockets (ws.rs).
+    pub sockets: Arc<crate::ws::Sockets>,
 }
 
 impl App {
@@ -181,7 +187,10 @@ impl App {
         user: &mut Option<Arc<str>>,
     ) -> Result<HttpResponse, ApiError> {
         check_header_limits(request.headers(), self.header_limits)?;
-        let route = route(request.uri().path());
+        let route = match route(request.uri().path()) {
+            Some(Route::Resource) if crate::ws::is_events_request(&request) => Some(Route::Events),
+            route => route,
+        };
         let hosts = self.hosts();
         // Health probes answer any name: they carry no session and no secret.
         let addressed = match route {
@@ -294,6 +303,47 @@ impl App {
                     crate::ui::end_session(request, credential, &self.sessions, conn.peer).await?;
                 *user = Some(who);
                 Ok(response)
+            }
+            Route::WsTicket => {
+                require_method(request.method(), Method::POST, "POST")?;
+                let credential = site.credential(request.headers(), request.method())?;
+                let session = self
+                    .sessions
+                    .validate(credential.token)
+                    .map_err(session_error)?;
+                *user = Some(session.username.clone());
+                let ours = |origin: &str| site.hosts.allows_origin(origin, site.addressed);
+                crate::ws::ticket_response(
+                    &self.sockets,
+                    &request,
+                    &session,
+                    credential.token,
+                    &ours,
+                )
+            }
+            Route::Events => {
+                // A credential the upgrade carries (a browser's cookie) must be the
+                // ticket's own session; the ticket alone is enough.
+                let presented = site
+                    .credential(request.headers(), request.method())
+                    .ok()
+                    .map(|credential| credential.token.to_owned());
+                let admitted = crate::ws::admit(
+                    &self.sockets,
+                    &self.sessions,
+                    &request,
+                    presented.as_deref(),
+                )?;
+                *user = Some(admitted.redeemed.username.clone());
+                crate::ws::open(
+                    admitted,
+                    request,
+                    self.upstream(),
+                    self.sessions.clone(),
+                    self.sockets.limits,
+                    self.stopping.clone(),
+                )
+                .await
             }
             Route::Ui(page) => crate::ui::asset(page, request.method(), self.ui, &self.sessions),
             Route::Resource => {
