@@ -182,13 +182,16 @@
     if (left <= 0) ended('expired');
   }
 
-  function ended(code, own) {
+  function ended(code, own, bySocket) {
     if (!state.active) return;
     state.active = false;
     state.leaving = true;
     clearInterval(state.tick);
     closeSockets();
-    $('ended-why').textContent = own ? own : sentence(code) + ' Log in again to continue.';
+    notice('');
+    hideSecret();
+    const closed = bySocket ? ' k_proxy closed this page\'s live connection.' : '';
+    $('ended-why').textContent = own ? own : sentence(code) + closed + ' Log in again to continue.';
     show('ended-view');
     $('again').focus();
   }
@@ -376,7 +379,7 @@
       // 4401: k_proxy ended the socket because the session ended; the reason says why.
       if (event.code === 4401) {
         const why = (event.reason || '').split(':')[1] || 'logged_out';
-        ended(why);
+        ended(why, null, true);
         return;
       }
       if (state.active && !state.leaving) {
