@@ -20,6 +20,7 @@ const UPGRADE: [&str; 4] = [
 ];
 
 struct Chain {
+    _certs: Certs,
     _server: Proc,
     proxy: Proc,
     server_logs: Box<dyn Fn() -> String>,
@@ -29,11 +30,12 @@ struct Chain {
 
 /// k_server with mutual TLS, k_proxy (plain towards the test, mutual TLS to k_server).
 fn chain(extra: &[&str]) -> Chain {
-    let certs = Box::leak(Box::new(Certs::generate()));
-    let (server, sport) = start_server_tls(certs);
-    let (proxy, port, c) = start_proxy_plain_to_tls(certs, sport, extra);
+    let certs = Certs::generate();
+    let (server, sport) = start_server_tls(&certs);
+    let (proxy, port, c) = start_proxy_plain_to_tls(&certs, sport, extra);
     let server_dir = server.dir().to_path_buf();
     Chain {
+        _certs: certs,
         _server: server,
         proxy,
         server_logs: Box::new(move || {
@@ -391,7 +393,9 @@ fn assert_closed_within_a_second(socket: &mut Socket, since: Instant, reason: &s
     let (code, why, at) = wait_close(socket, Duration::from_secs(3));
     assert_eq!(code, 4401, "{why}");
     assert_eq!(why, format!("session_ended:{reason}"));
-    let took = at - since;
+    let took = at
+        .checked_duration_since(since)
+        .expect("the socket closed before its session ended");
     assert!(
         took < Duration::from_secs(1),
         "closed {took:?} after the session ended"
@@ -461,9 +465,10 @@ fn a_socket_closes_within_a_second_of_expiry_and_idle_timeout() {
     let ch = chain(&["--idle-timeout", "2"]);
     let (c, port) = (&ch.c, ch.port);
     let tok = c.login_ok("alice");
-    let t = ticket(c, &tok, Some(&origin(port)));
-    // The ticket request was the session's last use; the socket is not one.
+    // The ticket request is the session's last use (the socket is not one): the session
+    // ends 2 s after it was answered, so no sooner than 2 s after it was sent.
     let used_at = Instant::now();
+    let t = ticket(c, &tok, Some(&origin(port)));
     let mut s = open(port, "counter", &t);
     assert_closed_within_a_second(&mut s, used_at + Duration::from_secs(2), "idle_timeout");
 }

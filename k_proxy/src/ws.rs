@@ -753,6 +753,27 @@ mod tests {
         )
     }
 
+    /// A client that answers no ping (here: never reads at all) is closed after two.
+    #[tokio::test]
+    async fn a_client_that_answers_no_ping_is_closed() {
+        let limits = SocketLimits {
+            ping_interval: Duration::from_millis(100),
+            ..SocketLimits::default()
+        };
+        let (_stop, stopping) = tokio::sync::watch::channel(false);
+        let (proxy_side, _silent) = pair(64 * 1024, None).await;
+        let (server_side, _server) = pair(64 * 1024, None).await;
+        let started = Instant::now();
+        let why = tokio::time::timeout(
+            Duration::from_secs(2),
+            relay(proxy_side, server_side, || Ok(()), limits, stopping),
+        )
+        .await
+        .expect("closed");
+        assert_eq!(why, "no answer to pings");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+
     /// A client that never reads is dropped once a message waits longer than the send
     /// timeout, instead of being buffered for without end; and the relay ends promptly
     /// when the session ends, with 4401 and the reason.
