@@ -92,7 +92,7 @@ pub struct App {
 }
 
 impl App {
-    fn upstream(&self) -> Arc<Upstream> {
+    pub(crate) fn upstream(&self) -> Arc<Upstream> {
         match self.upstream.read() {
             Ok(upstream) => upstream.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -292,59 +292,12 @@ impl App {
                     &json!({"username": &*current.username, "sessions": sessions}),
                 ))
             }
+            // The browser's routes: their handlers are in ui.rs and ws.rs.
             Route::Ui(crate::ui::UiRoute::EndSession) => {
-                let credential = site.credential(request.headers(), request.method())?;
-                let token = credential.token.to_owned();
-                let credential = Credential {
-                    token: &token,
-                    ..credential
-                };
-                let (response, who) =
-                    crate::ui::end_session(request, credential, &self.sessions, conn.peer).await?;
-                *user = Some(who);
-                Ok(response)
+                self.end_session(request, conn, &site, user).await
             }
-            Route::WsTicket => {
-                require_method(request.method(), Method::POST, "POST")?;
-                let credential = site.credential(request.headers(), request.method())?;
-                let session = self
-                    .sessions
-                    .validate(credential.token)
-                    .map_err(session_error)?;
-                *user = Some(session.username.clone());
-                let ours = |origin: &str| site.hosts.allows_origin(origin, site.addressed);
-                crate::ws::ticket_response(
-                    &self.sockets,
-                    &request,
-                    &session,
-                    credential.token,
-                    &ours,
-                )
-            }
-            Route::Events => {
-                // A credential the upgrade carries (a browser's cookie) must be the
-                // ticket's own session; the ticket alone is enough.
-                let presented = site
-                    .credential(request.headers(), request.method())
-                    .ok()
-                    .map(|credential| credential.token.to_owned());
-                let admitted = crate::ws::admit(
-                    &self.sockets,
-                    &self.sessions,
-                    &request,
-                    presented.as_deref(),
-                )?;
-                *user = Some(admitted.redeemed.username.clone());
-                crate::ws::open(
-                    admitted,
-                    request,
-                    self.upstream(),
-                    self.sessions.clone(),
-                    self.sockets.limits,
-                    self.stopping.clone(),
-                )
-                .await
-            }
+            Route::WsTicket => self.ws_ticket(request, &site, user),
+            Route::Events => self.ws_events(request, &site, user).await,
             Route::Ui(page) => crate::ui::asset(page, request.method(), self.ui, &self.sessions),
             Route::Resource => {
                 let path_and_query = checked_resource_path(&request)?;
@@ -528,15 +481,15 @@ impl App {
 }
 
 /// Who this request is for: the allowed hosts, and the admitted host it named.
-struct Site<'a> {
-    hosts: &'a AllowedHosts,
-    addressed: Option<&'a Authority>,
+pub(crate) struct Site<'a> {
+    pub(crate) hosts: &'a AllowedHosts,
+    pub(crate) addressed: Option<&'a Authority>,
 }
 
 impl Site<'_> {
     /// The request's credential; a cookie's CSRF check accepts only an `Origin` naming this
     /// k_proxy by the host the request was addressed to (never merely the client's `Host`).
-    fn credential<'h>(
+    pub(crate) fn credential<'h>(
         &self,
         headers: &'h http::HeaderMap,
         method: &Method,

@@ -6,8 +6,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use chromecard_http::{json_response, read_body_limited, ApiError, HttpResponse, RequestBody};
-use chromecard_request::{require_json, Credential};
+use std::sync::Arc;
+
+use chromecard_http::{
+    json_response, read_body_limited, ApiError, ConnInfo, HttpResponse, RequestBody,
+};
+use chromecard_request::require_json;
 use chromecard_session::SessionStore;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -126,39 +130,43 @@ pub fn secure_headers(headers: &mut http::HeaderMap) {
     );
 }
 
-/// `POST /session/end` `{"session_id": "<16 hex>"}`: ends one of the caller's user's
-/// sessions (the caller's own included). 404 `session_not_found` when the user has no
-/// live session by that id (another user's id is never found).
-pub async fn end_session(
-    request: Request<RequestBody>,
-    credential: Credential<'_>,
-    sessions: &SessionStore,
-    peer: std::net::SocketAddr,
-) -> Result<(HttpResponse, std::sync::Arc<str>), ApiError> {
-    if *request.method() != Method::POST {
-        return Err(ApiError::method_not_allowed("POST"));
-    }
-    require_json(request.headers())?;
-    let body = read_body_limited(request.into_body(), MAX_END_BODY, BODY_READ_TIMEOUT).await?;
-    let id = parse_end(&body)?;
-    let (current, ended) = sessions
-        .revoke_id(credential.token, &id)
-        .map_err(crate::app::session_error)?;
-    let Some(ended) = ended else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "session_not_found",
-            "You have no live session with that id; list them with GET /session/list.",
-        ));
-    };
-    tracing::info!(event = "logout", all = false, user = %ended.username, session = %ended.id, by = %current.id, %peer, "audit");
-    Ok((
-        json_response(
+impl crate::app::App {
+    /// `POST /session/end` `{"session_id": "<16 hex>"}`: ends one of the caller's user's
+    /// sessions (the caller's own included). 404 `session_not_found` when the user has no
+    /// live session by that id (another user's id is never found).
+    pub(crate) async fn end_session(
+        &self,
+        request: Request<RequestBody>,
+        conn: &ConnInfo,
+        site: &crate::app::Site<'_>,
+        user: &mut Option<Arc<str>>,
+    ) -> Result<HttpResponse, ApiError> {
+        if *request.method() != Method::POST {
+            return Err(ApiError::method_not_allowed("POST"));
+        }
+        let (parts, body) = request.into_parts();
+        let credential = site.credential(&parts.headers, &parts.method)?;
+        require_json(&parts.headers)?;
+        let body = read_body_limited(body, MAX_END_BODY, BODY_READ_TIMEOUT).await?;
+        let id = parse_end(&body)?;
+        let (current, ended) = self
+            .sessions
+            .revoke_id(credential.token, &id)
+            .map_err(crate::app::session_error)?;
+        *user = Some(current.username.clone());
+        let Some(ended) = ended else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "session_not_found",
+                "You have no live session with that id; list them with GET /session/list.",
+            ));
+        };
+        tracing::info!(event = "logout", all = false, user = %ended.username, session = %ended.id, by = %current.id, peer = %conn.peer, "audit");
+        Ok(json_response(
             StatusCode::OK,
             &json!({"ended": true, "session_id": ended.id, "current": ended.id == current.id}),
-        ),
-        current.username,
-    ))
+        ))
+    }
 }
 
 fn parse_end(body: &[u8]) -> Result<String, ApiError> {

@@ -429,6 +429,59 @@ pub struct Admitted {
     slot: Slot,
 }
 
+impl crate::app::App {
+    /// `POST /session/ws-ticket`.
+    pub(crate) fn ws_ticket(
+        &self,
+        request: Request<RequestBody>,
+        site: &crate::app::Site<'_>,
+        user: &mut Option<Arc<str>>,
+    ) -> Result<HttpResponse, ApiError> {
+        if *request.method() != Method::POST {
+            return Err(ApiError::method_not_allowed("POST"));
+        }
+        let credential = site.credential(request.headers(), request.method())?;
+        let session = self
+            .sessions
+            .validate(credential.token)
+            .map_err(crate::app::session_error)?;
+        *user = Some(session.username.clone());
+        let ours = |origin: &str| site.hosts.allows_origin(origin, site.addressed);
+        ticket_response(&self.sockets, &request, &session, credential.token, &ours)
+    }
+
+    /// `GET /resource/<stream>/events?ticket=`: admitted, then opened and relayed.
+    pub(crate) async fn ws_events(
+        &self,
+        request: Request<RequestBody>,
+        site: &crate::app::Site<'_>,
+        user: &mut Option<Arc<str>>,
+    ) -> Result<HttpResponse, ApiError> {
+        // A credential the upgrade carries (a browser's cookie) must be the ticket's own
+        // session; the ticket alone is enough.
+        let presented = site
+            .credential(request.headers(), request.method())
+            .ok()
+            .map(|credential| credential.token.to_owned());
+        let admitted = admit(
+            &self.sockets,
+            &self.sessions,
+            &request,
+            presented.as_deref(),
+        )?;
+        *user = Some(admitted.redeemed.username.clone());
+        open(
+            admitted,
+            request,
+            self.upstream(),
+            self.sessions.clone(),
+            self.sockets.limits,
+            self.stopping.clone(),
+        )
+        .await
+    }
+}
+
 /// Opens the stream at k_server, answers 101 and relays in a task of its own.
 pub async fn open(
     admitted: Admitted,
