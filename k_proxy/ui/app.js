@@ -339,7 +339,9 @@
     state.leaving = true;
     const r = await api('POST', '/session/logout', all ? { all: true } : undefined);
     if (r.ok) {
-      ended('logged_out', all ? 'You logged out everywhere (' + r.data.sessions_ended + ' sessions ended).' : 'You logged out.');
+      const n = r.data.sessions_ended;
+      const count = n === 1 ? '1 session ended' : n + ' sessions ended';
+      ended('logged_out', all ? 'You logged out everywhere (' + count + ').' : 'You logged out.');
     } else {
       state.leaving = false;
       check(r);
