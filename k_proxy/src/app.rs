@@ -6,7 +6,8 @@
 //!    route that needs one;
 //! 4. authorise (authorise.rs): the session's scope (the cookie's CSRF check is part of
 //!    the credential);
-//! 5. the room's handler: login.rs, session_api.rs, probes.rs, or forward.rs, which has
+//! 5. the room's handler: login.rs, session_api.rs, probes.rs, ui.rs, ws.rs (the events
+//!    upgrade, whose ticket is its credential), or forward.rs, which has
 //!    rewrite.rs strip what may not cross and upstream.rs carry it to k_server;
 //! 6. respond (respond.rs): refusals as JSON errors, the token answer, cookies;
 //! 7. log (log.rs): the access line, and the cause of any fault that is not the client's.
@@ -33,7 +34,7 @@ use crate::metrics::ProxyMetrics;
 use crate::route::{route, Authed, Open, Route};
 use crate::throttle::LoginThrottle;
 use crate::upstream::Upstream;
-use crate::{forward, log, login, probes, session_api};
+use crate::{forward, log, login, probes, session_api, ui, ws};
 
 /// Sessions policy that is k_proxy's choice, not the store's mechanism.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +61,10 @@ pub struct App {
     /// Becomes true when shutdown starts: a login waiting for a touch is abandoned at once
     /// (dropping the gate's future cancels the key operation) instead of holding the drain.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// What the browser page counts down from (ui.rs).
+    pub ui: crate::ui::UiSettings,
+    /// WebSocket tickets and the open event sockets (ws.rs).
+    pub sockets: Arc<crate::ws::Sockets>,
 }
 
 impl App {
@@ -95,7 +100,13 @@ impl App {
         user: &mut Option<Arc<str>>,
     ) -> Result<HttpResponse, ApiError> {
         admit::head(&request, self.header_limits)?;
-        let found = route(request.uri().path());
+        let found = match route(request.uri().path()) {
+            // An upgrade (or a ticket) on a resource's events path is the WebSocket room.
+            Some(Route::Authed(Authed::Resource)) if ws::is_events_request(&request) => {
+                Some(Route::Open(Open::Events))
+            }
+            found => found,
+        };
         let hosts = self.hosts.get();
         let addressed = match found {
             Some(route) if route.any_host() => None,
@@ -106,6 +117,10 @@ impl App {
             require_method(request.method(), methods, allow)?;
         }
         let site = Site { hosts, addressed };
+        if route == Route::Open(Open::Events) {
+            // The upgrade needs the request whole; the ticket is its credential.
+            return ws::ws_events(self, request, &site, user).await;
+        }
         let (parts, body) = request.into_parts();
         match route {
             Route::Open(open) => self.open(open, &parts, body, conn, user).await,
@@ -124,6 +139,10 @@ impl App {
     ) -> Result<HttpResponse, ApiError> {
         match open {
             Open::Health => Ok(probes::health()),
+            Open::Ui(page) => ui::asset(page, &parts.method, self.ui, &self.sessions),
+            Open::Events => Err(ApiError::internal(
+                "the events room takes the whole request",
+            )),
             Open::Ready => probes::ready(&self.upstream.get()).await,
             Open::Login => {
                 let result = login::login(self, parts, body, conn, user).await;
@@ -159,6 +178,8 @@ impl App {
             Authed::List => session_api::list(self, &auth),
             Authed::Logout => session_api::logout(self, &auth, &parts, body, conn).await,
             Authed::Resource => forward::resource(self, &auth, &forward_target, &parts, body).await,
+            Authed::WsTicket => ws::ws_ticket(&self.sockets, site, &auth, &parts),
+            Authed::EndSession => ui::end_session(&self.sessions, &auth, &parts, body, conn).await,
         }
     }
 }

@@ -146,6 +146,18 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=300), global = true)]
     pub touch_timeout: u64,
 
+    /// Live WebSockets (`/resource/<name>/events`) one session may hold; then 429.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub ws_max_per_session: usize,
+
+    /// Live WebSockets in all; then 503.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100000))]
+    pub ws_max_sockets: usize,
+
+    /// Seconds between pings on a WebSocket; a client that answers none of two is dropped.
+    #[arg(long, value_name = "SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub ws_ping_interval: u64,
+
     /// Seconds a login waits for the key while another login uses it; then 503.
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=300))]
     pub device_wait: u64,

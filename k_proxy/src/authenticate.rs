@@ -59,3 +59,15 @@ pub fn authenticate<'h>(
         session,
     })
 }
+
+/// The token a request presents, if any, without looking the session up: for the one
+/// route a ticket authenticates (ws.rs's events upgrade), which must check that a
+/// credential it also carries belongs to the ticket's own session. A credential that
+/// fails its own checks (the cookie's CSRF rules) counts as none.
+pub fn presented_token(site: &Site, headers: &HeaderMap, method: &Method) -> Option<String> {
+    take_credential(headers, method, &|origin: &str| {
+        site.hosts.allows_origin(origin, site.addressed.as_ref())
+    })
+    .ok()
+    .map(|credential| credential.token.to_owned())
+}

@@ -25,7 +25,9 @@ mod route;
 mod session_api;
 mod sweeper;
 mod throttle;
+mod ui;
 mod upstream;
+mod ws;
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -112,6 +114,18 @@ fn run(config: config::Config, args: args::Args) -> anyhow::Result<()> {
             max_waiting_logins: config.max_waiting_logins,
             metrics,
             stopping,
+            sockets: Arc::new(ws::Sockets::new(
+                ws::SocketLimits {
+                    per_session: args.ws_max_per_session,
+                    total: args.ws_max_sockets,
+                    ping_interval: Duration::from_secs(args.ws_ping_interval),
+                    ..ws::SocketLimits::default()
+                },
+                Arc::new(SystemClock),
+            )),
+            ui: ui::UiSettings {
+                touch_timeout: Duration::from_secs(args.touch_timeout),
+            },
         });
         let reloader = tokio::spawn(reload::reload_on_sighup(args, app.clone(), tls.clone()));
         let handler = move |request, conn| {

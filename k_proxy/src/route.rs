@@ -14,6 +14,11 @@ pub enum Open {
     Health,
     Ready,
     Login,
+    /// The browser page and its assets (ui.rs): nothing in them is the user's.
+    Ui(crate::ui::UiRoute),
+    /// `GET /resource/<stream>/events?ticket=`: the single-use ticket (ws.rs) authenticates
+    /// the upgrade, since a browser cannot send `Authorization` on one.
+    Events,
 }
 
 /// Served only for a live session.
@@ -24,6 +29,10 @@ pub enum Authed {
     Logout,
     List,
     Resource,
+    /// `POST /session/ws-ticket` (ws.rs).
+    WsTicket,
+    /// `POST /session/end`: ends one session by id (ui.rs).
+    EndSession,
 }
 
 /// Where a request goes.
@@ -40,13 +49,16 @@ impl Route {
         const GET: &[Method] = &[Method::GET];
         const POST: &[Method] = &[Method::POST];
         match self {
-            Route::Open(Open::Health | Open::Ready) | Route::Authed(Authed::List) => {
-                Some((GET, "GET"))
-            }
+            Route::Open(Open::Health | Open::Ready | Open::Ui(_) | Open::Events)
+            | Route::Authed(Authed::List) => Some((GET, "GET")),
             Route::Open(Open::Login)
-            | Route::Authed(Authed::Status | Authed::Refresh | Authed::Logout) => {
-                Some((POST, "POST"))
-            }
+            | Route::Authed(
+                Authed::Status
+                | Authed::Refresh
+                | Authed::Logout
+                | Authed::WsTicket
+                | Authed::EndSession,
+            ) => Some((POST, "POST")),
             Route::Authed(Authed::Resource) => None,
         }
     }
@@ -67,8 +79,10 @@ pub fn route(path: &str) -> Option<Route> {
         "/session/refresh" => Route::Authed(Authed::Refresh),
         "/session/logout" => Route::Authed(Authed::Logout),
         "/session/list" => Route::Authed(Authed::List),
+        "/session/ws-ticket" => Route::Authed(Authed::WsTicket),
+        "/session/end" => Route::Authed(Authed::EndSession),
         p if p.starts_with("/resource/") => Route::Authed(Authed::Resource),
-        _ => return None,
+        p => Route::Open(Open::Ui(crate::ui::route(p)?)),
     })
 }
 
@@ -91,6 +105,14 @@ mod tests {
         );
         assert_eq!(route("/session/list"), Some(Route::Authed(Authed::List)));
         assert!(route("/healthz").is_some_and(Route::any_host));
+        assert_eq!(
+            route("/session/end"),
+            Some(Route::Authed(Authed::EndSession))
+        );
+        assert_eq!(
+            route("/"),
+            Some(Route::Open(Open::Ui(crate::ui::UiRoute::Page)))
+        );
         assert!(!route("/session/status").is_some_and(Route::any_host));
     }
 }

@@ -17,6 +17,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
 
+mod events;
+
 use crate::connect_deadline::ConnectDeadline;
 use crate::rewrite::{rewrite_request_headers, strip_hop_by_hop};
 

@@ -49,6 +49,8 @@ pub struct App {
     store: Arc<Store>,
     writer: Writer,
     allow: AllowList,
+    /// Live events for k_proxy's WebSockets (events.rs).
+    events: crate::events::Events,
 }
 
 impl App {
@@ -63,6 +65,7 @@ impl App {
             store,
             writer,
             allow,
+            events: crate::events::Events::default(),
         }
     }
 
@@ -116,6 +119,19 @@ impl App {
         let who = self.authorize_hop(&request)?;
         *user = Some(who.clone());
         let user = who.as_str();
+        if let Some(stream) = crate::events::Stream::of(&path) {
+            if hyper_tungstenite::is_upgrade_request(&request) {
+                require_method(request.method(), &[Method::GET], "GET")?;
+                let first = match stream {
+                    crate::events::Stream::Counter => {
+                        let value = self.read(|store| store.counter()).await?;
+                        Some(json!({"type": "counter", "counter": value}).to_string())
+                    }
+                    crate::events::Stream::Secrets => None,
+                };
+                return self.events.serve(request, stream, user, first);
+            }
+        }
         match route {
             Route::Counter => self.counter(request.method(), user).await,
             Route::WhoAmI => {
@@ -210,7 +226,11 @@ impl App {
         let value = match *method {
             Method::GET => self.read(|store| store.counter()).await?,
             // Answered only after the transaction holding it was committed to disk.
-            Method::POST => self.writer.increment().await.map_err(write_error)?,
+            Method::POST => {
+                let value = self.writer.increment().await.map_err(write_error)?;
+                self.events.counter(value);
+                value
+            }
             _ => return Err(ApiError::method_not_allowed("GET, POST")),
         };
         Ok(json_response(
@@ -272,6 +292,9 @@ impl App {
                     WriteOutcome::SecretStored { created } => created,
                     other => return Err(unexpected(other)),
                 };
+                if created {
+                    self.events.secret(user, name, true);
+                }
                 let status = if created {
                     StatusCode::CREATED
                 } else {
@@ -288,10 +311,13 @@ impl App {
                     name: name.to_owned(),
                 };
                 match self.writer.submit(op).await.map_err(write_error)? {
-                    WriteOutcome::SecretDeleted { existed: true } => Ok(json_response(
-                        StatusCode::OK,
-                        &json!({"user": user, "name": name, "deleted": true}),
-                    )),
+                    WriteOutcome::SecretDeleted { existed: true } => {
+                        self.events.secret(user, name, false);
+                        Ok(json_response(
+                            StatusCode::OK,
+                            &json!({"user": user, "name": name, "deleted": true}),
+                        ))
+                    }
                     WriteOutcome::SecretDeleted { existed: false } => Err(secret_not_found()),
                     other => Err(unexpected(other)),
                 }

@@ -6,6 +6,7 @@
 mod app;
 mod args;
 mod config;
+mod events;
 mod peer;
 
 use std::sync::Arc;

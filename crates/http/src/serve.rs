@@ -12,7 +12,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -125,7 +124,9 @@ pub async fn serve<H, F, T>(
     T: Into<ReloadableTls>,
 {
     let tls: Option<ReloadableTls> = tls.map(Into::into);
-    let graceful = GracefulShutdown::new();
+    // Each connection holds a receiver until it ends; the drain waits for all of them.
+    // (hyper-util's GracefulShutdown cannot watch a connection that allows upgrades.)
+    let (drain_tx, drain_rx) = watch::channel(());
     // Set when shutdown starts: connections that never made a request close at once
     // instead of holding the drain up until their header-read timeout.
     let (stopping_tx, stopping) = watch::channel(false);
@@ -165,7 +166,7 @@ pub async fn serve<H, F, T>(
             WriteStallLimit::new(stream, settings.write_stall_timeout),
             settings.linger,
         );
-        let watcher = graceful.watcher();
+        let watcher = drain_rx.clone();
         let mut stopping = stopping.clone();
         let http = http.clone();
         let handler = handler.clone();
@@ -239,8 +240,9 @@ pub async fn serve<H, F, T>(
     drop(listener);
     let _ = stopping_tx.send(true);
     tracing::info!("shutting down: no longer accepting; draining open connections");
+    drop(drain_rx);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = drain_tx.closed() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(settings.drain_timeout) => {
             tracing::warn!(timeout_secs = settings.drain_timeout.as_secs(), "drain timed out; closing remaining connections");
         }
@@ -249,7 +251,8 @@ pub async fn serve<H, F, T>(
 
 async fn serve_connection<IO, H, F>(
     http: &http1::Builder,
-    watcher: hyper_util::server::graceful::Watcher,
+    // Held until the connection ends: the drain waits for it.
+    _watcher: watch::Receiver<()>,
     mut stopping: watch::Receiver<bool>,
     io: IO,
     info: Arc<ConnInfo>,
@@ -282,7 +285,11 @@ async fn serve_connection<IO, H, F>(
             Ok::<_, std::convert::Infallible>(response)
         }
     });
-    let connection = watcher.watch(http.serve_connection(TokioIo::new(io), service));
+    // With upgrades: a WebSocket answer (101) hands the connection to the handler's task,
+    // which then owns it (and its own shutdown).
+    let connection = http
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     tokio::pin!(connection);
     let result = tokio::select! {
         result = &mut connection => result,
@@ -293,6 +300,7 @@ async fn serve_connection<IO, H, F>(
             if !started.load(Ordering::Relaxed) {
                 return;
             }
+            connection.as_mut().graceful_shutdown();
             connection.await
         }
     };

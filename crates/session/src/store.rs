@@ -451,6 +451,58 @@ impl SessionStore {
         Ok((current, sessions))
     }
 
+    /// Ends one of the presented session's user's sessions, named by its public id (the
+    /// presented one included). None when the user has no live session by that id.
+    pub fn revoke_id(
+        &self,
+        presented: &str,
+        id: &str,
+    ) -> Result<(SessionView, Option<EndedSession>), SessionError> {
+        let current = self.validate(presented)?;
+        let now = self.clock.now();
+        let Some((hash, record)) = self.find_id(&current.username, id) else {
+            return Ok((current, None));
+        };
+        if record.ended_at(now, self.settings.idle_timeout).is_some()
+            || self.sessions.remove(&hash).is_none()
+        {
+            return Ok((current, None));
+        }
+        self.unindex(&record.username, &hash);
+        self.bury(hash, EndReason::LoggedOut, record.expires, now);
+        self.persist_delete(&[hash]);
+        Ok((current, Some(ended_session(&record, EndReason::LoggedOut))))
+    }
+
+    /// Whether session `id` of `username` is live, without restarting its idle clock, for
+    /// a watcher such as an open WebSocket; else why it ended. `seen` is the token hash
+    /// the session had when the watcher started (its tombstone gives the reason once the
+    /// session is gone; a refresh since then moves the session and still counts as live).
+    pub fn peek(&self, username: &str, id: &str, seen: &TokenHash) -> Result<(), SessionError> {
+        let now = self.clock.now();
+        match self.find_id(username, id) {
+            Some((_, record)) => match record.ended_at(now, self.settings.idle_timeout) {
+                None => Ok(()),
+                Some(reason) => Err(SessionError::Ended(reason)),
+            },
+            None => Err(self.why_not_live(seen)),
+        }
+    }
+
+    fn find_id(&self, username: &str, id: &str) -> Option<(TokenHash, Arc<Record>)> {
+        let hashes = self
+            .by_user
+            .get(username)
+            .map(|hashes| hashes.clone())
+            .unwrap_or_default();
+        hashes.into_iter().find_map(|hash| {
+            self.sessions
+                .get(&hash)
+                .filter(|record| record.id == id)
+                .map(|record| (hash, record.clone()))
+        })
+    }
+
     /// Removes ended sessions and stale tombstones; returns the sessions it ended, for
     /// the audit log. Each shard is write-locked only while it is scanned, so requests on
     /// the other shards proceed; run it off the async workers.
@@ -631,6 +683,54 @@ mod tests {
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
+    }
+
+    #[test]
+    fn revoke_by_id_ends_only_that_session_of_that_user() {
+        let (store, _) = store();
+        let a1 = login(&store, "alice");
+        let a2 = login(&store, "alice");
+        let b = login(&store, "bob");
+        // Another user's id is not found.
+        let (_, none) = store.revoke_id(a1.token.expose(), &b.session.id).unwrap();
+        assert!(none.is_none());
+        assert!(store.validate(b.token.expose()).is_ok());
+        let (_, ended) = store.revoke_id(a1.token.expose(), &a2.session.id).unwrap();
+        assert_eq!(ended.unwrap().id, a2.session.id);
+        assert_eq!(
+            store.validate(a2.token.expose()).unwrap_err(),
+            SessionError::Ended(EndReason::LoggedOut)
+        );
+        assert!(store.validate(a1.token.expose()).is_ok());
+    }
+
+    #[test]
+    fn peek_sees_every_end_without_touching() {
+        let (store, clock) = store_with(Some(secs(60)), 100);
+        let a = login(&store, "alice");
+        let hash = a.token.hash();
+        assert!(store.peek("alice", &a.session.id, &hash).is_ok());
+        // Peeking does not restart the idle clock.
+        clock.advance(secs(40));
+        assert!(store.peek("alice", &a.session.id, &hash).is_ok());
+        clock.advance(secs(21));
+        assert_eq!(
+            store.peek("alice", &a.session.id, &hash).unwrap_err(),
+            SessionError::Ended(EndReason::IdleTimeout)
+        );
+        let b = login(&store, "bob");
+        let refreshed = store.refresh(b.token.expose()).unwrap();
+        assert!(store.peek("bob", &b.session.id, &b.token.hash()).is_ok());
+        store.revoke(refreshed.token.expose()).unwrap();
+        assert!(store.peek("bob", &b.session.id, &b.token.hash()).is_err());
+        let c = login(&store, "carol");
+        store.revoke(c.token.expose()).unwrap();
+        assert_eq!(
+            store
+                .peek("carol", &c.session.id, &c.token.hash())
+                .unwrap_err(),
+            SessionError::Ended(EndReason::LoggedOut)
+        );
     }
 
     #[test]

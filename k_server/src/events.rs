@@ -1,0 +1,192 @@
+//! Live events for k_proxy's WebSockets: `GET /resource/counter/events` pushes each new
+//! counter value; `GET /resource/secrets/events` pushes the names the caller's secrets
+//! gain or lose, for that user only (the filter is here, at the source: another user's
+//! event never leaves k_server on this socket). Only k_proxy reaches these (the hop's
+//! mutual TLS and proxy token are checked before), and it relays them to browsers.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chromecard_http::{ApiError, HttpResponse, RequestBody};
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, StatusCode};
+use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use hyper_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use hyper_tungstenite::tungstenite::Message;
+use serde_json::json;
+use tokio::sync::broadcast;
+
+/// Events buffered per socket; a socket that falls further behind is closed.
+const BACKLOG: usize = 256;
+/// Event sockets open at once.
+const MAX_SOCKETS: usize = 4096;
+/// A message k_proxy does not take within this long closes the socket.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+enum Event {
+    Counter(u64),
+    Secret {
+        user: Arc<str>,
+        name: Arc<str>,
+        added: bool,
+    },
+}
+
+/// The two streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Counter,
+    Secrets,
+}
+
+impl Stream {
+    pub fn of(path: &str) -> Option<Self> {
+        match path {
+            "/resource/counter/events" => Some(Self::Counter),
+            "/resource/secrets/events" => Some(Self::Secrets),
+            _ => None,
+        }
+    }
+}
+
+pub struct Events {
+    sender: broadcast::Sender<Event>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self {
+            sender: broadcast::channel(BACKLOG).0,
+            open: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+impl Events {
+    /// A new counter value (after it is on disk).
+    pub fn counter(&self, value: u64) {
+        let _ = self.sender.send(Event::Counter(value));
+    }
+
+    /// One of `user`'s secrets was added (`true`) or removed.
+    pub fn secret(&self, user: &str, name: &str, added: bool) {
+        let _ = self.sender.send(Event::Secret {
+            user: user.into(),
+            name: name.into(),
+            added,
+        });
+    }
+
+    /// Upgrades the request and streams `stream`'s events for `user`; `first` is sent
+    /// first (the counter's current value).
+    pub fn serve(
+        &self,
+        mut request: Request<RequestBody>,
+        stream: Stream,
+        user: &str,
+        first: Option<String>,
+    ) -> Result<HttpResponse, ApiError> {
+        if self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_SOCKETS).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "socket_limit",
+                "k_server holds as many event sockets as it allows.",
+            ));
+        }
+        let open = self.open.clone();
+        let release = move || {
+            open.fetch_sub(1, Ordering::AcqRel);
+        };
+        // k_proxy sends nothing but control frames.
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(4096))
+            .max_frame_size(Some(4096));
+        let (response, websocket) = match hyper_tungstenite::upgrade(&mut request, Some(config)) {
+            Ok(pair) => pair,
+            Err(_) => {
+                release();
+                return Err(ApiError::bad_request(
+                    "websocket_required",
+                    "This endpoint is a WebSocket upgrade (Sec-WebSocket-Key, version 13).",
+                ));
+            }
+        };
+        // Subscribed before the answer: no event after it is missed.
+        let mut events = self.sender.subscribe();
+        let user: Arc<str> = user.into();
+        tokio::spawn(async move {
+            let _open = Release(Some(Box::new(release)));
+            let Ok(mut socket) = websocket.await else {
+                return;
+            };
+            if let Some(first) = first {
+                if socket.send(Message::Text(first.into())).await.is_err() {
+                    return;
+                }
+            }
+            let close = loop {
+                tokio::select! {
+                    event = events.recv() => {
+                        let text = match event {
+                            Ok(Event::Counter(value)) if stream == Stream::Counter => {
+                                json!({"type": "counter", "counter": value}).to_string()
+                            }
+                            Ok(Event::Secret { user: owner, name, added })
+                                if stream == Stream::Secrets && owner == user =>
+                            {
+                                let kind = if added { "secret_added" } else { "secret_removed" };
+                                json!({"type": kind, "name": &*name}).to_string()
+                            }
+                            Ok(_) => continue,
+                            Err(broadcast::error::RecvError::Lagged(_)) => {
+                                break Some((1008, "fell behind"));
+                            }
+                            Err(broadcast::error::RecvError::Closed) => break Some((1001, "k_server is stopping")),
+                        };
+                        match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => break None,
+                            Err(_) => break Some((1008, "too slow")),
+                        }
+                    }
+                    message = socket.next() => match message {
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                        Some(Ok(_)) => {}
+                    },
+                }
+            };
+            if let Some((code, reason)) = close {
+                let frame = CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.into(),
+                };
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    socket.send(Message::Close(Some(frame))),
+                )
+                .await;
+            }
+        });
+        Ok(response.map(|_| http_body_util::Full::new(bytes::Bytes::new())))
+    }
+}
+
+/// Runs its closure once, when dropped.
+struct Release(Option<Box<dyn FnOnce() + Send>>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Some(release) = self.0.take() {
+            release();
+        }
+    }
+}
