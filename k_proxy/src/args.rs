@@ -27,9 +27,9 @@ pub enum OnNewLogin {
 #[derive(Debug, Parser)]
 #[command(name = "k_proxy", version)]
 pub struct Args {
-    /// Address to listen on. Qubes' qubes.ConnectTCP connects to 127.0.0.1, so keep IPv4 loopback.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
+    /// --host, the proxy token and the listener's TLS files: the same in both binaries.
+    #[command(flatten)]
+    pub shared: chromecard_http::SharedArgs,
 
     /// TCP port to listen on.
     #[arg(long, default_value_t = 8770)]
@@ -73,24 +73,6 @@ pub struct Args {
     /// Name to verify in k_server's certificate. Default: the host of --server-base-url.
     #[arg(long, value_name = "NAME")]
     pub server_name: Option<String>,
-
-    /// The proxy token sent to k_server (legacy: visible to every local user in the process
-    /// list; prefer --proxy-token-file or CHROMECARD_PROXY_TOKEN).
-    #[arg(long, value_name = "TOKEN")]
-    pub proxy_token: Option<String>,
-
-    /// File holding the proxy token (one line). Preferred over --proxy-token.
-    #[arg(long, value_name = "PATH")]
-    pub proxy_token_file: Option<PathBuf>,
-
-    /// Certificate (PEM) to serve clients over TLS; also the client certificate toward
-    /// k_server unless --client-certfile is given.
-    #[arg(long, value_name = "PATH", requires = "tls_keyfile")]
-    pub tls_certfile: Option<PathBuf>,
-
-    /// Private key for --tls-certfile.
-    #[arg(long, value_name = "PATH", requires = "tls_certfile")]
-    pub tls_keyfile: Option<PathBuf>,
 
     /// Also accept TLS 1.2 (toward clients and toward k_server). Default: TLS 1.3 only.
     #[arg(long)]

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use chromecard_gate::Gate;
-use chromecard_hop::{ProxyToken, PROXY_TOKEN_ENV};
+use chromecard_hop::ProxyToken;
 use chromecard_http::{HeaderLimits, ServeSettings};
 use chromecard_session::{SessionFile, StoreSettings};
 use chromecard_tls::{ClientAuth, TlsVersions};
@@ -103,10 +103,10 @@ pub fn make_config(args: &Args) -> anyhow::Result<Config> {
 
 /// `--host` and `--port`.
 fn listen_address(args: &Args) -> anyhow::Result<SocketAddr> {
-    let host: IpAddr = args.host.parse().with_context(|| {
+    let host: IpAddr = args.shared.host.parse().with_context(|| {
         format!(
             "--host {:?} is not an IP address; use 127.0.0.1 (what qubes.ConnectTCP connects to)",
-            args.host
+            args.shared.host
         )
     })?;
     Ok(SocketAddr::new(host, args.port))
@@ -123,16 +123,11 @@ pub struct Reloadable {
 
 /// Loads (or reloads) the secrets and certificates from the files the flags name.
 pub fn load_reloadable(args: &Args) -> anyhow::Result<Reloadable> {
-    let proxy_token = ProxyToken::load(
-        args.proxy_token_file.as_deref(),
-        std::env::var(PROXY_TOKEN_ENV).ok(),
-        args.proxy_token.clone(),
-    )?;
-    tracing::info!(source = %proxy_token.source(), "proxy token loaded");
+    let proxy_token = args.shared.load_proxy_token()?;
 
     // Toward clients: TLS without client certificates; the bearer token is their credential.
     let mut certificate_names = Vec::new();
-    let tls = match (&args.tls_certfile, &args.tls_keyfile) {
+    let tls = match (&args.shared.tls_certfile, &args.shared.tls_keyfile) {
         (Some(cert), Some(key)) => {
             chromecard_tls::check_certificate_file("--tls-certfile", cert, SystemTime::now())
                 .context("--tls-certfile")?;
@@ -187,7 +182,7 @@ fn make_upstream(args: &Args, proxy_token: ProxyToken) -> anyhow::Result<Upstrea
             )?;
             let (cert, key) = match (&args.client_certfile, &args.client_keyfile) {
                 (Some(cert), Some(key)) => (cert, key),
-                _ => match (&args.tls_certfile, &args.tls_keyfile) {
+                _ => match (&args.shared.tls_certfile, &args.shared.tls_keyfile) {
                     (Some(cert), Some(key)) => (cert, key),
                     _ => bail!(
                         "k_server requires a client certificate: pass --tls-certfile/--tls-keyfile (k_proxy's certificate) or --client-certfile/--client-keyfile"

@@ -11,30 +11,13 @@ use clap::{Parser, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "k_server", version)]
 pub struct Args {
-    /// Address to listen on. Qubes' qubes.ConnectTCP connects to 127.0.0.1, so keep IPv4 loopback.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
+    /// --host, the proxy token and the listener's TLS files: the same in both binaries.
+    #[command(flatten)]
+    pub shared: chromecard_http::SharedArgs,
 
     /// TCP port to listen on.
     #[arg(long, default_value_t = 8780)]
     pub port: u16,
-
-    /// The proxy token k_proxy must present (legacy: visible to every local user in the
-    /// process list; prefer --proxy-token-file or CHROMECARD_PROXY_TOKEN).
-    #[arg(long, value_name = "TOKEN")]
-    pub proxy_token: Option<String>,
-
-    /// File holding the proxy token (one line). Preferred over --proxy-token.
-    #[arg(long, value_name = "PATH")]
-    pub proxy_token_file: Option<PathBuf>,
-
-    /// Server certificate (PEM). Enables TLS with required client certificates.
-    #[arg(long, value_name = "PATH", requires = "tls_keyfile")]
-    pub tls_certfile: Option<PathBuf>,
-
-    /// Private key for --tls-certfile (PEM, PKCS#8 or SEC1).
-    #[arg(long, value_name = "PATH", requires = "tls_certfile")]
-    pub tls_keyfile: Option<PathBuf>,
 
     /// CA whose certificates clients (k_proxy) must present.
     /// Default: ca.crt in the directory of --tls-certfile.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use chromecard_hop::{ProxyToken, PROXY_TOKEN_ENV};
+use chromecard_hop::ProxyToken;
 use chromecard_http::ServeSettings;
 use chromecard_store::{CommitMode, Store, Writer, WriterThread};
 use chromecard_tls::ClientAuth;
@@ -28,10 +28,10 @@ pub struct Config {
 }
 
 pub fn make_config(args: &Args) -> anyhow::Result<Config> {
-    let host: IpAddr = args.host.parse().with_context(|| {
+    let host: IpAddr = args.shared.host.parse().with_context(|| {
         format!(
             "--host {:?} is not an IP address; use 127.0.0.1 (what qubes.ConnectTCP connects to)",
-            args.host
+            args.shared.host
         )
     })?;
     if !host.is_loopback() {
@@ -104,13 +104,8 @@ pub struct Reloadable {
 
 /// Loads (or reloads) the proxy token and the TLS files the flags name.
 pub fn load_reloadable(args: &Args) -> anyhow::Result<Reloadable> {
-    let proxy_token = ProxyToken::load(
-        args.proxy_token_file.as_deref(),
-        std::env::var(PROXY_TOKEN_ENV).ok(),
-        args.proxy_token.clone(),
-    )?;
-    tracing::info!(source = %proxy_token.source(), "proxy token loaded");
-    let tls = match (&args.tls_certfile, &args.tls_keyfile) {
+    let proxy_token = args.shared.load_proxy_token()?;
+    let tls = match (&args.shared.tls_certfile, &args.shared.tls_keyfile) {
         (Some(cert), Some(key)) => Some(make_tls(cert, key, args.client_ca_file.as_deref())?),
         (None, None) => None,
         _ => bail!("--tls-certfile and --tls-keyfile go together; give both or neither"),

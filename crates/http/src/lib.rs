@@ -6,6 +6,7 @@
 //! Nothing here decides *who* may do *what*; that policy lives in the binaries.
 
 mod body;
+mod cli;
 mod error;
 mod guards;
 mod limits;
@@ -16,6 +17,7 @@ mod telemetry;
 mod write_stall;
 
 pub use body::{DrainLimits, RequestBody};
+pub use cli::SharedArgs;
 pub use linger::{Linger, LingerLimits};
 
 pub use error::{json_response, ApiError, Fault, HttpResponse};
