@@ -267,10 +267,10 @@ start_nginx() {
 }
 
 # The same pair without their per-request access log lines (k_server keeps its own), to
-# show what that line costs each: k_proxy with RUST_LOG=info,k_proxy::access=off (audit
+# show what that line costs each: k_proxy with RUST_LOG=info,chromecard::access=off (audit
 # lines stay), nginx with access_log off. Measured at 64 connections only.
 kpq_port="$(free_port)"
-RUST_LOG=info,k_proxy::access=off "$kp_bin" --port "$kpq_port" "${kp_common[@]}" \
+RUST_LOG=info,chromecard::access=off "$kp_bin" --port "$kpq_port" "${kp_common[@]}" \
     --max-connections 4096 2>"$work/k_proxy-quiet.log" &
 kpq_pid=$!
 pids+=("$kpq_pid")
@@ -474,7 +474,7 @@ report="$work/report.md"
             "$(ratio "${cpu[chain/$conns]}" "${cpu[nginx/$conns]}")"
     done
     echo
-    echo "Without the proxies' per-request access log line (k_proxy \`RUST_LOG=info,k_proxy::access=off\`,"
+    echo "Without the proxies' per-request access log line (k_proxy \`RUST_LOG=info,chromecard::access=off\`,"
     echo "audit lines kept; nginx \`access_log off\`; k_server logs as before), 64 connections:"
     echo
     echo "| target | requests/s | range of $rounds rounds | p50 ms | p99 ms | server CPU s per 10k requests | errors | chain/nginx requests/s | chain/direct requests/s |"
@@ -531,7 +531,7 @@ report="$work/report.md"
     for target in "${targets[@]}"; do
         echo "${commands_used[$target]}   # $target; -c is each of: $conns_list" | redact
     done
-    echo "RUST_LOG=info,k_proxy::access=off target/release/k_proxy ...   # chain-nolog, same flags" | redact
+    echo "RUST_LOG=info,chromecard::access=off target/release/k_proxy ...   # chain-nolog, same flags" | redact
     echo "${commands_used[chain-nolog]}   # chain-nolog" | redact
     echo "${commands_used[nginx-nolog]}   # nginx-nolog (access_log off)" | redact
     echo "$(shell_join "${login_cmd[@]}")   # login latency" | redact

@@ -82,7 +82,7 @@ impl App {
                 err.into_response()
             }
         };
-        log::access(
+        chromecard_http::access_line(
             conn.peer,
             &method,
             uri.path(),

@@ -87,14 +87,13 @@ impl App {
             Ok(response) => response,
             Err(err) => err.into_response(),
         };
-        tracing::info!(
-            peer = %conn.peer,
-            %method,
-            %path,
-            status = response.status().as_u16(),
-            user = user.as_deref().unwrap_or("-"),
-            micros = started.elapsed().as_micros() as u64,
-            "request"
+        chromecard_http::access_line(
+            conn.peer,
+            &method,
+            &path,
+            response.status(),
+            user.as_deref(),
+            started.elapsed(),
         );
         response
     }

@@ -5,6 +5,7 @@
 //!
 //! Nothing here decides *who* may do *what*; that policy lives in the binaries.
 
+mod access;
 mod body;
 mod cli;
 mod error;
@@ -16,6 +17,7 @@ mod slot;
 mod telemetry;
 mod write_stall;
 
+pub use access::access_line;
 pub use body::{DrainLimits, RequestBody};
 pub use cli::SharedArgs;
 pub use linger::{Linger, LingerLimits};
