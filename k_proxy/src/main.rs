@@ -72,17 +72,7 @@ fn run(config: config::Config, args: args::Args) -> anyhow::Result<()> {
             sessions = sessions.with_persistence(file)?;
         }
         let sessions = Arc::new(sessions);
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (is the port in use? change --port)", config.listen))?;
-        let admin_listener = match config.admin_listen {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} (--admin-listen)"))?,
-            ),
-            None => None,
-        };
+        let (listener, admin_listener) = bind(config.listen, config.admin_listen).await?;
         let scheme = if config.tls.is_some() { "https" } else { "http" };
         tracing::info!(address = %config.listen, "k_proxy listening on {scheme}://{}", config.listen);
 
@@ -114,15 +104,7 @@ fn run(config: config::Config, args: args::Args) -> anyhow::Result<()> {
             max_waiting_logins: config.max_waiting_logins,
             metrics,
             stopping,
-            sockets: Arc::new(ws::Sockets::new(
-                ws::SocketLimits {
-                    per_session: args.ws_max_per_session,
-                    total: args.ws_max_sockets,
-                    ping_interval: Duration::from_secs(args.ws_ping_interval),
-                    ..ws::SocketLimits::default()
-                },
-                Arc::new(SystemClock),
-            )),
+            sockets: event_sockets(&args),
             ui: ui::UiSettings {
                 touch_timeout: Duration::from_secs(args.touch_timeout),
             },
@@ -144,4 +126,39 @@ fn run(config: config::Config, args: args::Args) -> anyhow::Result<()> {
     // A key operation stuck in a blocking read must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_secs(2));
     result
+}
+
+/// The client listener and, with --admin-listen, the admin one; bound before anything
+/// starts, so a taken port refuses the start.
+async fn bind(
+    listen: std::net::SocketAddr,
+    admin: Option<std::net::SocketAddr>,
+) -> anyhow::Result<(tokio::net::TcpListener, Option<tokio::net::TcpListener>)> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| {
+            format!("cannot listen on {listen} (is the port in use? change --port)")
+        })?;
+    let admin = match admin {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--admin-listen)"))?,
+        ),
+        None => None,
+    };
+    Ok((listener, admin))
+}
+
+/// The WebSocket tickets and sockets, bounded by the --ws-* flags.
+fn event_sockets(args: &args::Args) -> Arc<ws::Sockets> {
+    Arc::new(ws::Sockets::new(
+        ws::SocketLimits {
+            per_session: args.ws_max_per_session,
+            total: args.ws_max_sockets,
+            ping_interval: Duration::from_secs(args.ws_ping_interval),
+            ..ws::SocketLimits::default()
+        },
+        Arc::new(SystemClock),
+    ))
 }

@@ -23,7 +23,6 @@ impl Upstream {
         config: hyper_tungstenite::tungstenite::protocol::WebSocketConfig,
     ) -> Result<hyper_tungstenite::HyperWebsocketStream, ApiError> {
         use hyper_tungstenite::tungstenite::handshake::client::generate_key;
-        use hyper_tungstenite::tungstenite::handshake::derive_accept_key;
         use hyper_tungstenite::tungstenite::protocol::Role;
 
         let uri = self.target(&format!("/resource/{stream}/events"))?;
@@ -59,35 +58,7 @@ impl Upstream {
                     chromecard_http::describe_error(&err)
                 ))
             })?;
-            match response.status() {
-                StatusCode::SWITCHING_PROTOCOLS => {}
-                StatusCode::UNAUTHORIZED => {
-                    tracing::error!("k_server refused k_proxy's credentials on an events stream: check the proxy token on both");
-                    return Err(ApiError::upstream(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_rejected_proxy",
-                        "k_server refused k_proxy's credentials; the operator must check the proxy token on both.",
-                    ));
-                }
-                status => {
-                    tracing::warn!(%status, "k_server did not open the events stream");
-                    return Err(ApiError::upstream(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_unavailable",
-                        format!("k_server did not open the stream (it answered {status})."),
-                    ));
-                }
-            }
-            let accepted = response
-                .headers()
-                .get(header::SEC_WEBSOCKET_ACCEPT)
-                .is_some_and(|accept| {
-                    accept.as_bytes() == derive_accept_key(key.as_bytes()).as_bytes()
-                });
-            if !accepted {
-                tracing::warn!("k_server's events answer had a wrong Sec-WebSocket-Accept");
-                return Err(unavailable());
-            }
+            accepted_upgrade(&response, &key)?;
             let upgraded = hyper::upgrade::on(&mut response).await.map_err(|err| {
                 tracing::warn!(error = %err, "k_server's events stream did not upgrade");
                 unavailable()
@@ -112,4 +83,38 @@ impl Upstream {
                 )
             })?
     }
+}
+
+/// k_server's answer to the upgrade: 101 with the `Sec-WebSocket-Accept` our key asks for.
+fn accepted_upgrade<B>(response: &http::Response<B>, key: &str) -> Result<(), ApiError> {
+    use hyper_tungstenite::tungstenite::handshake::derive_accept_key;
+    match response.status() {
+        StatusCode::SWITCHING_PROTOCOLS => {}
+        StatusCode::UNAUTHORIZED => {
+            tracing::error!("k_server refused k_proxy's credentials on an events stream: check the proxy token on both");
+            return Err(ApiError::upstream(
+                StatusCode::BAD_GATEWAY,
+                "upstream_rejected_proxy",
+                "k_server refused k_proxy's credentials; the operator must check the proxy token on both.",
+            ));
+        }
+        status => {
+            return Err(ApiError::upstream(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                format!("k_server did not open the stream (it answered {status})."),
+            )
+            .with_cause("k_server did not open the events stream"));
+        }
+    }
+    let accepted = response
+        .headers()
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .is_some_and(|accept| accept.as_bytes() == derive_accept_key(key.as_bytes()).as_bytes());
+    if !accepted {
+        return Err(
+            unavailable().with_cause("k_server's events answer had a wrong Sec-WebSocket-Accept")
+        );
+    }
+    Ok(())
 }
