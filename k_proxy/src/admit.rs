@@ -43,6 +43,14 @@ pub struct Site {
     pub addressed: Option<Authority>,
 }
 
+impl Site {
+    /// Whether a browser's `Origin` names this k_proxy, by the host this request was
+    /// addressed to and the listener's scheme.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.hosts.allows_origin(origin, self.addressed.as_ref())
+    }
+}
+
 /// The Host allow-list; a refusal is logged and counted here.
 pub fn host(
     hosts: &AllowedHosts,

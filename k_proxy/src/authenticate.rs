@@ -50,9 +50,7 @@ pub fn authenticate<'h>(
     headers: &'h HeaderMap,
     method: &Method,
 ) -> Result<Authenticated<'h>, ApiError> {
-    let credential = take_credential(headers, method, &|origin: &str| {
-        site.hosts.allows_origin(origin, site.addressed.as_ref())
-    })?;
+    let credential = take_credential(headers, method, &|origin: &str| site.allows_origin(origin))?;
     let session = sessions.validate(credential.token).map_err(session_error)?;
     Ok(Authenticated {
         credential,
@@ -65,9 +63,7 @@ pub fn authenticate<'h>(
 /// credential it also carries belongs to the ticket's own session. A credential that
 /// fails its own checks (the cookie's CSRF rules) counts as none.
 pub fn presented_token(site: &Site, headers: &HeaderMap, method: &Method) -> Option<String> {
-    take_credential(headers, method, &|origin: &str| {
-        site.hosts.allows_origin(origin, site.addressed.as_ref())
-    })
-    .ok()
-    .map(|credential| credential.token.to_owned())
+    take_credential(headers, method, &|origin: &str| site.allows_origin(origin))
+        .ok()
+        .map(|credential| credential.token.to_owned())
 }

@@ -58,7 +58,7 @@ pub fn ws_ticket(
     auth: &Authenticated<'_>,
     parts: &Parts,
 ) -> Result<HttpResponse, ApiError> {
-    let ours = |origin: &str| site.hosts.allows_origin(origin, site.addressed.as_ref());
+    let ours = |origin: &str| site.allows_origin(origin);
     ticket_response(sockets, parts, auth.session(), auth.token(), &ours)
 }
 
