@@ -28,6 +28,8 @@ mod fsutil;
 mod gate;
 mod hid;
 mod outcome;
+mod pin;
+pub mod pin_protocol;
 mod soft;
 pub mod verify;
 
@@ -40,6 +42,7 @@ pub use credentials::{Credential, CredentialStore, Enrolments, StoreError};
 pub use fido2::Fido2Key;
 pub use gate::{Gate, GateSettings, LevelConfig};
 pub use outcome::{EnrolOptions, Enrolled, Passed};
+pub use pin::{Pin, PinError, MAX_PIN_BYTES, MIN_PIN_CODE_POINTS};
 pub use soft::{SelfAttested, SoftAuthenticator, SoftBehavior, UnknownSoftBehavior};
 pub use verify::Rejection;
 
