@@ -29,6 +29,7 @@ mod gate;
 mod hid;
 mod outcome;
 mod pin;
+pub mod pin_authenticator;
 pub mod pin_protocol;
 mod soft;
 pub mod verify;
