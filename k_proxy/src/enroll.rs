@@ -9,9 +9,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use chromecard_gate::{CredentialStore, EnrolOptions, Gate, LevelConfig};
+use chromecard_gate::{CredentialStore, Gate, LevelConfig};
 
 use crate::args::{Action, Args, Command, GateKind};
+use crate::enroll_pin::{self, PinChoice};
 use crate::gate_setup;
 
 /// Runs a subcommand; prints results on stdout, errors on stderr.
@@ -22,6 +23,7 @@ pub fn run(args: &Args, command: Command) -> ExitCode {
             args,
             cmd.username.as_deref().unwrap_or_default(),
             cmd.require_uv,
+            PinChoice::from_command(&cmd),
         ),
         Some(Action::List { username }) => list(args, username.as_deref()),
         Some(Action::Remove {
@@ -45,7 +47,7 @@ fn store(args: &Args) -> anyhow::Result<CredentialStore> {
     Ok(CredentialStore::new(path))
 }
 
-fn add(args: &Args, username: &str, require_uv: bool) -> anyhow::Result<()> {
+fn add(args: &Args, username: &str, require_uv: bool, pin: PinChoice) -> anyhow::Result<()> {
     chromecard_hop::validate_username(username)
         .map_err(|e| anyhow::anyhow!("--username {username:?}: {e}"))?;
     if args.gate == GateKind::Soft && args.soft_key_file.is_none() {
@@ -70,19 +72,16 @@ fn add(args: &Args, username: &str, require_uv: bool) -> anyhow::Result<()> {
         "Enrolling a key for {username:?} (relying party {:?}): touch the key when it blinks (within {} s)...",
         args.rp_id, args.touch_timeout
     );
-    let result = runtime.block_on(gate.enroll(username, EnrolOptions { require_uv }));
+    let require_pin = pin.require_pin;
+    let result = runtime.block_on(enroll_pin::enroll(&gate, username, require_uv, pin));
     // A key operation stuck in a blocking read must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    let enrolled = result.map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))?;
+    let enrolled = result?;
     println!(
         "enrolled {username}: credential {}... ({}, {}), key {} (AAGUID {}), in {}",
         enrolled.credential,
         enrolled.kind,
-        if require_uv {
-            "+presence+verification"
-        } else {
-            "+presence"
-        },
+        enroll_pin::options_label(require_uv, require_pin),
         enrolled.device,
         enrolled.aaguid,
         path.display()
@@ -104,11 +103,7 @@ fn list(args: &Args, only: Option<&str>) -> anyhow::Result<()> {
                 "{user}\t{}\t{}\t{}\tsign count {count}",
                 c.label(),
                 c.public_key.kind().as_str(),
-                if c.require_uv {
-                    "+presence+verification"
-                } else {
-                    "+presence"
-                },
+                enroll_pin::options_label(c.require_uv, c.require_pin),
             );
             shown += 1;
         }

@@ -102,6 +102,8 @@ pub struct PinAuthenticator {
     protocols: Vec<PinProtocol>,
     /// CTAP 2.1 (permissions and getPinUvAuthTokenUsingPinWithPermissions) or 2.0 only.
     ctap21: bool,
+    /// getInfo's alwaysUv: every makeCredential and getAssertion needs user verification.
+    always_uv: bool,
     consecutive_wrong: u8,
     key_agreement: KeyAgreement,
     token: Option<Token>,
@@ -143,6 +145,7 @@ impl PinAuthenticator {
             record,
             protocols,
             ctap21,
+            always_uv: false,
             consecutive_wrong: 0,
             key_agreement: KeyAgreement::generate().map_err(|e| e.to_string())?,
             token: None,
@@ -152,6 +155,21 @@ impl PinAuthenticator {
     /// What the owner persists.
     pub fn record(&self) -> &PinRecord {
         &self.record
+    }
+
+    /// A CTAP 2.1 key (permissions, getPinUvAuthTokenUsingPinWithPermissions).
+    pub fn is_ctap21(&self) -> bool {
+        self.ctap21
+    }
+
+    /// getInfo's alwaysUv (CTAP 2.1 keys only).
+    pub fn always_uv(&self) -> bool {
+        self.ctap21 && self.always_uv
+    }
+
+    /// Sets alwaysUv.
+    pub fn set_always_uv(&mut self, always_uv: bool) {
+        self.always_uv = always_uv;
     }
 
     /// Whether a PIN is set (getInfo's `clientPin`).
