@@ -454,3 +454,44 @@ fn a_ctap_2_0_key_that_insists_on_its_pin_is_enrolled_with_it_and_verifies_with_
     );
     proxy.assert_running();
 }
+
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
+fn a_key_with_built_in_uv_verifies_a_verification_user_without_a_pin() {
+    // CTAP 2.1: getPinUvAuthTokenUsingUvWithPermissions (clientPIN subcommand 6), then the
+    // token's pinUvAuthParam; CTAP 2.0: the `uv` option of the request itself.
+    for (extra, sign) in [
+        (&["--builtin-uv"][..], "clientPIN subcommand=6"),
+        (
+            &["--ctap20", "--builtin-uv"][..],
+            "built-in user verification",
+        ),
+    ] {
+        let usb = UsbKeyring::new();
+        let key = usb.vkey("key", extra);
+        let e = usb_enroll(&usb, "carol", &["--require-uv"]);
+        assert!(
+            e.status.is_some_and(|s| s.success()),
+            "{e:?}\n{}",
+            key.log()
+        );
+        assert!(e.stdout.contains("+presence+verification"), "{e:?}");
+        let (mut proxy, c) = usb.proxy("5", &[]);
+        c.login_ok("carol");
+        let log = key.log();
+        assert!(log.contains(sign), "{extra:?}: {log}");
+        assert!(
+            !log.contains("clientPIN subcommand=1"),
+            "no PIN asked: {log}"
+        );
+        assert!(
+            proxy
+                .stderr()
+                .lines()
+                .any(|l| l.contains("gate: passed") && l.contains("uv=true")),
+            "{}",
+            proxy.stderr()
+        );
+        proxy.assert_running();
+    }
+}

@@ -987,4 +987,46 @@ mod tests {
         let text = std::fs::read_to_string(&s.key_file).unwrap();
         assert!(text.contains("pin_retries 8"), "{text}");
     }
+
+    /// A key with built-in UV (a fingerprint): `+verification` needs no PIN. CTAP 2.1:
+    /// getPinUvAuthTokenUsingUvWithPermissions; CTAP 2.0: the `uv` option. `+pin` still
+    /// takes the PIN.
+    #[tokio::test]
+    async fn a_key_with_built_in_uv_verifies_without_a_pin() {
+        use crate::pin_protocol::PinProtocol;
+        for ctap21 in [true, false] {
+            let s = setup();
+            let soft =
+                SoftAuthenticator::with_key_file(SoftBehavior::Present, &s.key_file).unwrap();
+            let protocols = if ctap21 {
+                vec![PinProtocol::Two, PinProtocol::One]
+            } else {
+                vec![PinProtocol::One]
+            };
+            soft.configure_pin(protocols, ctap21, false, true).unwrap();
+            let gate = Gate::with_level(
+                Arc::new(soft),
+                settings(5000, 5000),
+                LevelConfig::Assertion {
+                    rp_id: "chromecard".into(),
+                    store: s.store.clone(),
+                },
+            );
+            let options = EnrolOptions {
+                require_uv: true,
+                ..EnrolOptions::default()
+            };
+            gate.enroll("alice", options).await.unwrap();
+            let p = gate.check("alice").await.unwrap();
+            assert!(p.user_verified, "ctap21={ctap21}");
+            // +pin on a key with no PIN set: the fingerprint does not do for the PIN.
+            let options = EnrolOptions {
+                require_pin: true,
+                pin: pin("4711"),
+                ..EnrolOptions::default()
+            };
+            let e = gate.enroll("bob", options).await.unwrap_err();
+            assert_eq!(e.code(), "pin_not_set", "ctap21={ctap21}");
+        }
+    }
 }

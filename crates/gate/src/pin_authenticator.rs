@@ -104,6 +104,8 @@ pub struct PinAuthenticator {
     ctap21: bool,
     /// getInfo's alwaysUv: every makeCredential and getAssertion needs user verification.
     always_uv: bool,
+    /// Built-in user verification (a simulated fingerprint reader; getInfo `uv: true`).
+    builtin_uv: bool,
     consecutive_wrong: u8,
     key_agreement: KeyAgreement,
     token: Option<Token>,
@@ -146,6 +148,7 @@ impl PinAuthenticator {
             protocols,
             ctap21,
             always_uv: false,
+            builtin_uv: false,
             consecutive_wrong: 0,
             key_agreement: KeyAgreement::generate().map_err(|e| e.to_string())?,
             token: None,
@@ -170,6 +173,18 @@ impl PinAuthenticator {
     /// Sets alwaysUv.
     pub fn set_always_uv(&mut self, always_uv: bool) {
         self.always_uv = always_uv;
+    }
+
+    /// Whether the key has built-in user verification (getInfo `uv: true`).
+    pub fn has_builtin_uv(&self) -> bool {
+        self.builtin_uv
+    }
+
+    /// Gives the key built-in user verification: getPinUvAuthTokenUsingUvWithPermissions
+    /// (CTAP 2.1) and the `uv` option then verify the user without a PIN. The owner does
+    /// the "fingerprint" (the virtual key waits for a touch) before it asks for either.
+    pub fn set_builtin_uv(&mut self, builtin_uv: bool) {
+        self.builtin_uv = builtin_uv;
     }
 
     /// Whether a PIN is set (getInfo's `clientPin`).
@@ -223,27 +238,70 @@ impl PinAuthenticator {
             subcommand::CHANGE_PIN => self.change_pin(m).map(|()| None),
             subcommand::GET_PIN_TOKEN => self.get_token(m, None),
             subcommand::GET_TOKEN_USING_PIN if self.ctap21 => {
-                let perms = int_of(get(m, 9).ok_or(status::MISSING_PARAMETER)?)?;
-                let perms = u8::try_from(perms).map_err(|_| status::UNAUTHORIZED_PERMISSION)?;
-                if perms == 0 {
-                    return Err(status::INVALID_PARAMETER);
-                }
-                if perms & !(permission::MC | permission::GA) != 0 {
-                    return Err(status::UNAUTHORIZED_PERMISSION);
-                }
-                let rp_id = match get(m, 0x0a) {
-                    None => None,
-                    Some(Value::Text(t)) => Some(t.clone()),
-                    Some(_) => return Err(status::CBOR_UNEXPECTED_TYPE),
-                };
+                let (perms, rp_id) = Self::permissions(m)?;
                 self.get_token(m, Some((perms, rp_id)))
             }
-            // No built-in user verification: nothing to ask with UV, no UV retries.
-            subcommand::GET_TOKEN_USING_UV | subcommand::GET_UV_RETRIES if self.ctap21 => {
-                Err(status::INVALID_SUBCOMMAND)
+            subcommand::GET_TOKEN_USING_UV if self.ctap21 && self.builtin_uv => {
+                let (perms, rp_id) = Self::permissions(m)?;
+                self.token_using_uv(m, perms, rp_id)
             }
+            subcommand::GET_UV_RETRIES if self.ctap21 && self.builtin_uv => Ok(Some(Value::Map(
+                vec![(int(5), int(i64::from(MAX_PIN_RETRIES)))],
+            ))),
             _ => Err(status::INVALID_SUBCOMMAND),
         }
+    }
+
+    /// The permissions (mc and ga only) and the optional rpId of a token request.
+    fn permissions(m: &[(Value, Value)]) -> Result<(u8, Option<String>), Status> {
+        let perms = int_of(get(m, 9).ok_or(status::MISSING_PARAMETER)?)?;
+        let perms = u8::try_from(perms).map_err(|_| status::UNAUTHORIZED_PERMISSION)?;
+        if perms == 0 {
+            return Err(status::INVALID_PARAMETER);
+        }
+        if perms & !(permission::MC | permission::GA) != 0 {
+            return Err(status::UNAUTHORIZED_PERMISSION);
+        }
+        let rp_id = match get(m, 0x0a) {
+            None => None,
+            Some(Value::Text(t)) => Some(t.clone()),
+            Some(_) => return Err(status::CBOR_UNEXPECTED_TYPE),
+        };
+        Ok((perms, rp_id))
+    }
+
+    /// getPinUvAuthTokenUsingUvWithPermissions: the user was verified by the built-in
+    /// method (the owner's simulated fingerprint), so no PIN is checked.
+    fn token_using_uv(
+        &mut self,
+        m: &[(Value, Value)],
+        permissions: u8,
+        rp_id: Option<String>,
+    ) -> Result<Option<Value>, Status> {
+        let protocol = self.protocol(m)?;
+        let secret = self.shared(protocol, m)?;
+        self.issue_token(protocol, &secret, Some(permissions), rp_id)
+    }
+
+    fn issue_token(
+        &mut self,
+        protocol: PinProtocol,
+        secret: &crate::pin_protocol::SharedSecret,
+        permissions: Option<u8>,
+        rp_id: Option<String>,
+    ) -> Result<Option<Value>, Status> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        getrandom::getrandom(bytes.as_mut()).map_err(|_| status::OTHER)?;
+        let enc = protocol
+            .encrypt(secret, &bytes[..])
+            .map_err(|_| status::OTHER)?;
+        self.token = Some(Token {
+            protocol,
+            bytes,
+            permissions,
+            rp_id,
+        });
+        Ok(Some(Value::Map(vec![(int(2), Value::Bytes(enc))])))
     }
 
     /// The shared secret with the platform key agreement key in `m`.
@@ -384,24 +442,13 @@ impl PinAuthenticator {
         self.check_not_blocked()?;
         let secret = self.shared(protocol, m)?;
         self.check_pin_hash(protocol, &secret, &hash_enc)?;
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        getrandom::getrandom(bytes.as_mut()).map_err(|_| status::OTHER)?;
         let (permissions, rp_id) = match with {
             Some((p, rp)) => (Some(p), rp),
             // CTAP 2.1 gives a getPinToken token the mc and ga permissions.
             None if self.ctap21 => (Some(permission::MC | permission::GA), None),
             None => (None, None),
         };
-        let enc = protocol
-            .encrypt(&secret, &bytes[..])
-            .map_err(|_| status::OTHER)?;
-        self.token = Some(Token {
-            protocol,
-            bytes,
-            permissions,
-            rp_id,
-        });
-        Ok(Some(Value::Map(vec![(int(2), Value::Bytes(enc))])))
+        self.issue_token(protocol, &secret, permissions, rp_id)
     }
 
     /// Checks a makeCredential's or getAssertion's pinUvAuthParam (`param`, with the

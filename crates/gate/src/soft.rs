@@ -638,8 +638,8 @@ impl SoftAuthenticator {
                     .map_err(|status| ctap2::status_error(status, label, "pinUvAuthParam"))?;
                 Ok(true)
             }
-            // No built-in UV here (getInfo has no `uv`), so never the `uv` option.
-            None => Ok(false),
+            // The `uv` option: built-in UV (on a CTAP 2.0 key), if the key has it.
+            None => Ok(proof.uv_option() && self.key().pin.has_builtin_uv()),
         }
     }
 
@@ -683,8 +683,11 @@ impl SoftAuthenticator {
         let mut options = vec![
             (text("rk"), Value::Bool(false)),
             (text("up"), Value::Bool(true)),
-            (text("plat"), Value::Bool(false)),
         ];
+        if key.pin.has_builtin_uv() {
+            options.push((text("uv"), Value::Bool(true)));
+        }
+        options.push((text("plat"), Value::Bool(false)));
         if ctap21 {
             options.push((text("alwaysUv"), Value::Bool(key.pin.always_uv())));
         }
@@ -743,18 +746,26 @@ impl SoftAuthenticator {
 
     /// Powers the PIN side up again as a CTAP 2.1 key (`ctap21`) or a 2.0 one, offering
     /// `protocols` (preferred first), with `always_uv` (every makeCredential and
-    /// getAssertion needs a pinUvAuthParam). The PIN and its retries are kept.
+    /// getAssertion needs a pinUvAuthParam) and `builtin_uv` (a simulated fingerprint
+    /// reader). The PIN and its retries are kept.
     pub fn configure_pin(
         &self,
         protocols: Vec<PinProtocol>,
         ctap21: bool,
         always_uv: bool,
+        builtin_uv: bool,
     ) -> Result<(), String> {
         let mut key = self.key();
         let record = key.pin.record().clone();
         key.pin = PinAuthenticator::power_up(record, protocols, ctap21)?;
         key.pin.set_always_uv(always_uv);
+        key.pin.set_builtin_uv(builtin_uv);
         Ok(())
+    }
+
+    /// Whether the key has built-in user verification.
+    pub fn has_builtin_uv(&self) -> bool {
+        self.key().pin.has_builtin_uv()
     }
 
     /// Sets the PIN (all retries back), as a person would with a FIDO2 tool; written to

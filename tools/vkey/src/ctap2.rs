@@ -69,6 +69,9 @@ pub struct KeyConfig {
     /// pinUvAuthParam (CTAP2_ERR_PUAT_REQUIRED without one). The PIN itself, and whether
     /// one is set, is the software authenticator's.
     pub always_uv: bool,
+    /// Built-in user verification (a fingerprint reader, simulated by the touch): getInfo
+    /// `uv: true`, getPinUvAuthTokenUsingUvWithPermissions, and the `uv` option.
+    pub builtin_uv: bool,
     /// Behave as Qubes' CTAP proxy 2.0.7: CTAP2 commands 0x07-0x0D refused with
     /// CTAP1_ERR_INVALID_COMMAND.
     pub qubes_ctap_proxy: bool,
@@ -208,7 +211,12 @@ impl Key {
         } else {
             vec![PinProtocol::Two, PinProtocol::One]
         };
-        if let Err(e) = soft.configure_pin(protocols, !config.ctap20, config.always_uv) {
+        if let Err(e) = soft.configure_pin(
+            protocols,
+            !config.ctap20,
+            config.always_uv,
+            config.builtin_uv,
+        ) {
             tracing::error!(error = %e, "cannot power up the key's PIN side");
         }
         Self {
@@ -250,7 +258,7 @@ impl Key {
             MAKE_CREDENTIAL => self.make_credential(&m, cancel),
             GET_ASSERTION => self.get_assertion(&m, cancel),
             SELECTION if !self.config.ctap20 => self.wait_for_touch(cancel).map(|()| None),
-            CLIENT_PIN => self.client_pin(&m),
+            CLIENT_PIN => self.client_pin(&m, cancel),
             _ => Err(status::INVALID_COMMAND),
         });
         let answer = match result {
@@ -383,10 +391,11 @@ impl Key {
             return Err(status::UNSUPPORTED_ALGORITHM);
         }
         let exclude = descriptor_ids(get(m, 5))?;
-        if option(m, 7, "rk", false)? || option(m, 7, "uv", false)? {
+        if option(m, 7, "rk", false)? {
             return Err(status::UNSUPPORTED_OPTION);
         }
-        let verified = self.pin_uv(m, 8, &cdh, permission::MC, rp_id, cancel)?;
+        let verified = self.pin_uv(m, 8, &cdh, permission::MC, rp_id, cancel)?
+            || self.uv_option(m, 7, cancel)?;
         if exclude
             .iter()
             .any(|id| self.soft.holds_credential(rp_id, id))
@@ -422,10 +431,11 @@ impl Key {
         let cdh = client_data_hash(m, 2)?;
         let allow = descriptor_ids(get(m, 3))?;
         let up = option(m, 5, "up", true)?;
-        if option(m, 5, "uv", false)? || option(m, 5, "rk", false)? {
+        if option(m, 5, "rk", false)? {
             return Err(status::UNSUPPORTED_OPTION);
         }
-        let verified = self.pin_uv(m, 6, &cdh, permission::GA, rp_id, cancel)?;
+        let verified = self.pin_uv(m, 6, &cdh, permission::GA, rp_id, cancel)?
+            || self.uv_option(m, 5, cancel)?;
         // No resident credentials: an empty allow list finds nothing.
         if !allow.iter().any(|id| self.soft.holds_credential(rp_id, id)) {
             return Err(status::NO_CREDENTIALS);
@@ -451,9 +461,37 @@ impl Key {
         ])))
     }
 
-    fn client_pin(&self, m: &[(Value, Value)]) -> Result<Option<Value>, Status> {
+    /// The `uv` option (key `options_key` of the request): only a key with built-in UV
+    /// takes it, and verifies the user with its "fingerprint" (the touch).
+    fn uv_option(
+        &self,
+        m: &[(Value, Value)],
+        options_key: i128,
+        cancel: &CancelSignal,
+    ) -> Result<bool, Status> {
+        if !option(m, options_key, "uv", false)? {
+            return Ok(false);
+        }
+        if !self.config.builtin_uv {
+            return Err(status::UNSUPPORTED_OPTION);
+        }
+        tracing::info!("built-in user verification (simulated by the touch)");
+        self.wait_for_touch(cancel)?;
+        Ok(true)
+    }
+
+    fn client_pin(
+        &self,
+        m: &[(Value, Value)],
+        cancel: &CancelSignal,
+    ) -> Result<Option<Value>, Status> {
         if let Some(Value::Integer(sub)) = get(m, 2) {
             tracing::info!(subcommand = i128::from(*sub), "clientPIN");
+            // getPinUvAuthTokenUsingUvWithPermissions: the fingerprint first.
+            if i128::from(*sub) == 6 && self.config.builtin_uv && !self.config.ctap20 {
+                tracing::info!("built-in user verification (simulated by the touch)");
+                self.wait_for_touch(cancel)?;
+            }
         }
         let answer = self.soft.client_pin(m);
         if let Err(code) = answer {
@@ -497,6 +535,7 @@ mod tests {
             refuse: false,
             ctap20: false,
             always_uv: false,
+            builtin_uv: false,
             qubes_ctap_proxy: false,
             untouched: Vec::new(),
         }

@@ -77,6 +77,12 @@ struct Args {
     #[arg(long, conflicts_with = "ctap20")]
     always_uv: bool,
 
+    /// Built-in user verification, as a fingerprint key has: getInfo `uv: true`,
+    /// getPinUvAuthTokenUsingUvWithPermissions (CTAP 2.1) and the `uv` option (CTAP 2.0)
+    /// verify the user after a (simulated) touch.
+    #[arg(long)]
+    builtin_uv: bool,
+
     /// Pull the key out: destroy the device this many milliseconds after it starts
     /// waiting for a touch, then exit.
     #[arg(long, value_name = "MS")]
@@ -202,6 +208,7 @@ fn main() -> anyhow::Result<()> {
             refuse: args.behavior == SoftBehavior::Refuse,
             ctap20: args.ctap20,
             always_uv: args.always_uv,
+            builtin_uv: args.builtin_uv,
             qubes_ctap_proxy: args.qubes_ctap_proxy,
             untouched: args.untouched.clone(),
         },
@@ -347,6 +354,7 @@ fn main() -> anyhow::Result<()> {
         ctap20 = args.ctap20,
         pin_set = key.pin_is_set(),
         always_uv = args.always_uv,
+        builtin_uv = args.builtin_uv,
         qubes_ctap_proxy = args.qubes_ctap_proxy,
         "virtual FIDO2 key ready (SIMULATED touches: tests only)"
     );
