@@ -2,7 +2,7 @@
 //! sends (getInfo, makeCredential, getAssertion, selection), encoded as CTAP2
 //! canonical CBOR, and the answers read strictly. Answers come from a USB device,
 //! which may be hostile: nothing here panics, and every field is checked for
-//! type before use. No I/O: [`crate::fido2`] moves the bytes.
+//! type before use. No I/O: `fido2.rs` moves the bytes.
 
 use ciborium::Value;
 

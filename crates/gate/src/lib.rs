@@ -13,6 +13,11 @@
 //!   signatures over `authData || clientDataHash`, the signCount rule;
 //! * [`credentials`]: the enrolment file (pam-u2f's line format) and the sign
 //!   counts kept durably beside it;
+//! * user verification with the key's PIN or built-in UV: [`pin_protocol`] (PIN/UV
+//!   auth protocols 1 and 2, shared by both sides), the client's clientPIN
+//!   (`pin_client`, run by the USB key and the software authenticator before a request
+//!   that needs UV) and the authenticator's ([`pin_authenticator`], for the software and
+//!   virtual keys);
 //! * [`Gate`]: the level ([`GateLevel`]), one operation on the device at a time,
 //!   a blocking thread, a deadline, cancellation when the deadline passes or the
 //!   client goes away, a fresh random challenge per login, and the ceremony that

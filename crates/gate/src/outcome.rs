@@ -20,7 +20,7 @@ pub struct Passed {
     pub user_verified: bool,
 }
 
-/// Options for [`Gate::enroll`].
+/// Options for [`crate::Gate::enroll`].
 #[derive(Debug, Clone, Default)]
 pub struct EnrolOptions {
     /// Require user verification (PIN or biometric on the key) at every login too.
@@ -31,7 +31,7 @@ pub struct EnrolOptions {
     pub pin: Option<crate::Pin>,
 }
 
-/// A credential that [`Gate::enroll`] wrote to the enrolment file.
+/// A credential that [`crate::Gate::enroll`] wrote to the enrolment file.
 #[derive(Debug, Clone)]
 pub struct Enrolled {
     /// Short label of the new credential id.

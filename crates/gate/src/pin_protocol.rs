@@ -1,6 +1,6 @@
 //! CTAP 2.1's PIN/UV auth protocols 1 and 2 (section 6.5.6 and 6.5.7): the one
 //! implementation of their crypto, used by both sides: the client (k_proxy asking a key
-//! for a pinUvAuthToken, [`crate::pin_client`]) and the authenticators (the software
+//! for a pinUvAuthToken, `pin_client`) and the authenticators (the software
 //! authenticator and the virtual USB key, [`crate::pin_authenticator`]). Its known-answer
 //! tests are independent of it (values computed with Python's `cryptography`; and
 //! python-fido2's `ClientPin` talks to the virtual key in e2e/tests/vkey_interop.rs).
