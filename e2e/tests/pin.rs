@@ -297,3 +297,50 @@ fn a_key_with_a_pin_enrols_with_it_for_verification_and_without_it_for_presence(
     assert_eq!(key_file_pin_retries(&k.key()), 8);
     p.assert_running();
 }
+
+#[test]
+fn three_wrong_pins_in_a_row_block_pins_until_the_key_is_powered_again() {
+    let k = PinRing::new(8);
+    k.enroll_ok(&[
+        "enroll",
+        "--username",
+        "alice",
+        "--require-pin",
+        "--pin-file",
+        &k.pin_file(PIN),
+    ]);
+    {
+        let (mut p, c) = k.proxy();
+        refused(
+            &login(&c, "alice", Some(WRONG)),
+            401,
+            "pin_invalid",
+            Some(7),
+        );
+        refused(
+            &login(&c, "alice", Some(WRONG)),
+            401,
+            "pin_invalid",
+            Some(6),
+        );
+        // The third in a row: the key takes no PIN until it is powered again...
+        let r = login(&c, "alice", Some(WRONG));
+        refused(&r, 401, "pin_auth_blocked", None);
+        assert!(r.body.contains("unplug it"), "{}", r.ctx());
+        // ... not even the right one, and that costs no try.
+        refused(
+            &login(&c, "alice", Some(PIN)),
+            401,
+            "pin_auth_blocked",
+            None,
+        );
+        assert_eq!(key_file_pin_retries(&k.key()), 5);
+        p.assert_running();
+    }
+    // The software key is "powered again" with its process: the right PIN works and
+    // gives all the tries back.
+    let (mut p, c) = k.proxy();
+    login(&c, "alice", Some(PIN)).expect(200);
+    assert_eq!(key_file_pin_retries(&k.key()), 8);
+    p.assert_running();
+}
