@@ -234,6 +234,14 @@ fn touch_level_uses_selection_on_ctap_2_1_and_a_throwaway_credential_on_ctap_2_0
         );
     }
     {
+        // A CTAP 2.0 key with a PIN makes no credential without it: a makeCredential with
+        // an empty pinAuth, which the key answers (PIN_INVALID) after a touch.
+        let key = VKey::start(&["--ctap20", "--pin", "4711"]);
+        c.login_ok("anyone");
+        assert!(key.log().contains("touched"), "{}", key.log());
+        assert!(key.log().contains("status=0x31"), "{}", key.log());
+    }
+    {
         let _key = VKey::start(&["--no-touch"]);
         assert_refused(&c.login("anyone"), 401, "touch_timeout");
     }
@@ -442,7 +450,16 @@ fn a_ctap_2_0_key_that_insists_on_its_pin_is_enrolled_with_it_and_verifies_with_
     );
     let (mut proxy, c) = usb.proxy("5", &[]);
     c.login_ok("bob");
+    // dave needs UV, the key has no built-in UV, the body no PIN: pin_required, answered
+    // only after a touch (as for a name nobody enrolled).
+    let touches = key.count("waiting for a touch");
     refused_with(&pin_login(&c, "dave", None), "pin_required", None);
+    assert_eq!(
+        key.count("waiting for a touch"),
+        touches + 1,
+        "{}",
+        key.log()
+    );
     pin_login(&c, "dave", Some(PIN)).expect(200);
     assert!(
         proxy

@@ -105,7 +105,15 @@ pub(crate) fn login(
         // The PIN goes to the key only when the enrolment asks for user verification.
         pin: pin.filter(|_| require_uv || require_pin),
     };
-    let response = auth.get_assertion(&request, cancel)?;
+    let response = match auth.get_assertion(&request, cancel) {
+        // A +verification user without a PIN on a key that needs one (no built-in UV,
+        // or one that insists): answered after a touch too, as above.
+        Err(GateError::PinRequired) if request.pin.is_none() => {
+            auth.wait_for_touch(cancel)?;
+            return Err(GateError::PinRequired);
+        }
+        other => other?,
+    };
     if cancel.is_cancelled() {
         // The caller has given up (timeout or disconnect): change nothing.
         return Err(GateError::Cancelled);

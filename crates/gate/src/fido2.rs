@@ -330,6 +330,42 @@ fn touch_by_throwaway_credential(
     Ok(())
 }
 
+/// The touch check of a CTAP 2.0 key with a PIN (CTAP 2.0 section 5.1, step 1): a
+/// makeCredential with a zero-length pinAuth makes the key wait for a touch and then
+/// answer CTAP2_ERR_PIN_INVALID (a PIN is set) or CTAP2_ERR_PIN_NOT_SET. Nothing is
+/// signed: the touch is the key's word, as with authenticatorSelection.
+fn touch_by_empty_pin_auth(opened: &mut Opened, cancel: &CancelSignal) -> Result<(), GateError> {
+    let cdh = client_data_hash(&random::<32>()?);
+    let request = ctap2::make_credential(&ctap2::MakeCredential {
+        client_data_hash: &cdh,
+        rp_id: TOUCH_RP,
+        user_id: &[0],
+        user_name: "touch",
+        exclude: &[],
+        uv: false,
+        pin_uv: Some((&[], 1)),
+    });
+    let answer = opened.cbor(
+        &request,
+        "makeCredential, empty pinAuth (touch check)",
+        true,
+        cancel,
+    )?;
+    match answer.first() {
+        Some(0x31) | Some(0x35) => Ok(()),
+        _ => {
+            // Whatever else it said (a cancel, a refusal, a credential): not a touch.
+            ctap2::parse_make_credential(&answer, &opened.label)?;
+            Err(GateError::Device {
+                detail: format!(
+                    "{}: touch check: the key made a credential for an empty pinAuth",
+                    opened.label
+                ),
+            })
+        }
+    }
+}
+
 impl Authenticator for Fido2Key {
     fn describe(&self) -> String {
         match &self.device_path {
@@ -352,11 +388,8 @@ impl Authenticator for Fido2Key {
     /// key's word, not a signature from an enrolled credential.
     fn wait_for_touch(&self, cancel: &CancelSignal) -> Result<Presence, GateError> {
         let mut opened = self.single(cancel)?;
-        let versions = opened.versions(cancel)?;
-        let has_selection = versions
-            .iter()
-            .any(|v| v == "FIDO_2_1" || v == "FIDO_2_1_PRE");
-        if has_selection {
+        let info = opened.info(cancel)?;
+        if info.is_ctap21() {
             let answer =
                 opened.cbor(&ctap2::selection(), "authenticatorSelection", true, cancel)?;
             match ctap2::parse_empty(&answer, &opened.label, "authenticatorSelection") {
@@ -373,6 +406,17 @@ impl Authenticator for Fido2Key {
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if info.option("clientPin") == Some(true) {
+            // A CTAP 2.0 key with a PIN makes no credential without it; its own way to
+            // be chosen by a touch is a makeCredential with a zero-length pinAuth.
+            touch_by_empty_pin_auth(&mut opened, cancel)?;
+            return Ok(Presence {
+                device: format!(
+                    "{} (touched: makeCredential with an empty pinAuth, nothing signed)",
+                    opened.label
+                ),
+            });
         }
         touch_by_throwaway_credential(&mut opened, cancel)?;
         Ok(Presence {
