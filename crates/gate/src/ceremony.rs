@@ -182,6 +182,7 @@ pub(crate) fn enrol(
         kind: cred.public_key.kind().as_str(),
         aaguid: new.aaguid.iter().map(|b| format!("{b:02x}")).collect(),
         device: made.device,
+        attested: attested.clone(),
     };
     // Re-read just before writing, so an edit made while the key waited for a touch is kept.
     let mut now = store.load().map_err(storage)?;
