@@ -832,3 +832,36 @@ async fn attested_enrolment_is_recorded_and_required_at_login() {
     assert_eq!(err.code(), "credential_store_error");
     assert!(err.is_server_fault());
 }
+
+#[test]
+fn a_make_credential_answer_carries_its_statement() {
+    use ciborium::Value;
+    let answer = |st: Option<Value>| {
+        let mut m = vec![
+            (Value::Integer(1.into()), Value::Text("packed".into())),
+            (Value::Integer(2.into()), Value::Bytes(vec![1, 2, 3])),
+        ];
+        if let Some(st) = st {
+            m.push((Value::Integer(3.into()), st));
+        }
+        let mut out = vec![0u8];
+        ciborium::ser::into_writer(&Value::Map(m), &mut out).unwrap();
+        out
+    };
+    let stmt = Value::Map(vec![(
+        Value::Text("alg".into()),
+        Value::Integer((-7).into()),
+    )]);
+    let (ad, st) =
+        crate::ctap2::parse_make_credential_full(&answer(Some(stmt.clone())), "k").unwrap();
+    assert_eq!(ad, [1, 2, 3]);
+    assert_eq!(st.fmt, "packed");
+    assert_eq!(st.att_stmt, stmt);
+    // No attStmt at all reads as an empty one (and is then self attestation or none).
+    let (_, st) = crate::ctap2::parse_make_credential_full(&answer(None), "k").unwrap();
+    assert_eq!(st.att_stmt, Value::Map(Vec::new()));
+    // An attStmt that is not a map is a device error.
+    let e = crate::ctap2::parse_make_credential_full(&answer(Some(Value::Text("x".into()))), "k")
+        .unwrap_err();
+    assert_eq!(e.code(), "device_error");
+}
