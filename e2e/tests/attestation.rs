@@ -246,6 +246,12 @@ fn attested_enrolment_and_require_attested_logins() {
         .args(&flags)
         .run_to_exit(Duration::from_secs(15));
     e.assert_refused(&["--require-attested", "credentials.attestation"]);
+    // `enroll remove` drops the removed credential's record.
+    fs::write(&side, &text).unwrap();
+    fs::set_permissions(&side, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_ok(&f.k_proxy(&["enroll", "remove", "--username", "alice"]));
+    let after = fs::read_to_string(&side).unwrap();
+    assert!(!after.contains("alice:"), "{after}");
 }
 
 /// The JWT a Metadata Service would publish, signed with `signer` (ES256).

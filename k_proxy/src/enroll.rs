@@ -202,6 +202,12 @@ fn remove(args: &Args, username: &str, prefix: Option<&str>) -> anyhow::Result<(
     store
         .save(&enrolments)
         .context("cannot write the enrolment file")?;
+    // The removed credentials' attestation records go too (a stale one would be harmless:
+    // records are keyed by user and credential id, but the file should say what is enrolled).
+    let records = AttestationRecords::beside(store.path());
+    records
+        .retain(|user, id| enrolments.credentials_of(user).iter().any(|c| c.id == id))
+        .with_context(|| format!("cannot update {}", records.path().display()))?;
     println!(
         "removed {removed} credential(s) of {username} from {}",
         store.path().display()

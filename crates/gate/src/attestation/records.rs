@@ -123,10 +123,27 @@ impl AttestationRecords {
     pub fn add(&self, user: &str, id: &[u8], record: AttestationRecord) -> Result<(), StoreError> {
         let mut map = self.load()?;
         map.insert((user.to_string(), id.to_vec()), record);
+        self.save(&map)
+    }
+
+    /// Keeps only the records of credentials for which `keep(user, id)` holds (after
+    /// `enroll remove`); returns how many were dropped. Writes only when one was.
+    pub fn retain(&self, keep: impl Fn(&str, &[u8]) -> bool) -> Result<usize, StoreError> {
+        let mut map = self.load()?;
+        let before = map.len();
+        map.retain(|(u, id), _| keep(u, id));
+        let dropped = before - map.len();
+        if dropped > 0 {
+            self.save(&map)?;
+        }
+        Ok(dropped)
+    }
+
+    fn save(&self, map: &Map) -> Result<(), StoreError> {
         let mut text = String::from(
             "# chromecard attested credentials: user:credential_id_b64:aaguid_hex:fmt:root_subject (written by k_proxy enroll)\n",
         );
-        for ((u, id), r) in &map {
+        for ((u, id), r) in map {
             // A subject is one line: control characters would break the format.
             let subject: String = r
                 .root_subject

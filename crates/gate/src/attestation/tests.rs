@@ -865,3 +865,34 @@ fn a_make_credential_answer_carries_its_statement() {
         .unwrap_err();
     assert_eq!(e.code(), "device_error");
 }
+
+#[test]
+fn records_round_trip_and_retain_keeps_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = AttestationRecords::beside(&dir.path().join("credentials"));
+    assert_eq!(
+        records.path(),
+        dir.path().join("credentials.attestation").as_path()
+    );
+    assert!(records.load().unwrap().is_empty());
+    let rec = |s: &str| AttestationRecord {
+        aaguid: hex(&SOFT_AAGUID),
+        fmt: "packed".into(),
+        root_subject: format!("CN={s}, O=Colons: and\nnewlines"),
+    };
+    records.add("alice", b"id-a", rec("A")).unwrap();
+    records.add("bob", b"id-b", rec("B")).unwrap();
+    // A subject's control characters cannot break the line format; colons are kept.
+    assert_eq!(
+        records.get("alice", b"id-a").unwrap().unwrap().root_subject,
+        "CN=A, O=Colons: and newlines"
+    );
+    assert_eq!(records.retain(|u, _| u != "alice").unwrap(), 1);
+    assert!(records.get("alice", b"id-a").unwrap().is_none());
+    assert!(records.get("bob", b"id-b").unwrap().is_some());
+    assert_eq!(records.retain(|_, _| true).unwrap(), 0);
+    // Others may not write it: refused, fail closed.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(records.path(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert!(records.load().is_err());
+}
