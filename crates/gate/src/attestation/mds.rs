@@ -194,40 +194,7 @@ impl Metadata {
         );
         verify_chain(leaf, intermediates, roots, unix)
             .map_err(|e| AttestationError::MdsSigner(e.to_string()))?;
-        let signed = format!("{h64}.{p64}");
-        let der = CertificateDer::from(leaf.as_slice());
-        let ee = EndEntityCert::try_from(&der)
-            .map_err(|e| AttestationError::MdsSigner(format!("the signer certificate: {e}")))?;
-        let ok = match header.alg.as_str() {
-            "ES256" => p256::ecdsa::Signature::from_slice(&sig)
-                .ok()
-                .map(|s| s.to_der().as_bytes().to_vec())
-                .is_some_and(|der_sig| {
-                    ee.verify_signature(
-                        webpki::ring::ECDSA_P256_SHA256,
-                        signed.as_bytes(),
-                        &der_sig,
-                    )
-                    .is_ok()
-                }),
-            "RS256" => ee
-                .verify_signature(
-                    webpki::ring::RSA_PKCS1_2048_8192_SHA256,
-                    signed.as_bytes(),
-                    &sig,
-                )
-                .is_ok(),
-            other => {
-                return Err(AttestationError::MdsSigner(format!(
-                    "JWT alg {other:?} is not accepted (ES256 or RS256)"
-                )))
-            }
-        };
-        if !ok {
-            return Err(AttestationError::MdsSigner(
-                "the JWT signature does not verify with the signer certificate".into(),
-            ));
-        }
+        verify_jws(&header.alg, leaf, &format!("{h64}.{p64}"), &sig)?;
         let payload: Payload = URL_SAFE_NO_PAD
             .decode(p64)
             .ok()
@@ -275,6 +242,42 @@ impl Metadata {
                     .any(|k| k.eq_ignore_ascii_case(key_identifier))
             })
         }
+    }
+}
+
+/// Verifies the JWS signature `sig` over `signed` with the signer certificate `leaf`.
+fn verify_jws(alg: &str, leaf: &[u8], signed: &str, sig: &[u8]) -> Result<(), AttestationError> {
+    let der = CertificateDer::from(leaf);
+    let ee = EndEntityCert::try_from(&der)
+        .map_err(|e| AttestationError::MdsSigner(format!("the signer certificate: {e}")))?;
+    let ok = match alg {
+        // JWS ES256 signatures are r || s (RFC 7518 §3.4); webpki takes DER.
+        "ES256" => p256::ecdsa::Signature::from_slice(sig)
+            .ok()
+            .map(|s| s.to_der().as_bytes().to_vec())
+            .is_some_and(|der_sig| {
+                ee.verify_signature(webpki::ring::ECDSA_P256_SHA256, signed.as_bytes(), &der_sig)
+                    .is_ok()
+            }),
+        "RS256" => ee
+            .verify_signature(
+                webpki::ring::RSA_PKCS1_2048_8192_SHA256,
+                signed.as_bytes(),
+                sig,
+            )
+            .is_ok(),
+        other => {
+            return Err(AttestationError::MdsSigner(format!(
+                "JWT alg {other:?} is not accepted (ES256 or RS256)"
+            )))
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(AttestationError::MdsSigner(
+            "the JWT signature does not verify with the signer certificate".into(),
+        ))
     }
 }
 

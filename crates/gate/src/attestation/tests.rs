@@ -722,6 +722,13 @@ fn a_blob_from_another_signer_is_refused() {
     let e = Metadata::from_jwt(&parts.join("."), &[m.root.as_root()], now()).unwrap_err();
     assert!(matches!(e, AttestationError::MdsSigner(_)), "{e}");
     assert!(e.to_string().contains("does not verify"), "{e}");
+    // Another algorithm in the header (alg confusion) is refused before any check passes.
+    let header = serde_json::json!({
+        "alg": "HS256", "x5c": [STANDARD.encode(&m.signer_der)]
+    });
+    parts[0] = URL_SAFE_NO_PAD.encode(header.to_string());
+    let e = Metadata::from_jwt(&parts.join("."), &[m.root.as_root()], now()).unwrap_err();
+    assert!(e.to_string().contains("\"HS256\" is not accepted"), "{e}");
 }
 
 #[test]
