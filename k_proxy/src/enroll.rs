@@ -8,21 +8,27 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context};
+use chromecard_gate::attestation::{AttestationRecords, Metadata, Policy};
 use chromecard_gate::{CredentialStore, EnrolOptions, Gate, LevelConfig};
 
-use crate::args::{Action, Args, Command, GateKind};
+use crate::args::{Action, Args, Command, EnrollCommand, GateKind};
 use crate::gate_setup;
 
 /// Runs a subcommand; prints results on stdout, errors on stderr.
 pub fn run(args: &Args, command: Command) -> ExitCode {
     let Command::Enroll(cmd) = command;
     let result = match cmd.action {
-        None => add(
-            args,
-            cmd.username.as_deref().unwrap_or_default(),
-            cmd.require_uv,
-        ),
+        None => attestation_policy(&cmd).and_then(|policy| {
+            add(
+                args,
+                cmd.username.as_deref().unwrap_or_default(),
+                cmd.require_uv,
+                policy,
+            )
+        }),
         Some(Action::List { username }) => list(args, username.as_deref()),
         Some(Action::Remove {
             username,
@@ -45,7 +51,48 @@ fn store(args: &Args) -> anyhow::Result<CredentialStore> {
     Ok(CredentialStore::new(path))
 }
 
-fn add(args: &Args, username: &str, require_uv: bool) -> anyhow::Result<()> {
+/// The attestation policy `--attestation-roots` and `--mds-blob`/`--mds-root` ask for;
+/// `None` when neither is given (the key's attestation is then not checked).
+fn attestation_policy(cmd: &EnrollCommand) -> anyhow::Result<Option<Arc<Policy>>> {
+    if cmd.attestation_roots.is_empty() && cmd.mds_blob.is_none() {
+        return Ok(None);
+    }
+    let mut roots = Vec::new();
+    for path in &cmd.attestation_roots {
+        roots.extend(Policy::roots_from_path(path).with_context(|| {
+            format!(
+                "--attestation-roots {}: give a PEM file of root certificates, or a directory of \
+                 *.pem/*.crt/*.cer files",
+                path.display()
+            )
+        })?);
+    }
+    let mut policy = Policy::new(roots);
+    if let (Some(blob), Some(root)) = (&cmd.mds_blob, &cmd.mds_root) {
+        let md = Metadata::load(blob, root, std::time::SystemTime::now()).with_context(|| {
+            format!(
+                "--mds-blob {} (verified against --mds-root {})",
+                blob.display(),
+                root.display()
+            )
+        })?;
+        eprintln!(
+            "metadata blob no. {} ({} models, next update {}) verified",
+            md.no,
+            md.len(),
+            md.next_update
+        );
+        policy = policy.with_metadata(md);
+    }
+    Ok(Some(Arc::new(policy)))
+}
+
+fn add(
+    args: &Args,
+    username: &str,
+    require_uv: bool,
+    policy: Option<Arc<Policy>>,
+) -> anyhow::Result<()> {
     chromecard_hop::validate_username(username)
         .map_err(|e| anyhow::anyhow!("--username {username:?}: {e}"))?;
     if args.gate == GateKind::Soft && args.soft_key_file.is_none() {
@@ -70,7 +117,8 @@ fn add(args: &Args, username: &str, require_uv: bool) -> anyhow::Result<()> {
         "Enrolling a key for {username:?} (relying party {:?}): touch the key when it blinks (within {} s)...",
         args.rp_id, args.touch_timeout
     );
-    let result = runtime.block_on(gate.enroll(username, EnrolOptions { require_uv }));
+    let result =
+        runtime.block_on(gate.enroll_attested(username, EnrolOptions { require_uv }, policy));
     // A key operation stuck in a blocking read must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_secs(1));
     let enrolled = result.map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))?;
@@ -87,12 +135,23 @@ fn add(args: &Args, username: &str, require_uv: bool) -> anyhow::Result<()> {
         enrolled.aaguid,
         path.display()
     );
+    if let Some(a) = &enrolled.attested {
+        println!(
+            "attested: {} statement chains to {:?}; recorded in {}",
+            a.fmt,
+            a.root_subject,
+            AttestationRecords::beside(&path).path().display()
+        );
+    }
     Ok(())
 }
 
 fn list(args: &Args, only: Option<&str>) -> anyhow::Result<()> {
     let store = store(args)?;
     let enrolments = store.load().context("cannot read the enrolment file")?;
+    let attested = AttestationRecords::beside(store.path())
+        .load()
+        .context("cannot read the attestation records")?;
     let mut shown = 0;
     for (user, creds) in enrolments.iter() {
         if only.is_some_and(|u| u != user) {
@@ -100,8 +159,12 @@ fn list(args: &Args, only: Option<&str>) -> anyhow::Result<()> {
         }
         for c in creds {
             let count = store.stored_count(user, &c.id).unwrap_or(0);
+            let attestation = attested
+                .get(&(user.to_string(), c.id.clone()))
+                .map(|r| format!("attested {} ({})", r.fmt, r.root_subject))
+                .unwrap_or_else(|| "not attested".to_string());
             println!(
-                "{user}\t{}\t{}\t{}\tsign count {count}",
+                "{user}\t{}\t{}\t{}\tsign count {count}\t{attestation}",
                 c.label(),
                 c.public_key.kind().as_str(),
                 if c.require_uv {
@@ -139,6 +202,12 @@ fn remove(args: &Args, username: &str, prefix: Option<&str>) -> anyhow::Result<(
     store
         .save(&enrolments)
         .context("cannot write the enrolment file")?;
+    // The removed credentials' attestation records go too (a stale one would be harmless:
+    // records are keyed by user and credential id, but the file should say what is enrolled).
+    let records = AttestationRecords::beside(store.path());
+    records
+        .retain(|user, id| enrolments.credentials_of(user).iter().any(|c| c.id == id))
+        .with_context(|| format!("cannot update {}", records.path().display()))?;
     println!(
         "removed {removed} credential(s) of {username} from {}",
         store.path().display()

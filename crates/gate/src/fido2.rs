@@ -361,8 +361,10 @@ impl Authenticator for Fido2Key {
             uv: request.require_uv,
         });
         let answer = opened.cbor(&message, "authenticatorMakeCredential", true, cancel)?;
+        let (auth_data, attestation) = ctap2::parse_make_credential_full(&answer, &opened.label)?;
         Ok(MadeCredential {
-            auth_data: ctap2::parse_make_credential(&answer, &opened.label)?,
+            auth_data,
+            attestation,
             device: opened.label,
         })
     }

@@ -18,6 +18,7 @@
 //!   client goes away, a fresh random challenge per login, and the ceremony that
 //!   ties these together.
 
+pub mod attestation;
 mod cancel;
 mod cbor;
 mod ceremony;
@@ -29,6 +30,7 @@ mod gate;
 mod hid;
 mod outcome;
 mod soft;
+mod soft_attestation;
 pub mod verify;
 
 use std::fmt;
@@ -41,6 +43,7 @@ pub use fido2::Fido2Key;
 pub use gate::{Gate, GateSettings, LevelConfig};
 pub use outcome::{EnrolOptions, Enrolled, Passed};
 pub use soft::{SelfAttested, SoftAuthenticator, SoftBehavior, UnknownSoftBehavior};
+pub use soft_attestation::{SoftAttestation, SoftAttestationFormat};
 pub use verify::Rejection;
 
 /// One blocking operation on an authenticator. Implementations run on a blocking
@@ -120,6 +123,9 @@ pub struct MakeCredentialRequest {
 pub struct MadeCredential {
     /// The authenticator data, with attested credential data.
     pub auth_data: Vec<u8>,
+    /// The attestation format and statement, as the key sent them (verified only by
+    /// attested enrolment: see [`attestation`]).
+    pub attestation: attestation::Statement,
     /// Which device answered (for logs).
     pub device: String,
 }
@@ -242,6 +248,12 @@ pub enum GateError {
     /// The enrolment file or the sign counts could not be read or written.
     #[error("credential store: {detail}")]
     Storage { detail: String },
+    /// Attested enrolment refused the key's attestation (enrolment only).
+    #[error("attestation refused: {0}")]
+    Attestation(attestation::AttestationError),
+    /// `--require-attested`: none of the user's credentials was attested at enrolment.
+    #[error("none of the user's enrolled credentials was attested at enrolment")]
+    NotAttested,
 }
 
 impl GateError {
@@ -262,6 +274,8 @@ impl GateError {
             GateError::Unsupported { .. } => "key_unsupported",
             GateError::Rejected(r) => r.code(),
             GateError::Storage { .. } => "credential_store_error",
+            GateError::Attestation(e) => e.code(),
+            GateError::NotAttested => "not_attested",
         }
     }
 
@@ -331,6 +345,13 @@ impl GateError {
             GateError::Storage { .. } => "k_proxy cannot read or update its enrolment \
                  records; try again later (an operator must check k_proxy's log)."
                 .to_string(),
+            GateError::Attestation(_) => "The FIDO2 key's attestation was refused, so it \
+                 cannot be enrolled; see the enrolment's message."
+                .to_string(),
+            GateError::NotAttested => "This user's enrolled key was not attested at \
+                 enrolment, and k_proxy accepts only attested keys (--require-attested); \
+                 re-enrol the key with `k_proxy enroll --attestation-roots`."
+                .to_string(),
         }
     }
 }
@@ -387,6 +408,8 @@ mod tests {
             GateError::Storage {
                 detail: "/dev/hidraw7 read err".into(),
             },
+            GateError::Attestation(attestation::AttestationError::NoneRefused),
+            GateError::NotAttested,
         ]
     }
 
@@ -411,6 +434,8 @@ mod tests {
                 "bad_signature",
                 "counter_not_increased",
                 "credential_store_error",
+                "attestation_none",
+                "not_attested",
             ]
         );
         let mut dedup = codes.clone();
