@@ -105,6 +105,35 @@ pub struct Args {
     #[arg(long, value_name = "PATH", global = true)]
     pub soft_key_file: Option<PathBuf>,
 
+    /// With --gate soft: a PKCS#8 PEM P-256 key with which the software authenticator
+    /// attests new credentials (tests and demos); needs --soft-attestation-certs.
+    #[arg(
+        long,
+        value_name = "PATH",
+        global = true,
+        requires = "soft_attestation_certs"
+    )]
+    pub soft_attestation_key: Option<PathBuf>,
+
+    /// With --soft-attestation-key: its certificate chain (PEM, leaf first).
+    #[arg(
+        long,
+        value_name = "PATH",
+        global = true,
+        requires = "soft_attestation_key"
+    )]
+    pub soft_attestation_certs: Option<PathBuf>,
+
+    /// With --soft-attestation-key: the statement the software authenticator makes,
+    /// packed (with x5c) or fido-u2f.
+    #[arg(long, value_name = "FMT", default_value = "packed", global = true)]
+    pub soft_attestation_format: chromecard_gate::SoftAttestationFormat,
+
+    /// Log in only with credentials that were attested at enrolment (`k_proxy enroll
+    /// --attestation-roots`); others are refused with 401 not_attested.
+    #[arg(long)]
+    pub require_attested: bool,
+
     /// What a login must prove: presence (a key answers GetInfo), touch (a person touched
     /// the key; nothing signed), assertion (the user's enrolled key signed a fresh
     /// challenge). Default: assertion with --credentials-file, else presence.
@@ -248,6 +277,20 @@ pub struct EnrollCommand {
     /// put a PIN itself on the command line.
     #[arg(long, value_name = "FILE")]
     pub pin_file: Option<PathBuf>,
+    /// Verify the key's attestation (packed with x5c, or fido-u2f) up to one of these
+    /// roots: a PEM file, or a directory of *.pem/*.crt/*.cer files (repeatable). `none`
+    /// and self attestation are refused.
+    #[arg(long, value_name = "PEM_FILE_OR_DIR")]
+    pub attestation_roots: Vec<PathBuf>,
+
+    /// A FIDO Metadata Service v3 blob (JWT): the key's entry supplies its attestation
+    /// roots, and revoked or compromised models are refused. Needs --mds-root.
+    #[arg(long, value_name = "FILE", requires = "mds_root")]
+    pub mds_blob: Option<PathBuf>,
+
+    /// The root certificate (PEM) the metadata blob's signer must chain to.
+    #[arg(long, value_name = "PEM", requires = "mds_blob")]
+    pub mds_root: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]

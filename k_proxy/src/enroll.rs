@@ -8,10 +8,13 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context};
+use chromecard_gate::attestation::{AttestationRecords, Metadata, Policy};
 use chromecard_gate::{CredentialStore, Gate, LevelConfig};
 
-use crate::args::{Action, Args, Command, GateKind};
+use crate::args::{Action, Args, Command, EnrollCommand, GateKind};
 use crate::enroll_pin::{self, PinChoice};
 use crate::gate_setup;
 
@@ -19,12 +22,15 @@ use crate::gate_setup;
 pub fn run(args: &Args, command: Command) -> ExitCode {
     let Command::Enroll(cmd) = command;
     let result = match cmd.action {
-        None => add(
-            args,
-            cmd.username.as_deref().unwrap_or_default(),
-            cmd.require_uv,
-            PinChoice::from_command(&cmd),
-        ),
+        None => attestation_policy(&cmd).and_then(|policy| {
+            add(
+                args,
+                cmd.username.as_deref().unwrap_or_default(),
+                cmd.require_uv,
+                PinChoice::from_command(&cmd),
+                policy,
+            )
+        }),
         Some(Action::List { username }) => list(args, username.as_deref()),
         Some(Action::Remove {
             username,
@@ -47,7 +53,49 @@ fn store(args: &Args) -> anyhow::Result<CredentialStore> {
     Ok(CredentialStore::new(path))
 }
 
-fn add(args: &Args, username: &str, require_uv: bool, pin: PinChoice) -> anyhow::Result<()> {
+/// The attestation policy `--attestation-roots` and `--mds-blob`/`--mds-root` ask for;
+/// `None` when neither is given (the key's attestation is then not checked).
+fn attestation_policy(cmd: &EnrollCommand) -> anyhow::Result<Option<Arc<Policy>>> {
+    if cmd.attestation_roots.is_empty() && cmd.mds_blob.is_none() {
+        return Ok(None);
+    }
+    let mut roots = Vec::new();
+    for path in &cmd.attestation_roots {
+        roots.extend(Policy::roots_from_path(path).with_context(|| {
+            format!(
+                "--attestation-roots {}: give a PEM file of root certificates, or a directory of \
+                 *.pem/*.crt/*.cer files",
+                path.display()
+            )
+        })?);
+    }
+    let mut policy = Policy::new(roots);
+    if let (Some(blob), Some(root)) = (&cmd.mds_blob, &cmd.mds_root) {
+        let md = Metadata::load(blob, root, std::time::SystemTime::now()).with_context(|| {
+            format!(
+                "--mds-blob {} (verified against --mds-root {})",
+                blob.display(),
+                root.display()
+            )
+        })?;
+        eprintln!(
+            "metadata blob no. {} ({} models, next update {}) verified",
+            md.no,
+            md.len(),
+            md.next_update
+        );
+        policy = policy.with_metadata(md);
+    }
+    Ok(Some(Arc::new(policy)))
+}
+
+fn add(
+    args: &Args,
+    username: &str,
+    require_uv: bool,
+    pin: PinChoice,
+    policy: Option<Arc<Policy>>,
+) -> anyhow::Result<()> {
     chromecard_hop::validate_username(username)
         .map_err(|e| anyhow::anyhow!("--username {username:?}: {e}"))?;
     if args.gate == GateKind::Soft && args.soft_key_file.is_none() {
@@ -73,7 +121,7 @@ fn add(args: &Args, username: &str, require_uv: bool, pin: PinChoice) -> anyhow:
         args.rp_id, args.touch_timeout
     );
     let require_pin = pin.require_pin;
-    let result = runtime.block_on(enroll_pin::enroll(&gate, username, require_uv, pin));
+    let result = runtime.block_on(enroll_pin::enroll(&gate, username, require_uv, pin, policy));
     // A key operation stuck in a blocking read must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_secs(1));
     let enrolled = result?;
@@ -86,12 +134,23 @@ fn add(args: &Args, username: &str, require_uv: bool, pin: PinChoice) -> anyhow:
         enrolled.aaguid,
         path.display()
     );
+    if let Some(a) = &enrolled.attested {
+        println!(
+            "attested: {} statement chains to {:?}; recorded in {}",
+            a.fmt,
+            a.root_subject,
+            AttestationRecords::beside(&path).path().display()
+        );
+    }
     Ok(())
 }
 
 fn list(args: &Args, only: Option<&str>) -> anyhow::Result<()> {
     let store = store(args)?;
     let enrolments = store.load().context("cannot read the enrolment file")?;
+    let attested = AttestationRecords::beside(store.path())
+        .load()
+        .context("cannot read the attestation records")?;
     let mut shown = 0;
     for (user, creds) in enrolments.iter() {
         if only.is_some_and(|u| u != user) {
@@ -99,8 +158,12 @@ fn list(args: &Args, only: Option<&str>) -> anyhow::Result<()> {
         }
         for c in creds {
             let count = store.stored_count(user, &c.id).unwrap_or(0);
+            let attestation = attested
+                .get(&(user.to_string(), c.id.clone()))
+                .map(|r| format!("attested {} ({})", r.fmt, r.root_subject))
+                .unwrap_or_else(|| "not attested".to_string());
             println!(
-                "{user}\t{}\t{}\t{}\tsign count {count}",
+                "{user}\t{}\t{}\t{}\tsign count {count}\t{attestation}",
                 c.label(),
                 c.public_key.kind().as_str(),
                 enroll_pin::options_label(c.require_uv, c.require_pin),
@@ -134,6 +197,12 @@ fn remove(args: &Args, username: &str, prefix: Option<&str>) -> anyhow::Result<(
     store
         .save(&enrolments)
         .context("cannot write the enrolment file")?;
+    // The removed credentials' attestation records go too (a stale one would be harmless:
+    // records are keyed by user and credential id, but the file should say what is enrolled).
+    let records = AttestationRecords::beside(store.path());
+    records
+        .retain(|user, id| enrolments.credentials_of(user).iter().any(|c| c.id == id))
+        .with_context(|| format!("cannot update {}", records.path().display()))?;
     println!(
         "removed {removed} credential(s) of {username} from {}",
         store.path().display()

@@ -5,8 +5,10 @@
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
+use chromecard_gate::attestation::Policy;
 use chromecard_gate::{EnrolOptions, Enrolled, Gate, GateError, Pin};
 use zeroize::Zeroizing;
 
@@ -72,6 +74,7 @@ pub async fn enroll(
     username: &str,
     require_uv: bool,
     choice: PinChoice,
+    policy: Option<Arc<Policy>>,
 ) -> anyhow::Result<Enrolled> {
     let options = |pin: Option<Pin>| EnrolOptions {
         require_uv,
@@ -84,10 +87,13 @@ pub async fn enroll(
         None
     };
     let asked = first.is_some();
-    let result = match gate.enroll(username, options(first)).await {
+    let result = match gate
+        .enroll_attested(username, options(first), policy.clone())
+        .await
+    {
         Err(GateError::PinRequired) if !asked => {
             eprintln!("The key wants its PIN for this enrolment.");
-            gate.enroll(username, options(Some(read_pin(&choice)?)))
+            gate.enroll_attested(username, options(Some(read_pin(&choice)?)), policy)
                 .await
         }
         other => other,

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use chromecard_gate::attestation::AttestationRecords;
 use chromecard_gate::{
     Authenticator, CredentialStore, Fido2Key, Gate, GateLevel, GateSettings, LevelConfig,
-    SoftAuthenticator, SoftBehavior,
+    SoftAttestation, SoftAttestationFormat, SoftAuthenticator, SoftBehavior,
 };
 
 use crate::args::{Args, GateKind};
@@ -19,6 +20,13 @@ pub fn make_authenticator(args: &Args) -> anyhow::Result<Arc<dyn Authenticator>>
         GateKind::Fido2 => {
             if args.soft_key_file.is_some() {
                 tracing::warn!("--soft-key-file is ignored: --gate fido2 uses the real USB key");
+            }
+            if args.soft_attestation_key.is_some() {
+                bail!(
+                    "--soft-attestation-key is for the software authenticator only: add \
+                     --gate soft, or drop --soft-attestation-key/--soft-attestation-certs (a \
+                     real key attests with its own certificate)"
+                );
             }
             Ok(Arc::new(Fido2Key::new(args.device.clone())))
         }
@@ -36,12 +44,43 @@ pub fn make_authenticator(args: &Args) -> anyhow::Result<Arc<dyn Authenticator>>
                     .map_err(anyhow::Error::msg)
                     .context("--gate soft")?,
             };
+            let auth = match (&args.soft_attestation_key, &args.soft_attestation_certs) {
+                (Some(key), Some(certs)) => auth.with_attestation(soft_attestation(
+                    key,
+                    certs,
+                    args.soft_attestation_format,
+                )?),
+                _ => auth,
+            };
             if args.soft_behavior != SoftBehavior::Present {
                 tracing::warn!(behavior = %args.soft_behavior, "the software authenticator simulates a misbehaving key");
             }
             Ok(Arc::new(auth))
         }
     }
+}
+
+/// The software authenticator's attestation identity from `--soft-attestation-key`,
+/// `--soft-attestation-certs` and `--soft-attestation-format`.
+fn soft_attestation(
+    key: &std::path::Path,
+    certs: &std::path::Path,
+    format: SoftAttestationFormat,
+) -> anyhow::Result<SoftAttestation> {
+    let key_pem = std::fs::read_to_string(key)
+        .with_context(|| format!("--soft-attestation-key {}", key.display()))?;
+    let certs_pem = std::fs::read(certs)
+        .with_context(|| format!("--soft-attestation-certs {}", certs.display()))?;
+    SoftAttestation::from_pem(&key_pem, &certs_pem, format)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| {
+            format!(
+                "--soft-attestation-key {} / --soft-attestation-certs {}: give a PKCS#8 PEM \
+                 P-256 key and its PEM certificate chain, leaf first",
+                key.display(),
+                certs.display()
+            )
+        })
 }
 
 /// The time limits from the flags.
@@ -104,6 +143,12 @@ pub fn assertion_config(args: &Args, must_exist: bool) -> anyhow::Result<LevelCo
 /// (assertion level without an enrolment file; a software key that dies with the process).
 pub fn make_gate(args: &Args) -> anyhow::Result<Gate> {
     let level = level(args);
+    if args.require_attested && level != GateLevel::Assertion {
+        bail!(
+            "--require-attested needs the assertion level: give --credentials-file PATH (and no \
+             --gate-level {level}); at {level} level no enrolled credential is used"
+        );
+    }
     let config = match level {
         GateLevel::Presence | GateLevel::Touch => {
             if let Some(path) = &args.credentials_file {
@@ -127,8 +172,22 @@ pub fn make_gate(args: &Args) -> anyhow::Result<Gate> {
             config
         }
     };
+    if args.require_attested {
+        if let LevelConfig::Assertion { store, .. } = &config {
+            let records = AttestationRecords::beside(store.path());
+            let attested = records.load().with_context(|| {
+                format!(
+                    "--require-attested: the attestation records {} (written by `k_proxy enroll \
+                     --attestation-roots`) cannot be read",
+                    records.path().display()
+                )
+            })?;
+            tracing::info!(file = %records.path().display(), attested = attested.len(), "--require-attested: logins only with credentials attested at enrolment (re-read at every login)");
+        }
+    }
     let authenticator = make_authenticator(args)?;
-    let gate = Gate::with_level(authenticator, settings(args), config);
+    let gate = Gate::with_level(authenticator, settings(args), config)
+        .require_attested(args.require_attested);
     announce(&gate, args);
     Ok(gate)
 }

@@ -89,10 +89,14 @@ pub struct Answer {
     pub cancels_sent: u32,
 }
 
+/// The CTAPHID protocol version this client speaks (the INIT answer's byte 12).
+pub const PROTOCOL_VERSION: u8 = 2;
+
 /// One allocated channel on one device.
 pub struct Channel<P: Port> {
     port: P,
     cid: u32,
+    capabilities: u8,
 }
 
 impl<P: Port> Channel<P> {
@@ -123,7 +127,19 @@ impl<P: Port> Channel<P> {
                             "CTAPHID_INIT gave the reserved channel {cid:#010x}"
                         )));
                     }
-                    return Ok(Self { port, cid });
+                    // A device speaking another CTAPHID version frames differently;
+                    // reading its answers as ours would be guesswork.
+                    if data[12] != PROTOCOL_VERSION {
+                        return Err(HostError::Protocol(format!(
+                            "CTAPHID_INIT answered protocol version {}; this client speaks {PROTOCOL_VERSION}",
+                            data[12]
+                        )));
+                    }
+                    return Ok(Self {
+                        port,
+                        cid,
+                        capabilities: data[16],
+                    });
                 }
                 Packet::Init {
                     cid: BROADCAST_CID,
@@ -142,11 +158,39 @@ impl<P: Port> Channel<P> {
         self.cid
     }
 
+    /// The capability bits of the INIT answer ([`crate::capability`]).
+    pub fn capabilities(&self) -> u8 {
+        self.capabilities
+    }
+
+    /// One request and its answer. `cancelled` is asked between reads; once it
+    /// says yes (or the deadline passes) CTAPHID_CANCEL is sent, repeated every
+    /// poll period, and the answer is awaited for `limits.cancel_grace` more.
+    /// `on_keepalive` sees each KEEPALIVE status byte. When the answer breaks the framing the request may still be running on the device
+    /// (waiting for a touch): one CANCEL is sent, best effort, so the key does not
+    /// go on blinking for nobody.
+    pub fn transact(
+        &mut self,
+        command: u8,
+        payload: &[u8],
+        limits: &Limits,
+        cancelled: &dyn Fn() -> bool,
+        on_keepalive: &mut dyn FnMut(u8),
+    ) -> Result<Answer, HostError> {
+        let result = self.exchange(command, payload, limits, cancelled, on_keepalive);
+        if let Err(HostError::Protocol(_)) = &result {
+            if let Ok(cancel) = fragment(self.cid, cmd::CANCEL, &[]) {
+                let _ = self.port.send(&cancel[0]);
+            }
+        }
+        result
+    }
+
     /// One request and its answer. `cancelled` is asked between reads; once it
     /// says yes (or the deadline passes) CTAPHID_CANCEL is sent, repeated every
     /// poll period, and the answer is awaited for `limits.cancel_grace` more.
     /// `on_keepalive` sees each KEEPALIVE status byte.
-    pub fn transact(
+    fn exchange(
         &mut self,
         command: u8,
         payload: &[u8],
@@ -296,6 +340,7 @@ mod tests {
         ));
         let ch = Channel::open(script, nonce, Instant::now() + Duration::from_secs(1)).unwrap();
         assert_eq!(ch.cid(), 9);
+        assert_eq!(ch.capabilities(), 4);
         ch
     }
 
@@ -376,6 +421,39 @@ mod tests {
             .transact(cmd::CBOR, &[2], &limits(10_000), &|| true, &mut |_| {})
             .unwrap_err();
         assert_eq!(e, HostError::Cancelled);
+    }
+
+    #[test]
+    fn another_ctaphid_version_is_refused_at_init() {
+        let mut script = Script::default();
+        let nonce = [5; 8];
+        let mut answer = nonce.to_vec();
+        answer.extend_from_slice(&[0, 0, 0, 9, 1, 0, 1, 0, 4]);
+        script.to_host.push_back(Some(
+            fragment(BROADCAST_CID, cmd::INIT, &answer).unwrap()[0],
+        ));
+        let e = Channel::open(script, nonce, Instant::now() + Duration::from_secs(1))
+            .err()
+            .expect("version 1 must be refused");
+        assert!(
+            matches!(&e, HostError::Protocol(m) if m.contains("version 1")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_broken_answer_cancels_the_request_but_a_device_error_does_not() {
+        let is_cancel = |r: &[u8; PACKET_SIZE]| r[..5] == [0, 0, 0, 9, 0x80 | cmd::CANCEL];
+        let mut ch = opened(Script::default());
+        push(&mut ch, 9, cmd::ERROR, &[err::INVALID_PAR]);
+        let _ = ch.transact(cmd::CBOR, &[4], &limits(1000), &|| false, &mut |_| {});
+        assert_eq!(ch.port.written.iter().filter(|r| is_cancel(r)).count(), 0);
+        push(&mut ch, 9, cmd::WINK, &[]);
+        let e = ch
+            .transact(cmd::CBOR, &[2], &limits(1000), &|| false, &mut |_| {})
+            .unwrap_err();
+        assert!(matches!(e, HostError::Protocol(_)), "{e:?}");
+        assert_eq!(ch.port.written.iter().filter(|r| is_cancel(r)).count(), 1);
     }
 
     #[test]

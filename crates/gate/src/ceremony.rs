@@ -72,12 +72,23 @@ pub(crate) fn login(
     rp_id: &str,
     store: &CredentialStore,
     username: &str,
+    require_attested: bool,
     pin: Option<crate::Pin>,
     cancel: &CancelSignal,
 ) -> Result<Passed, GateError> {
     // Re-read at every login: `k_proxy enroll` may have changed it.
     let enrolments = store.load().map_err(storage)?;
-    let creds = enrolments.credentials_of(username);
+    let attested;
+    let mut creds = enrolments.credentials_of(username);
+    if require_attested && !creds.is_empty() {
+        attested = crate::attestation::only_attested(store, username, creds).map_err(storage)?;
+        creds = &attested;
+        if creds.is_empty() {
+            // Answered after a touch, as not_enrolled is.
+            auth.wait_for_touch(cancel)?;
+            return Err(GateError::NotAttested);
+        }
+    }
     if creds.is_empty() {
         // Answered only after a touch, as an enrolled user's login would be: the key blinks
         // and the answer waits for the touch (or --touch-timeout) either way. So which
@@ -153,6 +164,7 @@ pub(crate) fn enrol(
     store: &CredentialStore,
     username: &str,
     options: EnrolOptions,
+    policy: Option<&crate::attestation::Policy>,
     cancel: &CancelSignal,
 ) -> Result<Enrolled, GateError> {
     let before = store.load().map_err(storage)?;
@@ -178,6 +190,12 @@ pub(crate) fn enrol(
     let uv = options.require_uv || options.require_pin;
     let new = verify::verify_new_credential(&made.auth_data, &rp_id_hash(rp_id), uv)
         .map_err(GateError::Rejected)?;
+    let attested = policy
+        .map(|p| {
+            crate::attestation::verify_new(p, &made, &request.challenge, &rp_id_hash(rp_id), &new)
+        })
+        .transpose()
+        .map_err(GateError::Attestation)?;
     let cred = Credential {
         id: new.credential_id,
         public_key: new.public_key,
@@ -189,6 +207,7 @@ pub(crate) fn enrol(
         kind: cred.public_key.kind().as_str(),
         aaguid: new.aaguid.iter().map(|b| format!("{b:02x}")).collect(),
         device: made.device,
+        attested: attested.clone(),
     };
     // Re-read just before writing, so an edit made while the key waited for a touch is kept.
     let mut now = store.load().map_err(storage)?;
@@ -196,6 +215,12 @@ pub(crate) fn enrol(
         return Err(GateError::AlreadyEnrolled);
     }
     let id = cred.id.clone();
+    if let Some(a) = &attested {
+        // Written before the enrolment: an enrolled attested credential always has its record.
+        crate::attestation::AttestationRecords::beside(store.path())
+            .add(username, &id, a.into())
+            .map_err(storage)?;
+    }
     now.add(username, cred).map_err(storage)?;
     store.save(&now).map_err(storage)?;
     // The count at creation is the floor for the first login (WebAuthn stores it at

@@ -374,6 +374,32 @@ pub fn parse_make_credential(answer: &[u8], label: &str) -> Result<Vec<u8>, Gate
     bytes_field(&m, 2, label, what)
 }
 
+/// A makeCredential answer: the format, the authenticator data and the attestation
+/// statement (unverified; attested enrolment checks it, see [`crate::attestation`]).
+pub fn parse_make_credential_full(
+    answer: &[u8],
+    label: &str,
+) -> Result<(Vec<u8>, crate::attestation::Statement), GateError> {
+    let what = "authenticatorMakeCredential";
+    let m = answer_map(answer, label, what)?.ok_or_else(|| malformed(label, what, "no body"))?;
+    let Some(Value::Text(fmt)) = field(&m, 1) else {
+        return Err(malformed(label, what, "no attestation format"));
+    };
+    let auth_data = bytes_field(&m, 2, label, what)?;
+    let att_stmt = match field(&m, 3) {
+        Some(v @ Value::Map(_)) => v.clone(),
+        Some(_) => return Err(malformed(label, what, "field 3 is not a map")),
+        None => Value::Map(Vec::new()),
+    };
+    Ok((
+        auth_data,
+        crate::attestation::Statement {
+            fmt: fmt.clone(),
+            att_stmt,
+        },
+    ))
+}
+
 /// A getAssertion answer: the credential id (absent when the key left it out),
 /// the authenticator data and the signature.
 #[derive(Debug)]

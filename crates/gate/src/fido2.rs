@@ -456,8 +456,10 @@ impl Authenticator for Fido2Key {
             pin_uv: param.as_ref().map(|(p, n)| (p.as_slice(), *n)),
         });
         let answer = opened.cbor(&message, "authenticatorMakeCredential", true, cancel)?;
+        let (auth_data, attestation) = ctap2::parse_make_credential_full(&answer, &opened.label)?;
         Ok(MadeCredential {
-            auth_data: ctap2::parse_make_credential(&answer, &opened.label)?,
+            auth_data,
+            attestation,
             device: opened.label,
         })
     }

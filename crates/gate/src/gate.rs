@@ -62,6 +62,8 @@ pub struct Gate {
     turn: Arc<Semaphore>,
     settings: GateSettings,
     level: Arc<LevelConfig>,
+    /// `--require-attested`: logins only with credentials attested at enrolment.
+    require_attested: bool,
 }
 
 /// Fires the cancel signal when dropped: on every way out of an operation, including
@@ -115,7 +117,15 @@ impl Gate {
             turn: Arc::new(Semaphore::new(1)),
             settings,
             level: Arc::new(level),
+            require_attested: false,
         }
+    }
+
+    /// At assertion level, logs in only with credentials attested at enrolment (their
+    /// record in the side file beside the enrolment file); others answer `not_attested`.
+    pub fn require_attested(mut self, yes: bool) -> Self {
+        self.require_attested = yes;
+        self
     }
 
     /// The authenticator's one-line description, for the start-up log.
@@ -211,6 +221,7 @@ impl Gate {
         tracing::info!(?username, level = %self.level(), "gate: asking the key");
         let level = Arc::clone(&self.level);
         let user = username.to_string();
+        let require_attested = self.require_attested;
         let result = self
             .run_holding(permit, move |auth, cancel| match &*level {
                 LevelConfig::Presence => auth.check_presence(cancel).map(|p| Passed {
@@ -228,7 +239,7 @@ impl Gate {
                     user_verified: false,
                 }),
                 LevelConfig::Assertion { rp_id, store } => {
-                    ceremony::login(auth, rp_id, store, &user, pin, cancel)
+                    ceremony::login(auth, rp_id, store, &user, require_attested, pin, cancel)
                 }
             })
             .await;
@@ -257,6 +268,17 @@ impl Gate {
         username: &str,
         options: EnrolOptions,
     ) -> Result<Enrolled, GateError> {
+        self.enroll_attested(username, options, None).await
+    }
+
+    /// [`Gate::enroll`], verifying the key's attestation under `policy` when given (the
+    /// credential is then recorded as attested beside the enrolment file).
+    pub async fn enroll_attested(
+        &self,
+        username: &str,
+        options: EnrolOptions,
+        policy: Option<Arc<crate::attestation::Policy>>,
+    ) -> Result<Enrolled, GateError> {
         let LevelConfig::Assertion { rp_id, store } = &*self.level else {
             return Err(GateError::Unsupported {
                 detail: "enrolment needs an enrolment file (--credentials-file)".to_string(),
@@ -265,7 +287,15 @@ impl Gate {
         let (rp_id, store) = (rp_id.clone(), Arc::clone(store));
         let user = username.to_string();
         self.run(username, move |auth, cancel| {
-            ceremony::enrol(auth, &rp_id, &store, &user, options, cancel)
+            ceremony::enrol(
+                auth,
+                &rp_id,
+                &store,
+                &user,
+                options,
+                policy.as_deref(),
+                cancel,
+            )
         })
         .await
     }

@@ -67,7 +67,12 @@ impl Port for HidPort {
         let mut buf = [0u8; PACKET_SIZE];
         match self.device.read_timeout(&mut buf, ms) {
             Ok(0) => Ok(None),
-            Ok(_) => Ok(Some(buf)),
+            Ok(PACKET_SIZE) => Ok(Some(buf)),
+            // A FIDO interface's input report is 64 bytes; anything else is not one,
+            // and zero-padding it would invent bytes the device never sent.
+            Ok(n) => Err(HostError::Io(format!(
+                "short read: {n} bytes, expected a {PACKET_SIZE}-byte report"
+            ))),
             Err(e) => Err(HostError::Io(e.to_string())),
         }
     }

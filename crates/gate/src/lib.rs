@@ -23,6 +23,7 @@
 //!   client goes away, a fresh random challenge per login, and the ceremony that
 //!   ties these together.
 
+pub mod attestation;
 mod cancel;
 mod cbor;
 mod ceremony;
@@ -38,6 +39,7 @@ pub mod pin_authenticator;
 mod pin_client;
 pub mod pin_protocol;
 mod soft;
+mod soft_attestation;
 pub mod verify;
 
 use std::fmt;
@@ -51,6 +53,7 @@ pub use gate::{Gate, GateSettings, LevelConfig};
 pub use outcome::{EnrolOptions, Enrolled, Passed};
 pub use pin::{Pin, PinError, MAX_PIN_BYTES, MIN_PIN_CODE_POINTS};
 pub use soft::{SelfAttested, SoftAuthenticator, SoftBehavior, UnknownSoftBehavior};
+pub use soft_attestation::{SoftAttestation, SoftAttestationFormat};
 pub use verify::Rejection;
 
 /// One blocking operation on an authenticator. Implementations run on a blocking
@@ -134,6 +137,9 @@ pub struct MakeCredentialRequest {
 pub struct MadeCredential {
     /// The authenticator data, with attested credential data.
     pub auth_data: Vec<u8>,
+    /// The attestation format and statement, as the key sent them (verified only by
+    /// attested enrolment: see [`attestation`]).
+    pub attestation: attestation::Statement,
     /// Which device answered (for logs).
     pub device: String,
 }
@@ -278,6 +284,12 @@ pub enum GateError {
     /// The enrolment needs a PIN and the key has none set.
     #[error("the key has no PIN set")]
     PinNotSet,
+    /// Attested enrolment refused the key's attestation (enrolment only).
+    #[error("attestation refused: {0}")]
+    Attestation(attestation::AttestationError),
+    /// `--require-attested`: none of the user's credentials was attested at enrolment.
+    #[error("none of the user's enrolled credentials was attested at enrolment")]
+    NotAttested,
 }
 
 impl GateError {
@@ -304,6 +316,8 @@ impl GateError {
             GateError::PinBlocked => "pin_blocked",
             GateError::PinAuthBlocked => "pin_auth_blocked",
             GateError::PinNotSet => "pin_not_set",
+            GateError::Attestation(e) => e.code(),
+            GateError::NotAttested => "not_attested",
         }
     }
 
@@ -404,6 +418,13 @@ impl GateError {
             GateError::PinNotSet => "This login needs the key's PIN, but the key has no PIN \
                  set; set one with a FIDO2 tool and enrol again."
                 .to_string(),
+            GateError::Attestation(_) => "The FIDO2 key's attestation was refused, so it \
+                 cannot be enrolled; see the enrolment's message."
+                .to_string(),
+            GateError::NotAttested => "This user's enrolled key was not attested at \
+                 enrolment, and k_proxy accepts only attested keys (--require-attested); \
+                 re-enrol the key with `k_proxy enroll --attestation-roots`."
+                .to_string(),
         }
     }
 }
@@ -466,6 +487,8 @@ mod tests {
             GateError::PinBlocked,
             GateError::PinAuthBlocked,
             GateError::PinNotSet,
+            GateError::Attestation(attestation::AttestationError::NoneRefused),
+            GateError::NotAttested,
         ]
     }
 
@@ -496,6 +519,8 @@ mod tests {
                 "pin_blocked",
                 "pin_auth_blocked",
                 "pin_not_set",
+                "attestation_none",
+                "not_attested",
             ]
         );
         let mut dedup = codes.clone();

@@ -42,4 +42,6 @@ pub struct Enrolled {
     pub aaguid: String,
     /// Which device made it.
     pub device: String,
+    /// With attested enrolment: what the attestation proved.
+    pub attested: Option<crate::attestation::Attested>,
 }

@@ -219,6 +219,8 @@ pub struct SoftAuthenticator {
     first_assertion: Mutex<Option<AssertionResponse>>,
     /// Operations running right now: a real key cannot run two, and neither may we.
     in_flight: AtomicUsize,
+    /// The attestation identity, if any (else packed self attestation).
+    attestation: Option<crate::soft_attestation::SoftAttestation>,
     /// Counts returns from operations, so tests can see the blocking thread end.
     #[cfg(test)]
     exits: Option<Arc<AtomicUsize>>,
@@ -291,9 +293,17 @@ impl SoftAuthenticator {
             key: Mutex::new(state),
             first_assertion: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
+            attestation: None,
             #[cfg(test)]
             exits: None,
         }
+    }
+
+    /// Attests new credentials with `identity` (packed with x5c, or fido-u2f) instead of
+    /// packed self attestation.
+    pub fn with_attestation(mut self, identity: crate::soft_attestation::SoftAttestation) -> Self {
+        self.attestation = Some(identity);
+        self
     }
 
     /// Test-only: `exits` is incremented each time an operation returns.
@@ -434,8 +444,11 @@ impl SoftAuthenticator {
         )?;
         let made =
             self.make_credential_for_hash(&request.rp_id, &cdh, &request.exclude, true, verified)?;
+        let attestation =
+            crate::soft_attestation::statement(self.attestation.as_ref(), &made, &cdh);
         Ok(MadeCredential {
             auth_data: made.auth_data,
+            attestation,
             device: self.device(),
         })
     }
