@@ -988,6 +988,20 @@ impl Client {
         )
     }
 
+    /// A login with this JSON body, sent from a private temp file (a PIN in the body
+    /// never appears in curl's argv).
+    pub fn login_body(&self, body: &Value) -> Resp {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        std::io::Write::write_all(&mut file, body.to_string().as_bytes()).expect("write body");
+        let at = format!("@{}", file.path().display());
+        self.req(
+            "POST",
+            "/session/login",
+            &["Content-Type: application/json"],
+            &["--data-binary", &at],
+        )
+    }
+
     /// Logs in and returns the session token, asserting the 200 answer's shape.
     pub fn login_ok(&self, username: &str) -> String {
         let r = self.login(username);
@@ -1291,6 +1305,35 @@ impl VKey {
     pub fn count(&self, needle: &str) -> usize {
         self.log().matches(needle).count()
     }
+}
+
+/// Sets the PIN of the software authenticator's (or the virtual key's) key file at
+/// `key_file` as a person would with a FIDO2 tool: what the key keeps of it,
+/// `LEFT(SHA-256(pin), 16)`, and `retries` tries left. The file must exist.
+pub fn set_key_file_pin(key_file: &Path, pin: &str, retries: u8) {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let text = fs::read_to_string(key_file).expect("read the key file");
+    let mut kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("pin_hash ") && !l.starts_with("pin_retries "))
+        .collect();
+    let hash = base64::engine::general_purpose::STANDARD
+        .encode(&sha2::Sha256::digest(pin.as_bytes())[..16]);
+    let hash_line = format!("pin_hash {hash}");
+    let retries_line = format!("pin_retries {retries}");
+    kept.push(&hash_line);
+    kept.push(&retries_line);
+    fs::write(key_file, kept.join("\n") + "\n").expect("write the key file");
+}
+
+/// The `pin_retries` a key file holds (8 when it holds none).
+pub fn key_file_pin_retries(key_file: &Path) -> u8 {
+    fs::read_to_string(key_file)
+        .expect("read the key file")
+        .lines()
+        .find_map(|l| l.strip_prefix("pin_retries "))
+        .map_or(8, |n| n.trim().parse().expect("pin_retries N"))
 }
 
 /// An enrolment file and virtual-key files in one private temp dir, for the

@@ -160,8 +160,8 @@ fn pam_u2f_line(name: &str, user: &str) -> String {
 fn a_bad_enrolment_line_costs_only_that_line_and_is_logged_with_its_number() {
     let k = Keyring::new();
     k.enroll_ok("alice");
-    // Lines k_proxy cannot use, from pam-u2f's own files: a resident key (bob), a
-    // +pin credential (carol), a user name login refuses.
+    // Lines from pam-u2f's own files: a resident key (bob, not used), a +pin credential
+    // (carol, used: her login needs the PIN), a user name login refuses (not used).
     let mut text = fs::read_to_string(k.creds()).unwrap();
     let first_extra = text.lines().count() + 1;
     for line in [
@@ -176,11 +176,10 @@ fn a_bad_enrolment_line_costs_only_that_line_and_is_logged_with_its_number() {
     let (mut p, c) = k.proxy("present", &[]);
     c.login_ok("alice");
     assert_refused(&c.login("bob"), 401, "not_enrolled");
-    assert_refused(&c.login("carol"), 401, "not_enrolled");
+    assert_refused(&c.login("carol"), 401, "pin_required");
     let log = p.stderr();
     for (n, what) in [
         (first_extra, "resident-key entry"),
-        (first_extra + 1, "option +pin"),
         (first_extra + 2, "is not one k_proxy's login accepts"),
     ] {
         assert!(
@@ -189,7 +188,11 @@ fn a_bad_enrolment_line_costs_only_that_line_and_is_logged_with_its_number() {
             "line {n} ({what}) not logged: {log}"
         );
     }
-    assert!(log.contains("unused_lines=3"), "{log}");
+    assert!(
+        !log.contains(&format!("line {} is not used", first_extra + 1)),
+        "{log}"
+    );
+    assert!(log.contains("unused_lines=2"), "{log}");
     // Logged once: the logins above re-read an unchanged file.
     assert_eq!(
         log.matches(&format!("line {first_extra} is not used"))
@@ -205,11 +208,18 @@ fn a_bad_enrolment_line_costs_only_that_line_and_is_logged_with_its_number() {
         log.contains(&format!("line {} is not used", first_extra + 3)),
         "{log}"
     );
-    // Enrolling someone else rewrites the file and keeps those lines.
+    // Enrolling someone else rewrites the file: the unused lines are kept verbatim, and
+    // carol's credential keeps its +pin.
     k.enroll_ok("erin");
     let after = fs::read_to_string(k.creds()).unwrap();
     assert!(
-        after.contains(&pam_u2f_line("new_-N.cred.in", "carol")),
+        after.contains(&pam_u2f_line("new_-r.cred.in", "bob")),
+        "{after}"
+    );
+    assert!(
+        after
+            .lines()
+            .any(|l| l.starts_with("carol:") && l.ends_with(",+presence+pin")),
         "{after}"
     );
     assert!(after.contains("dave@example.com:"), "{after}");

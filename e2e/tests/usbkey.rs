@@ -234,6 +234,14 @@ fn touch_level_uses_selection_on_ctap_2_1_and_a_throwaway_credential_on_ctap_2_0
         );
     }
     {
+        // A CTAP 2.0 key with a PIN makes no credential without it: a makeCredential with
+        // an empty pinAuth, which the key answers (PIN_INVALID) after a touch.
+        let key = VKey::start(&["--ctap20", "--pin", "4711"]);
+        c.login_ok("anyone");
+        assert!(key.log().contains("touched"), "{}", key.log());
+        assert!(key.log().contains("status=0x31"), "{}", key.log());
+    }
+    {
         let _key = VKey::start(&["--no-touch"]);
         assert_refused(&c.login("anyone"), 401, "touch_timeout");
     }
@@ -283,4 +291,224 @@ fn the_hardware_check_script_runs_unattended_against_the_virtual_key() {
         key.log()
     );
     assert!(key.log().contains("<- CTAPHID_CANCEL"), "{}", key.log());
+}
+
+// ---------------------------------------------------------------------------
+// The PIN (issue 19) on the USB path: k_proxy's clientPIN through CTAPHID and hidraw
+// against the virtual key's clientPIN (PIN/UV auth protocols 2 and 1).
+// ---------------------------------------------------------------------------
+
+const PIN: &str = "usb-pin-4711";
+const WRONG: &str = "wrong-pin-9";
+
+/// `k_proxy enroll` over USB with `extra` flags (e.g. `--require-pin --pin-file F`).
+fn usb_enroll(usb: &UsbKeyring, user: &str, extra: &[&str]) -> Exited {
+    Spawn::k_proxy()
+        .args(["enroll", "--username", user])
+        .args(extra)
+        .args(usb.gate_flags("10"))
+        .run_to_exit(Duration::from_secs(30))
+}
+
+fn pin_file(usb: &UsbKeyring, pin: &str) -> String {
+    let path = usb.key_file(&format!("pin-{pin}"));
+    std::fs::write(&path, format!("{pin}\n")).unwrap();
+    path
+}
+
+fn pin_login(c: &Client, user: &str, pin: Option<&str>) -> Resp {
+    c.login_body(&match pin {
+        Some(pin) => json!({ "username": user, "pin": pin }),
+        None => json!({ "username": user }),
+    })
+}
+
+/// A refused login with its code and the `retries` the key reported (if any).
+fn refused_with(r: &Resp, code: &str, retries: Option<u64>) {
+    assert_refused(r, 401, code);
+    assert_eq!(
+        r.json().get("retries").and_then(Value::as_u64),
+        retries,
+        "{}",
+        r.ctx()
+    );
+}
+
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
+fn a_pin_user_on_the_usb_key_logs_in_with_the_right_pin_and_every_pin_refusal_has_its_code() {
+    let usb = UsbKeyring::new();
+    let key_file = std::path::PathBuf::from(usb.key_file("key"));
+    let pin = pin_file(&usb, PIN);
+    {
+        // A CTAP 2.1 key whose PIN is set: enrolled with the PIN (protocol 2, a token with
+        // the mc permission for the relying party).
+        let key = usb.vkey("key", &["--pin", PIN]);
+        let e = usb_enroll(&usb, "alice", &["--require-pin", "--pin-file", &pin]);
+        assert!(
+            e.status.is_some_and(|s| s.success()),
+            "{e:?}\n{}",
+            key.log()
+        );
+        assert!(e.stdout.contains("+presence+pin"), "{e:?}");
+        assert!(
+            key.log().contains("clientPIN subcommand=9"),
+            "{}",
+            key.log()
+        );
+    }
+    let (mut proxy, c) = usb.proxy("5", &["--login-max-failures", "0"]);
+    {
+        let key = usb.vkey("key", &[]);
+        refused_with(&pin_login(&c, "alice", None), "pin_required", None);
+        pin_login(&c, "alice", Some(PIN)).expect(200);
+        // getPINRetries, getKeyAgreement, the token with permissions, then getAssertion
+        // with its pinUvAuthParam; the signed authenticator data had UV set.
+        let log = key.log();
+        for step in [
+            "clientPIN subcommand=1",
+            "clientPIN subcommand=2",
+            "clientPIN subcommand=9",
+            "checking the pinUvAuthParam",
+        ] {
+            assert!(log.contains(step), "{step}: {log}");
+        }
+        let plog = proxy.stderr();
+        assert!(
+            plog.lines()
+                .any(|l| l.contains("gate: passed") && l.contains("uv=true")),
+            "{plog}"
+        );
+        refused_with(&pin_login(&c, "alice", Some(WRONG)), "pin_invalid", Some(7));
+        pin_login(&c, "alice", Some(PIN)).expect(200);
+    }
+    // Four tries left (set on the key as a FIDO2 tool would leave them): one is tried.
+    set_key_file_pin(&key_file, PIN, 4);
+    {
+        let key = usb.vkey("key", &[]);
+        refused_with(&pin_login(&c, "alice", Some(WRONG)), "pin_invalid", Some(3));
+        let tokens = key.count("clientPIN subcommand=9");
+        // Three left: k_proxy asks getPINRetries and tries nothing, even the right PIN.
+        refused_with(
+            &pin_login(&c, "alice", Some(PIN)),
+            "pin_retries_low",
+            Some(3),
+        );
+        assert_eq!(key.count("clientPIN subcommand=9"), tokens, "{}", key.log());
+    }
+    assert_eq!(key_file_pin_retries(&key_file), 3);
+    set_key_file_pin(&key_file, PIN, 0);
+    {
+        let _key = usb.vkey("key", &[]);
+        refused_with(&pin_login(&c, "alice", Some(PIN)), "pin_blocked", Some(0));
+    }
+    // Bad PIN values never reach the key: a 400, and k_proxy serves on.
+    let r = c.login_body(&json!({ "username": "alice", "pin": "12" }));
+    r.expect_error(400, "invalid_pin");
+    c.healthz().expect(200);
+    let plog = proxy.logs();
+    assert!(!plog.contains(WRONG) && !plog.contains(PIN), "{plog}");
+    proxy.assert_running();
+}
+
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
+fn a_ctap_2_0_key_that_insists_on_its_pin_is_enrolled_with_it_and_verifies_with_protocol_1() {
+    let usb = UsbKeyring::new();
+    let pin = pin_file(&usb, PIN);
+    let key = usb.vkey("key", &["--ctap20", "--pin", PIN]);
+    // Without the PIN the key refuses to make a credential (CTAP2_ERR_PIN_REQUIRED), and
+    // with no terminal to ask on, enroll says how to give it.
+    let e = usb_enroll(&usb, "bob", &[]);
+    assert!(!e.status.is_some_and(|s| s.success()), "{e:?}");
+    assert!(e.stderr.contains("--pin-file"), "{e:?}");
+    assert!(key.log().contains("status=0x36"), "{}", key.log());
+    // With it: a +presence credential, and a +verification one.
+    let e = usb_enroll(&usb, "bob", &["--pin-file", &pin]);
+    assert!(
+        e.status.is_some_and(|s| s.success()),
+        "{e:?}\n{}",
+        key.log()
+    );
+    let e = usb_enroll(&usb, "dave", &["--require-uv", "--pin-file", &pin]);
+    assert!(
+        e.status.is_some_and(|s| s.success()),
+        "{e:?}\n{}",
+        key.log()
+    );
+    assert!(e.stdout.contains("+presence+verification"), "{e:?}");
+    // CTAP 2.0: getPinToken (subcommand 5) with protocol 1; never the 2.1 command.
+    assert!(
+        key.log().contains("clientPIN subcommand=5"),
+        "{}",
+        key.log()
+    );
+    assert!(
+        !key.log().contains("clientPIN subcommand=9"),
+        "{}",
+        key.log()
+    );
+    let (mut proxy, c) = usb.proxy("5", &[]);
+    c.login_ok("bob");
+    // dave needs UV, the key has no built-in UV, the body no PIN: pin_required, answered
+    // only after a touch (as for a name nobody enrolled).
+    let touches = key.count("waiting for a touch");
+    refused_with(&pin_login(&c, "dave", None), "pin_required", None);
+    assert_eq!(
+        key.count("waiting for a touch"),
+        touches + 1,
+        "{}",
+        key.log()
+    );
+    pin_login(&c, "dave", Some(PIN)).expect(200);
+    assert!(
+        proxy
+            .stderr()
+            .lines()
+            .any(|l| l.contains("gate: passed") && l.contains("uv=true")),
+        "{}",
+        proxy.stderr()
+    );
+    proxy.assert_running();
+}
+
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
+fn a_key_with_built_in_uv_verifies_a_verification_user_without_a_pin() {
+    // CTAP 2.1: getPinUvAuthTokenUsingUvWithPermissions (clientPIN subcommand 6), then the
+    // token's pinUvAuthParam; CTAP 2.0: the `uv` option of the request itself.
+    for (extra, sign) in [
+        (&["--builtin-uv"][..], "clientPIN subcommand=6"),
+        (
+            &["--ctap20", "--builtin-uv"][..],
+            "built-in user verification",
+        ),
+    ] {
+        let usb = UsbKeyring::new();
+        let key = usb.vkey("key", extra);
+        let e = usb_enroll(&usb, "carol", &["--require-uv"]);
+        assert!(
+            e.status.is_some_and(|s| s.success()),
+            "{e:?}\n{}",
+            key.log()
+        );
+        assert!(e.stdout.contains("+presence+verification"), "{e:?}");
+        let (mut proxy, c) = usb.proxy("5", &[]);
+        c.login_ok("carol");
+        let log = key.log();
+        assert!(log.contains(sign), "{extra:?}: {log}");
+        assert!(
+            !log.contains("clientPIN subcommand=1"),
+            "no PIN asked: {log}"
+        );
+        assert!(
+            proxy
+                .stderr()
+                .lines()
+                .any(|l| l.contains("gate: passed") && l.contains("uv=true")),
+            "{}",
+            proxy.stderr()
+        );
+        proxy.assert_running();
+    }
 }

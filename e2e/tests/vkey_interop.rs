@@ -233,11 +233,27 @@ fn libfido2_lists_the_key_and_reads_a_ctap_2_1_getinfo() {
     assert_eq!(field("version strings"), "FIDO_2_0, FIDO_2_1", "{info}");
     assert_eq!(field("algorithms"), "es256 (public-key)", "{info}");
     assert_eq!(field("transport strings"), "usb", "{info}");
-    assert_eq!(field("options"), "nork, up, noplat", "{info}");
+    // As a CTAP 2.1 key without a PIN reports them (a YubiKey 5 says the same).
+    let options = field("options");
+    for option in [
+        "nork",
+        "up",
+        "noplat",
+        "noalwaysUv",
+        "noclientPin",
+        "pinUvAuthToken",
+        "makeCredUvNotRqd",
+    ] {
+        assert!(
+            options.split(", ").any(|o| o == option),
+            "{option} not in {options}"
+        );
+    }
     assert_eq!(field("maxmsgsiz"), "1200", "{info}");
     assert_eq!(field("aaguid").len(), 32, "{info}");
-    // No PIN is set: libfido2 asked (clientPIN getRetries) and got PIN_NOT_SET.
-    assert_eq!(field("pin retries"), "undefined", "{info}");
+    // No PIN is set yet; getPINRetries answers the 8 tries a new PIN will have.
+    assert_eq!(field("pin retries"), "8", "{info}");
+    assert!(info.contains("pin protocols: 2, 1"), "{info}");
     let log = key.vkey.log();
     assert!(log.contains("<- CTAPHID_INIT"), "{log}");
     assert!(log.contains("authenticatorGetInfo"), "{log}");
@@ -433,6 +449,82 @@ fn python_fido2_cancels_a_touch_wait_with_ctaphid_cancel() {
         "the key should log python-fido2's CTAPHID_CANCELs:\n{log}"
     );
     assert_eq!(log.matches("CTAP2 answer status=0x2d").count(), 2, "{log}");
+}
+
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM (scripts/vm-run.sh)"]
+fn python_fido2_client_pin_sets_the_pin_and_gets_uv_with_protocols_1_and_2() {
+    let key = Key::start(&[]);
+    let out = python_fido2("pin", &key);
+    for check in [
+        "PASS setPIN (protocol 2), getPINRetries",
+        "PASS protocol 2: token with permissions, makeCredential and getAssertion with UV",
+        "PASS protocol 1: token with permissions, makeCredential and getAssertion with UV",
+        "PASS protocol 1: getPinToken (legacy), makeCredential and getAssertion with UV",
+        "PASS a token bound to another rpId is refused",
+        "PASS protocol 2: a wrong PIN costs one retry, the right one restores them",
+        "PASS protocol 1: a wrong PIN costs one retry, the right one restores them",
+        "PASS changePIN (protocol 1)",
+    ] {
+        assert!(out.contains(check), "missing `{check}` in:\n{out}");
+    }
+    // The key keeps the PIN's hash, never the PIN.
+    let kept = fs::read_to_string(key.dir.path().join("vkey.key")).unwrap();
+    assert!(
+        kept.contains("pin_hash ") && !kept.contains("12345678"),
+        "{kept}"
+    );
+}
+
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM (scripts/vm-run.sh)"]
+fn libfido2_asserts_with_the_pin_and_reports_uv() {
+    let key = Key::start(&["--pin", "4711"]);
+    let rp = "interop.example";
+    // libfido2's tools read the PIN with readpassphrase(3), which reads stdin when there
+    // is no terminal, as here.
+    let with_pin = |program: &str, args: &[&str]| {
+        let ran = run(
+            std::process::Command::new(program).args(args),
+            Some(b"4711\n"),
+            CLIENT_TIMEOUT,
+        );
+        assert!(
+            ran.status.is_some_and(|s| s.success()),
+            "{program} {args:?}: {ran:?}\nthe key's log:\n{}",
+            key.vkey.log()
+        );
+        ran
+    };
+    let cred_in = key.file(
+        "cred.in",
+        &[&client_data_hash(1), rp, "alice", &base64(b"user-0001")],
+    );
+    let cred_out = key.tmp("cred.out");
+    with_pin(
+        "fido2-cred",
+        &["-M", "-i", &cred_in, "-o", &cred_out, key.path()],
+    );
+    let made = fs::read_to_string(&cred_out).unwrap();
+    let lines: Vec<&str> = made.lines().collect();
+    assert!(lines.len() >= 6, "fido2-cred -M wrote:\n{made}");
+    let cred_id = lines[4].to_string();
+    let pubkey = key.tmp("cred.pub");
+    client_ok("fido2-cred", &["-V", "-i", &cred_out, "-o", &pubkey]);
+    let assert_in = key.file("assert.in", &[&client_data_hash(2), rp, &cred_id]);
+    let assert_out = key.tmp("assert.out");
+    // -v: user verification, with the PIN (clientPIN, then getAssertion's pinUvAuthParam).
+    with_pin(
+        "fido2-assert",
+        &["-G", "-v", "-i", &assert_in, "-o", &assert_out, key.path()],
+    );
+    // libfido2 verifies the signature and that UV is set in the signed data (-v).
+    client_ok(
+        "fido2-assert",
+        &["-V", "-v", "-i", &assert_out, &pubkey, "es256"],
+    );
+    let log = key.vkey.log();
+    assert!(log.contains("checking the pinUvAuthParam"), "{log}");
 }
 
 #[test]

@@ -258,7 +258,8 @@ pub struct EnrollCommand {
     pub username: Option<String>,
 
     /// Also require user verification (the key's PIN or biometric) at every login with
-    /// this credential. The key must do UV itself (k_proxy does not handle PINs).
+    /// this credential (`+verification`); logins then carry the PIN unless the key has
+    /// built-in UV.
     #[arg(long)]
     pub require_uv: bool,
 
@@ -276,6 +277,20 @@ pub struct EnrollCommand {
     /// The root certificate (PEM) the metadata blob's signer must chain to.
     #[arg(long, value_name = "PEM", requires = "mds_blob")]
     pub mds_root: Option<PathBuf>,
+    /// Also require the key's PIN at every login with this credential (`+pin`, pam-u2f's
+    /// `-N`): the login body carries `"pin"`.
+    #[arg(long)]
+    pub require_pin: bool,
+
+    /// Ask for the key's PIN (on the terminal, no echo) even if the key does not insist
+    /// on it. Without it, k_proxy asks only when the key wants its PIN.
+    #[arg(long, conflicts_with = "pin_file")]
+    pub pin: bool,
+
+    /// Read the key's PIN from this file (its first line) instead of the terminal. Never
+    /// put a PIN itself on the command line.
+    #[arg(long, value_name = "FILE")]
+    pub pin_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]

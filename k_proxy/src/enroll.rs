@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use chromecard_gate::attestation::{AttestationRecords, Metadata, Policy};
-use chromecard_gate::{CredentialStore, EnrolOptions, Gate, LevelConfig};
+use chromecard_gate::{CredentialStore, Gate, LevelConfig};
 
 use crate::args::{Action, Args, Command, EnrollCommand, GateKind};
+use crate::enroll_pin::{self, PinChoice};
 use crate::gate_setup;
 
 /// Runs a subcommand; prints results on stdout, errors on stderr.
@@ -26,6 +27,7 @@ pub fn run(args: &Args, command: Command) -> ExitCode {
                 args,
                 cmd.username.as_deref().unwrap_or_default(),
                 cmd.require_uv,
+                PinChoice::from_command(&cmd),
                 policy,
             )
         }),
@@ -91,6 +93,7 @@ fn add(
     args: &Args,
     username: &str,
     require_uv: bool,
+    pin: PinChoice,
     policy: Option<Arc<Policy>>,
 ) -> anyhow::Result<()> {
     chromecard_hop::validate_username(username)
@@ -117,20 +120,16 @@ fn add(
         "Enrolling a key for {username:?} (relying party {:?}): touch the key when it blinks (within {} s)...",
         args.rp_id, args.touch_timeout
     );
-    let result =
-        runtime.block_on(gate.enroll_attested(username, EnrolOptions { require_uv }, policy));
+    let require_pin = pin.require_pin;
+    let result = runtime.block_on(enroll_pin::enroll(&gate, username, require_uv, pin, policy));
     // A key operation stuck in a blocking read must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    let enrolled = result.map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))?;
+    let enrolled = result?;
     println!(
         "enrolled {username}: credential {}... ({}, {}), key {} (AAGUID {}), in {}",
         enrolled.credential,
         enrolled.kind,
-        if require_uv {
-            "+presence+verification"
-        } else {
-            "+presence"
-        },
+        enroll_pin::options_label(require_uv, require_pin),
         enrolled.device,
         enrolled.aaguid,
         path.display()
@@ -167,11 +166,7 @@ fn list(args: &Args, only: Option<&str>) -> anyhow::Result<()> {
                 "{user}\t{}\t{}\t{}\tsign count {count}\t{attestation}",
                 c.label(),
                 c.public_key.kind().as_str(),
-                if c.require_uv {
-                    "+presence+verification"
-                } else {
-                    "+presence"
-                },
+                enroll_pin::options_label(c.require_uv, c.require_pin),
             );
             shown += 1;
         }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use chromecard_gate::{GateError, Passed};
+use chromecard_gate::{GateError, Passed, Pin};
 use chromecard_http::{
     read_body_limited, ApiError, ConnInfo, HttpResponse, RequestBody, BODY_READ_TIMEOUT,
 };
@@ -17,6 +17,7 @@ use chromecard_request::{
 use chromecard_session::NewSession;
 use http::request::Parts;
 use http::StatusCode;
+use zeroize::Zeroizing;
 
 use crate::app::App;
 use crate::log::audit_ended;
@@ -32,8 +33,14 @@ pub async fn login(
     user: &mut Option<Arc<str>>,
 ) -> Result<HttpResponse, ApiError> {
     require_json(&parts.headers)?;
-    let body = read_body_limited(body, MAX_LOGIN_BODY, BODY_READ_TIMEOUT).await?;
-    let login = parse_login(&body)?;
+    // The body may hold the key's PIN: wiped as soon as it is parsed (the PIN itself
+    // then lives in `login.pin`, wiped when the login is over).
+    let body = Zeroizing::new(Vec::from(
+        read_body_limited(body, MAX_LOGIN_BODY, BODY_READ_TIMEOUT).await?,
+    ));
+    let mut login = parse_login(&body)?;
+    drop(body);
+    let pin = login.pin.take();
     if let Err(banned) = app.throttle.check(&login.username, conn.peer.ip()) {
         return Err(throttled(&login.username, conn.peer, &banned));
     }
@@ -48,7 +55,7 @@ pub async fn login(
         .with_retry_after(5));
     };
     let started = Instant::now();
-    let checked = run_gate(app, &login, conn).await?;
+    let checked = run_gate(app, &login, pin, conn).await?;
     app.metrics.gate_latency.observe(started.elapsed());
     if let Err(err) = checked {
         tracing::info!(event = "login_refused", user = %login.username, code = err.code(), peer = %conn.peer, "audit");
@@ -62,6 +69,7 @@ pub async fn login(
 async fn run_gate(
     app: &App,
     login: &LoginRequest,
+    pin: Option<Pin>,
     conn: &ConnInfo,
 ) -> Result<Result<Passed, GateError>, ApiError> {
     let address = conn.peer.ip();
@@ -89,7 +97,7 @@ async fn run_gate(
         None => client_gone(app, &login.username, conn.peer, key_started.get()),
     };
     let checked = tokio::select! {
-        checked = app.gate.check_admitted(&login.username, admit, settle) => checked,
+        checked = app.gate.check_admitted(&login.username, pin, admit, settle) => checked,
         _ = stopping.wait_for(|stopping| *stopping) => {
             return Err(ApiError::capacity(
                 "shutting_down",

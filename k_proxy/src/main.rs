@@ -11,6 +11,7 @@ mod authorise;
 mod config;
 mod connect_deadline;
 mod enroll;
+mod enroll_pin;
 mod forward;
 mod gate_setup;
 mod host_allow;

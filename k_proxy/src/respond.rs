@@ -46,9 +46,16 @@ pub fn gate_error(err: &GateError) -> ApiError {
         )
         .with_cause(err),
         // The key (or whoever held it) said no: the device's doing, not a bad request.
-        _ => ApiError::login_refused(err.code(), err.client_message())
-            .with_fault(Fault::Upstream)
-            .with_cause(err),
+        _ => {
+            let refused = ApiError::login_refused(err.code(), err.client_message())
+                .with_fault(Fault::Upstream)
+                .with_cause(err);
+            // A wrong or unusable PIN: the tries the key has left, as it reported them.
+            match err.pin_retries() {
+                Some(retries) => refused.with_field("retries", retries),
+                None => refused,
+            }
+        }
     }
 }
 

@@ -58,7 +58,8 @@ pub(crate) fn verify_response<'c>(
         &Expected {
             rp_id_hash: &rp_hash,
             client_data_hash: &cdh,
-            require_uv: cred.require_uv,
+            // `+pin` is a way of verifying the user: the UV flag must be set too.
+            require_uv: cred.require_uv || cred.require_pin,
         },
     )?;
     Ok((cred, verified))
@@ -72,6 +73,7 @@ pub(crate) fn login(
     store: &CredentialStore,
     username: &str,
     require_attested: bool,
+    pin: Option<crate::Pin>,
     cancel: &CancelSignal,
 ) -> Result<Passed, GateError> {
     // Re-read at every login: `k_proxy enroll` may have changed it.
@@ -97,13 +99,32 @@ pub(crate) fn login(
             username: username.to_string(),
         });
     }
+    let require_pin = creds.iter().any(|c| c.require_pin);
+    if require_pin && pin.is_none() {
+        // After a touch, as for a name nobody enrolled: which users need a PIN is not
+        // told at machine speed either.
+        auth.wait_for_touch(cancel)?;
+        return Err(GateError::PinRequired);
+    }
+    let require_uv = creds.iter().any(|c| c.require_uv);
     let request = GetAssertionRequest {
         rp_id: rp_id.to_string(),
         challenge: random_challenge()?,
         allow: creds.iter().map(|c| c.id.clone()).collect(),
-        require_uv: creds.iter().any(|c| c.require_uv),
+        require_uv,
+        require_pin,
+        // The PIN goes to the key only when the enrolment asks for user verification.
+        pin: pin.filter(|_| require_uv || require_pin),
     };
-    let response = auth.get_assertion(&request, cancel)?;
+    let response = match auth.get_assertion(&request, cancel) {
+        // A +verification user without a PIN on a key that needs one (no built-in UV,
+        // or one that insists): answered after a touch too, as above.
+        Err(GateError::PinRequired) if request.pin.is_none() => {
+            auth.wait_for_touch(cancel)?;
+            return Err(GateError::PinRequired);
+        }
+        other => other?,
+    };
     if cancel.is_cancelled() {
         // The caller has given up (timeout or disconnect): change nothing.
         return Err(GateError::Cancelled);
@@ -118,6 +139,7 @@ pub(crate) fn login(
             device: response.device,
             credential: Some(cred.label()),
             sign_count: Some(verified.sign_count),
+            user_verified: verified.flags & crate::verify::FLAG_UV != 0,
         }),
         Err(CommitError::Rejected(r)) => {
             tracing::warn!(
@@ -153,6 +175,8 @@ pub(crate) fn enrol(
         user_id,
         user_name: username.to_string(),
         require_uv: options.require_uv,
+        require_pin: options.require_pin,
+        pin: options.pin,
         exclude: before
             .credentials_of(username)
             .iter()
@@ -163,9 +187,9 @@ pub(crate) fn enrol(
     if cancel.is_cancelled() {
         return Err(GateError::Cancelled);
     }
-    let new =
-        verify::verify_new_credential(&made.auth_data, &rp_id_hash(rp_id), options.require_uv)
-            .map_err(GateError::Rejected)?;
+    let uv = options.require_uv || options.require_pin;
+    let new = verify::verify_new_credential(&made.auth_data, &rp_id_hash(rp_id), uv)
+        .map_err(GateError::Rejected)?;
     let attested = policy
         .map(|p| {
             crate::attestation::verify_new(p, &made, &request.challenge, &rp_id_hash(rp_id), &new)
@@ -176,6 +200,7 @@ pub(crate) fn enrol(
         id: new.credential_id,
         public_key: new.public_key,
         require_uv: options.require_uv,
+        require_pin: options.require_pin,
     };
     let enrolled = Enrolled {
         credential: credential_label(&cred.id),
@@ -247,6 +272,8 @@ mod tests {
             challenge: [7; 32],
             allow: allow.iter().map(|a| a.to_vec()).collect(),
             require_uv: false,
+            require_pin: false,
+            pin: None,
         }
     }
 
@@ -259,11 +286,13 @@ mod tests {
                 id: b"one".to_vec(),
                 public_key: pk1,
                 require_uv: false,
+                require_pin: false,
             },
             Credential {
                 id: b"two".to_vec(),
                 public_key: pk2,
                 require_uv: true,
+                require_pin: false,
             },
         ];
         let r = req(&[b"one", b"two"]);
@@ -298,6 +327,7 @@ mod tests {
             id: b"bob".to_vec(),
             public_key: bob_pk,
             require_uv: false,
+            require_pin: false,
         }];
         let r = req(&[b"bob"]);
         assert_eq!(
@@ -310,11 +340,13 @@ mod tests {
                 id: b"bob".to_vec(),
                 public_key: pk.clone(),
                 require_uv: false,
+                require_pin: false,
             },
             Credential {
                 id: b"bob2".to_vec(),
                 public_key: pk,
                 require_uv: false,
+                require_pin: false,
             },
         ];
         assert_eq!(
@@ -331,11 +363,13 @@ mod tests {
                 id: b"one".to_vec(),
                 public_key: pk.clone(),
                 require_uv: false,
+                require_pin: false,
             },
             Credential {
                 id: b"two".to_vec(),
                 public_key: pk,
                 require_uv: false,
+                require_pin: false,
             },
         ];
         let one = req(&[b"one"]);

@@ -15,7 +15,8 @@
 //! (`KEYHANDLE_WEBSAFE_B64,PUBLIC_KEY_HEX`) are read as ES256 `+presence`. `#` starts a
 //! comment line. A user on several lines has the credentials of all of them.
 //!
-//! A line that cannot be used (a resident-key entry `*`, `+pin`, a bad key, a user name
+//! `+pin` (pam-u2f's `-N`) asks for the key's PIN at every login, and the UV flag.
+//! A line that cannot be used (a resident-key entry `*`, a bad key, a user name
 //! login refuses, a credential listed twice, more than [`MAX_CREDENTIALS_PER_USER`])
 //! costs only that line: it is reported (with its line number, never its key material)
 //! and kept, verbatim, when k_proxy rewrites the file. Only a file that is not an
@@ -57,6 +58,8 @@ pub struct Credential {
     pub public_key: PublicKey,
     /// `+verification`: also require the UV flag.
     pub require_uv: bool,
+    /// `+pin`: verify the user with the key's PIN (and require the UV flag).
+    pub require_pin: bool,
 }
 
 impl Credential {
@@ -246,11 +249,13 @@ impl Enrolments {
                 out.push(',');
                 out.push_str(c.public_key.kind().as_str());
                 out.push(',');
-                out.push_str(if c.require_uv {
-                    "+presence+verification"
-                } else {
-                    "+presence"
-                });
+                out.push_str("+presence");
+                if c.require_uv {
+                    out.push_str("+verification");
+                }
+                if c.require_pin {
+                    out.push_str("+pin");
+                }
             }
             out.push('\n');
         }
@@ -330,12 +335,6 @@ const RESIDENT_REFUSAL: &str = "a resident-key entry (credential id `*`, from `p
      allowList; Qubes' CTAP proxy can forward nothing else); enrol the key with `k_proxy \
      enroll` or `pamu2fcfg` without -r";
 
-/// What a `+pin` entry needs and k_proxy does not do yet.
-const PIN_REFUSAL: &str = "option +pin (`pamu2fcfg -N`, PIN verification at every login) is \
-     not supported yet: k_proxy does not collect PINs, and it will not log in without the \
-     check the line asks for; enrol without -N (or use +verification on a key with built-in \
-     UV)";
-
 fn parse_entry(entry: &str) -> Result<Credential, String> {
     let fields: Vec<&str> = entry.split(',').collect();
     let (id, key, kind, options) = match fields.as_slice() {
@@ -361,7 +360,7 @@ fn parse_entry(entry: &str) -> Result<Credential, String> {
         let shown: String = kind.chars().take(16).collect();
         format!("COSE type {shown:?} is not supported; k_proxy verifies es256 and eddsa")
     })?;
-    let require_uv = parse_options(options)?;
+    let (require_uv, require_pin) = parse_options(options)?;
     let raw = STANDARD
         .decode(key)
         .map_err(|_| "the public key is not valid base64".to_string())?;
@@ -375,6 +374,7 @@ fn parse_entry(entry: &str) -> Result<Credential, String> {
         id,
         public_key,
         require_uv,
+        require_pin,
     })
 }
 
@@ -400,6 +400,7 @@ fn parse_old_entry(id: &str, key: &str) -> Result<Credential, String> {
         id,
         public_key,
         require_uv: false,
+        require_pin: false,
     })
 }
 
@@ -423,11 +424,12 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// `+presence`, `+verification`, or both; empty means `+presence`. `+pin` and anything
-/// else (a typo) is refused: k_proxy cannot enforce it.
-fn parse_options(options: &str) -> Result<bool, String> {
+/// `+presence`, `+verification`, `+pin`, in any combination: (require UV, require the
+/// PIN). Empty means `+presence`. Anything else (a typo) is refused: k_proxy cannot
+/// enforce it.
+fn parse_options(options: &str) -> Result<(bool, bool), String> {
     if options.is_empty() {
-        return Ok(false);
+        return Ok((false, false));
     }
     let Some(rest) = options.strip_prefix('+') else {
         let shown: String = options.chars().take(40).collect();
@@ -445,15 +447,13 @@ fn parse_options(options: &str) -> Result<bool, String> {
             other => {
                 let shown: String = other.chars().take(40).collect();
                 return Err(format!(
-                    "option {shown:?} is not supported (k_proxy enforces +presence and +verification)"
+                    "option {shown:?} is not supported (k_proxy enforces +presence, \
+                     +verification and +pin)"
                 ));
             }
         }
     }
-    if pin {
-        return Err(PIN_REFUSAL.to_string());
-    }
-    Ok(uv)
+    Ok((uv, pin))
 }
 
 /// The enrolment file and its counters on disk.
@@ -696,6 +696,7 @@ mod tests {
             id: id.to_vec(),
             public_key: key(seed),
             require_uv: uv,
+            require_pin: false,
         }
     }
 
@@ -710,6 +711,7 @@ mod tests {
                 id: b"id-b".to_vec(),
                 public_key: ed(3),
                 require_uv: false,
+                require_pin: false,
             },
         )
         .unwrap();
@@ -760,11 +762,15 @@ mod tests {
     fn bad_lines_are_refused_alone_with_the_line_number_and_no_key_material() {
         let good = line_for(1, "es256", "+presence");
         assert!(Enrolments::parse(&good, "f").unwrap().refused().is_empty());
+        // `+pin` alone (pamu2fcfg -N -P writes it so) asks for the PIN and UV.
+        let pin = Enrolments::parse(&line_for(1, "es256", "+pin"), "f").unwrap();
+        assert!(pin.refused().is_empty());
+        assert!(pin.credentials_of("alice")[0].require_pin);
         let cases = [
             (
-                format!("# c\n\n{}", line_for(1, "es256", "+pin")),
+                format!("# c\n\n{}", line_for(1, "es256", "+pin+typo")),
                 3,
-                "+pin",
+                "\"typo\" is not supported",
             ),
             (line_for(1, "rs256", "+presence"), 1, "not supported"),
             (

@@ -2,7 +2,7 @@
 //! sends (getInfo, makeCredential, getAssertion, selection), encoded as CTAP2
 //! canonical CBOR, and the answers read strictly. Answers come from a USB device,
 //! which may be hostile: nothing here panics, and every field is checked for
-//! type before use. No I/O: [`crate::fido2`] moves the bytes.
+//! type before use. No I/O: `fido2.rs` moves the bytes.
 
 use ciborium::Value;
 
@@ -16,6 +16,8 @@ pub mod command {
     pub const GET_ASSERTION: u8 = 0x02;
     /// authenticatorGetInfo
     pub const GET_INFO: u8 = 0x04;
+    /// authenticatorClientPIN
+    pub const CLIENT_PIN: u8 = 0x06;
     /// authenticatorSelection (CTAP 2.1)
     pub const SELECTION: u8 = 0x0b;
 }
@@ -46,11 +48,14 @@ pub fn status_name(code: u8) -> &'static str {
         0x31 => "CTAP2_ERR_PIN_INVALID",
         0x32 => "CTAP2_ERR_PIN_BLOCKED",
         0x33 => "CTAP2_ERR_PIN_AUTH_INVALID",
+        0x34 => "CTAP2_ERR_PIN_AUTH_BLOCKED",
         0x35 => "CTAP2_ERR_PIN_NOT_SET",
         0x36 => "CTAP2_ERR_PUAT_REQUIRED",
         0x3c => "CTAP2_ERR_UP_REQUIRED",
         0x3d => "CTAP2_ERR_UV_BLOCKED",
+        0x37 => "CTAP2_ERR_PIN_POLICY_VIOLATION",
         0x3f => "CTAP2_ERR_UV_INVALID",
+        0x40 => "CTAP2_ERR_UNAUTHORIZED_PERMISSION",
         _ => "other CTAP error",
     }
 }
@@ -63,6 +68,12 @@ pub fn status_error(code: u8, label: &str, what: &str) -> GateError {
         0x2e | 0x22 => GateError::NoCredential,
         0x19 => GateError::AlreadyEnrolled,
         0x27 | 0x2f => GateError::Refused { detail },
+        0x31 => GateError::PinInvalid { retries: None },
+        0x32 => GateError::PinBlocked,
+        0x34 => GateError::PinAuthBlocked,
+        0x35 => GateError::PinNotSet,
+        // CTAP 2.0's PIN_REQUIRED, CTAP 2.1's PUAT_REQUIRED: the key wants a PIN for this.
+        0x36 => GateError::PinRequired,
         0x01 | 0x26 | 0x2b | 0x2c | 0x31..=0x3f => GateError::Unsupported { detail },
         _ => GateError::Device { detail },
     }
@@ -132,11 +143,13 @@ pub struct MakeCredential<'a> {
     pub user_name: &'a str,
     /// Credentials the key must not already hold.
     pub exclude: &'a [Vec<u8>],
-    /// Ask for user verification.
+    /// Ask for user verification with the `uv` option (built-in UV on CTAP 2.0 keys).
     pub uv: bool,
+    /// pinUvAuthParam and pinUvAuthProtocol, from a pinUvAuthToken.
+    pub pin_uv: Option<(&'a [u8], u8)>,
 }
 
-/// authenticatorMakeCredential: ES256 or EdDSA, non-resident, no PIN.
+/// authenticatorMakeCredential: ES256 or EdDSA, non-resident.
 pub fn make_credential(r: &MakeCredential<'_>) -> Vec<u8> {
     let alg = |a| {
         Value::Map(vec![
@@ -163,17 +176,23 @@ pub fn make_credential(r: &MakeCredential<'_>) -> Vec<u8> {
     if let Some(o) = options(None, r.uv) {
         m.push((int(7), o));
     }
+    if let Some((param, protocol)) = r.pin_uv {
+        m.push((int(8), Value::Bytes(param.to_vec())));
+        m.push((int(9), int(protocol.into())));
+    }
     encode(command::MAKE_CREDENTIAL, Some(Value::Map(m)))
 }
 
 /// authenticatorGetAssertion with an allow list; `up: false` asks without a touch
-/// (to find which key holds a credential).
+/// (to find which key holds a credential); `uv` sets the `uv` option (built-in UV on
+/// CTAP 2.0 keys); `pin_uv` is the pinUvAuthParam and its protocol.
 pub fn get_assertion(
     rp_id: &str,
     client_data_hash: &[u8; 32],
     allow: &[Vec<u8>],
     up: bool,
     uv: bool,
+    pin_uv: Option<(&[u8], u8)>,
 ) -> Vec<u8> {
     let mut m = vec![
         (int(1), text(rp_id)),
@@ -183,7 +202,101 @@ pub fn get_assertion(
     if let Some(o) = options((!up).then_some(false), uv) {
         m.push((int(5), o));
     }
+    if let Some((param, protocol)) = pin_uv {
+        m.push((int(6), Value::Bytes(param.to_vec())));
+        m.push((int(7), int(protocol.into())));
+    }
     encode(command::GET_ASSERTION, Some(Value::Map(m)))
+}
+
+/// authenticatorClientPIN with `params` (integer keys, given in ascending order).
+pub fn client_pin(params: Vec<(i64, Value)>) -> Vec<u8> {
+    let m = params.into_iter().map(|(k, v)| (int(k), v)).collect();
+    encode(command::CLIENT_PIN, Some(Value::Map(m)))
+}
+
+/// An authenticatorClientPIN answer's map (empty when the answer has no body).
+pub fn parse_client_pin(answer: &[u8], label: &str) -> Result<Vec<(Value, Value)>, GateError> {
+    Ok(answer_map(answer, label, "authenticatorClientPIN")?.unwrap_or_default())
+}
+
+/// The field `key` of an answer map.
+pub fn answer_field(m: &[(Value, Value)], key: i64) -> Option<&Value> {
+    field(m, key)
+}
+
+/// What a getInfo answer says that k_proxy uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Info {
+    /// `FIDO_2_0`, `FIDO_2_1`, ... (never empty).
+    pub versions: Vec<String>,
+    /// The options map's boolean entries (`clientPin`, `uv`, `pinUvAuthToken`, `alwaysUv`, ...).
+    pub options: Vec<(String, bool)>,
+    /// pinUvAuthProtocols, in the key's order of preference (empty when absent).
+    pub pin_protocols: Vec<u8>,
+}
+
+impl Info {
+    /// The option `name`, if the key reports it.
+    pub fn option(&self, name: &str) -> Option<bool> {
+        self.options
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+    }
+
+    /// A CTAP 2.1 key (permissions, authenticatorSelection).
+    pub fn is_ctap21(&self) -> bool {
+        self.versions
+            .iter()
+            .any(|v| v == "FIDO_2_1" || v == "FIDO_2_1_PRE")
+    }
+}
+
+/// A getInfo answer: versions (mandatory, non-empty), options, pinUvAuthProtocols.
+pub fn parse_info(answer: &[u8], label: &str) -> Result<Info, GateError> {
+    let what = "authenticatorGetInfo";
+    let m = answer_map(answer, label, what)?.ok_or_else(|| malformed(label, what, "no body"))?;
+    let Some(Value::Array(vs)) = field(&m, 1) else {
+        return Err(malformed(label, what, "no versions"));
+    };
+    let versions: Vec<String> = vs
+        .iter()
+        .filter_map(|v| match v {
+            Value::Text(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    if versions.is_empty() {
+        return Err(malformed(label, what, "an empty versions list"));
+    }
+    let options = match field(&m, 4) {
+        None => Vec::new(),
+        Some(Value::Map(o)) => o
+            .iter()
+            .filter_map(|(k, v)| match (k, v) {
+                (Value::Text(k), Value::Bool(b)) => Some((k.clone(), *b)),
+                _ => None,
+            })
+            .collect(),
+        Some(_) => return Err(malformed(label, what, "options is not a map")),
+    };
+    let pin_protocols = match field(&m, 6) {
+        None => Vec::new(),
+        Some(Value::Array(ps)) => ps
+            .iter()
+            .filter_map(|p| match p {
+                Value::Integer(i) => u8::try_from(i128::from(*i)).ok(),
+                _ => None,
+            })
+            .collect(),
+        Some(_) => return Err(malformed(label, what, "pinUvAuthProtocols is not an array")),
+    };
+    Ok(Info {
+        versions,
+        options,
+        pin_protocols,
+    })
 }
 
 /// An answer that is not the CBOR a CTAP2 answer must be.
@@ -247,22 +360,7 @@ pub fn parse_empty(answer: &[u8], label: &str, what: &str) -> Result<(), GateErr
 
 /// The versions of a getInfo answer (mandatory, non-empty).
 pub fn parse_get_info(answer: &[u8], label: &str) -> Result<Vec<String>, GateError> {
-    let what = "authenticatorGetInfo";
-    let m = answer_map(answer, label, what)?.ok_or_else(|| malformed(label, what, "no body"))?;
-    let Some(Value::Array(vs)) = field(&m, 1) else {
-        return Err(malformed(label, what, "no versions"));
-    };
-    let versions: Vec<String> = vs
-        .iter()
-        .filter_map(|v| match v {
-            Value::Text(t) => Some(t.clone()),
-            _ => None,
-        })
-        .collect();
-    if versions.is_empty() {
-        return Err(malformed(label, what, "an empty versions list"));
-    }
-    Ok(versions)
+    parse_info(answer, label).map(|i| i.versions)
 }
 
 /// The authenticator data of a makeCredential answer (the attestation statement is
@@ -348,7 +446,7 @@ mod tests {
 
     #[test]
     fn requests_are_canonical_cbor_maps() {
-        let r = get_assertion("rp", &[7; 32], &[vec![1, 2]], false, false);
+        let r = get_assertion("rp", &[7; 32], &[vec![1, 2]], false, false, None);
         assert_eq!(r[0], command::GET_ASSERTION);
         let v: Value = ciborium::de::from_reader(&r[1..]).unwrap();
         let Value::Map(m) = v else { panic!() };
@@ -359,7 +457,7 @@ mod tests {
             Some(&Value::Map(vec![(text("up"), Value::Bool(false))]))
         );
         // With a touch, no options at all (up defaults to true).
-        let r = get_assertion("rp", &[7; 32], &[vec![1, 2]], true, false);
+        let r = get_assertion("rp", &[7; 32], &[vec![1, 2]], true, false, None);
         let Value::Map(m) = ciborium::de::from_reader(&r[1..]).unwrap() else {
             panic!()
         };
@@ -371,6 +469,7 @@ mod tests {
             user_name: "alice",
             exclude: &[],
             uv: false,
+            pin_uv: None,
         });
         let Value::Map(m) = ciborium::de::from_reader(&mc[1..]).unwrap() else {
             panic!()
@@ -395,11 +494,16 @@ mod tests {
         ));
         assert_eq!(status_error(0x27, "k", "op").code(), "key_refused");
         assert_eq!(status_error(0x2f, "k", "op").code(), "key_refused");
-        assert_eq!(status_error(0x36, "k", "op").code(), "key_unsupported");
+        assert_eq!(status_error(0x36, "k", "op").code(), "pin_required");
+        assert_eq!(status_error(0x31, "k", "op").code(), "pin_invalid");
+        assert_eq!(status_error(0x32, "k", "op").code(), "pin_blocked");
+        assert_eq!(status_error(0x34, "k", "op").code(), "pin_auth_blocked");
+        assert_eq!(status_error(0x35, "k", "op").code(), "pin_not_set");
+        assert_eq!(status_error(0x33, "k", "op").code(), "key_unsupported");
         assert_eq!(status_error(0x01, "k", "op").code(), "key_unsupported");
         assert_eq!(status_error(0x7f, "k", "op").code(), "device_error");
-        let d = status_error(0x36, "key", "makeCredential").to_string();
-        assert!(d.contains("CTAP2_ERR_PUAT_REQUIRED"), "{d}");
+        let d = status_error(0x33, "key", "makeCredential").to_string();
+        assert!(d.contains("CTAP2_ERR_PIN_AUTH_INVALID"), "{d}");
     }
 
     #[test]
@@ -458,6 +562,8 @@ mod tests {
             let _ = parse_get_assertion(&raw, "k");
             let _ = parse_make_credential(&raw, "k");
             let _ = parse_get_info(&raw, "k");
+            let _ = parse_info(&raw, "k");
+            let _ = parse_client_pin(&raw, "k");
         }
     }
 }

@@ -26,6 +26,8 @@ use chromecard_ctaphid::{cmd, keepalive};
 
 use crate::ctap2;
 use crate::hid::{self, HidPort};
+use crate::pin_authenticator::permission;
+use crate::pin_client::{self, UvNeed, UvProof};
 use crate::verify::{client_data_hash, parse_auth_data, FLAG_UP};
 use crate::{
     AssertionResponse, Authenticator, CancelSignal, GateError, GetAssertionRequest, MadeCredential,
@@ -207,8 +209,37 @@ impl Opened {
     }
 
     fn versions(&mut self, cancel: &CancelSignal) -> Result<Vec<String>, GateError> {
+        self.info(cancel).map(|i| i.versions)
+    }
+
+    fn info(&mut self, cancel: &CancelSignal) -> Result<ctap2::Info, GateError> {
         let answer = self.cbor(&ctap2::get_info(), "authenticatorGetInfo", false, cancel)?;
-        ctap2::parse_get_info(&answer, &self.label)
+        ctap2::parse_info(&answer, &self.label)
+    }
+
+    /// User verification for one request, when it needs it (see [`crate::pin_client`]).
+    fn prove_uv(
+        &mut self,
+        need: UvNeed,
+        pin: Option<&crate::Pin>,
+        permission: u8,
+        rp_id: &str,
+        cancel: &CancelSignal,
+    ) -> Result<UvProof, GateError> {
+        if !need.uv && !need.pin && pin.is_none() {
+            return Ok(UvProof::None);
+        }
+        let info = self.info(cancel)?;
+        let label = self.label.clone();
+        pin_client::prove_uv(
+            &info,
+            need,
+            pin,
+            permission,
+            rp_id,
+            &label,
+            &mut |request, what, touch| self.cbor(request, what, touch, cancel),
+        )
     }
 }
 
@@ -241,8 +272,14 @@ impl Fido2Key {
                     continue;
                 }
             };
-            let probe =
-                ctap2::get_assertion(&request.rp_id, &random()?, &request.allow, false, false);
+            let probe = ctap2::get_assertion(
+                &request.rp_id,
+                &random()?,
+                &request.allow,
+                false,
+                false,
+                None,
+            );
             let outcome = opened
                 .cbor(&probe, "getAssertion probe", false, cancel)
                 .and_then(|a| ctap2::parse_get_assertion(&a, &label).map(|_| ()));
@@ -280,6 +317,7 @@ fn touch_by_throwaway_credential(
         user_name: "touch",
         exclude: &[],
         uv: false,
+        pin_uv: None,
     });
     let answer = opened.cbor(&request, "makeCredential (touch check)", true, cancel)?;
     let auth_data = ctap2::parse_make_credential(&answer, &opened.label)?;
@@ -290,6 +328,42 @@ fn touch_by_throwaway_credential(
         return Err(GateError::Rejected(crate::Rejection::UserNotPresent));
     }
     Ok(())
+}
+
+/// The touch check of a CTAP 2.0 key with a PIN (CTAP 2.0 section 5.1, step 1): a
+/// makeCredential with a zero-length pinAuth makes the key wait for a touch and then
+/// answer CTAP2_ERR_PIN_INVALID (a PIN is set) or CTAP2_ERR_PIN_NOT_SET. Nothing is
+/// signed: the touch is the key's word, as with authenticatorSelection.
+fn touch_by_empty_pin_auth(opened: &mut Opened, cancel: &CancelSignal) -> Result<(), GateError> {
+    let cdh = client_data_hash(&random::<32>()?);
+    let request = ctap2::make_credential(&ctap2::MakeCredential {
+        client_data_hash: &cdh,
+        rp_id: TOUCH_RP,
+        user_id: &[0],
+        user_name: "touch",
+        exclude: &[],
+        uv: false,
+        pin_uv: Some((&[], 1)),
+    });
+    let answer = opened.cbor(
+        &request,
+        "makeCredential, empty pinAuth (touch check)",
+        true,
+        cancel,
+    )?;
+    match answer.first() {
+        Some(0x31) | Some(0x35) => Ok(()),
+        _ => {
+            // Whatever else it said (a cancel, a refusal, a credential): not a touch.
+            ctap2::parse_make_credential(&answer, &opened.label)?;
+            Err(GateError::Device {
+                detail: format!(
+                    "{}: touch check: the key made a credential for an empty pinAuth",
+                    opened.label
+                ),
+            })
+        }
+    }
 }
 
 impl Authenticator for Fido2Key {
@@ -314,11 +388,8 @@ impl Authenticator for Fido2Key {
     /// key's word, not a signature from an enrolled credential.
     fn wait_for_touch(&self, cancel: &CancelSignal) -> Result<Presence, GateError> {
         let mut opened = self.single(cancel)?;
-        let versions = opened.versions(cancel)?;
-        let has_selection = versions
-            .iter()
-            .any(|v| v == "FIDO_2_1" || v == "FIDO_2_1_PRE");
-        if has_selection {
+        let info = opened.info(cancel)?;
+        if info.is_ctap21() {
             let answer =
                 opened.cbor(&ctap2::selection(), "authenticatorSelection", true, cancel)?;
             match ctap2::parse_empty(&answer, &opened.label, "authenticatorSelection") {
@@ -336,6 +407,17 @@ impl Authenticator for Fido2Key {
                 Err(e) => return Err(e),
             }
         }
+        if info.option("clientPin") == Some(true) {
+            // A CTAP 2.0 key with a PIN makes no credential without it; its own way to
+            // be chosen by a touch is a makeCredential with a zero-length pinAuth.
+            touch_by_empty_pin_auth(&mut opened, cancel)?;
+            return Ok(Presence {
+                device: format!(
+                    "{} (touched: makeCredential with an empty pinAuth, nothing signed)",
+                    opened.label
+                ),
+            });
+        }
         touch_by_throwaway_credential(&mut opened, cancel)?;
         Ok(Presence {
             device: format!(
@@ -352,13 +434,26 @@ impl Authenticator for Fido2Key {
     ) -> Result<MadeCredential, GateError> {
         let mut opened = self.single(cancel)?;
         let cdh = client_data_hash(&request.challenge);
+        let need = UvNeed {
+            uv: request.require_uv,
+            pin: request.require_pin,
+        };
+        let proof = opened.prove_uv(
+            need,
+            request.pin.as_ref(),
+            permission::MC,
+            &request.rp_id,
+            cancel,
+        )?;
+        let param = proof.param(&cdh);
         let message = ctap2::make_credential(&ctap2::MakeCredential {
             client_data_hash: &cdh,
             rp_id: &request.rp_id,
             user_id: &request.user_id,
             user_name: &request.user_name,
             exclude: &request.exclude,
-            uv: request.require_uv,
+            uv: proof.uv_option(),
+            pin_uv: param.as_ref().map(|(p, n)| (p.as_slice(), *n)),
         });
         let answer = opened.cbor(&message, "authenticatorMakeCredential", true, cancel)?;
         let (auth_data, attestation) = ctap2::parse_make_credential_full(&answer, &opened.label)?;
@@ -375,12 +470,26 @@ impl Authenticator for Fido2Key {
         cancel: &CancelSignal,
     ) -> Result<AssertionResponse, GateError> {
         let mut opened = self.holding(request, cancel)?;
+        let cdh = client_data_hash(&request.challenge);
+        let need = UvNeed {
+            uv: request.require_uv,
+            pin: request.require_pin,
+        };
+        let proof = opened.prove_uv(
+            need,
+            request.pin.as_ref(),
+            permission::GA,
+            &request.rp_id,
+            cancel,
+        )?;
+        let param = proof.param(&cdh);
         let message = ctap2::get_assertion(
             &request.rp_id,
-            &client_data_hash(&request.challenge),
+            &cdh,
             &request.allow,
             true,
-            request.require_uv,
+            proof.uv_option(),
+            param.as_ref().map(|(p, n)| (p.as_slice(), *n)),
         );
         let answer = opened.cbor(&message, "authenticatorGetAssertion", true, cancel)?;
         let a = ctap2::parse_get_assertion(&answer, &opened.label)?;

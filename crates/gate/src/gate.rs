@@ -152,8 +152,23 @@ impl Gate {
     /// assertion level the verification and the durable counter update run inside
     /// the same operation, before the answer.
     pub async fn check(&self, username: &str) -> Result<Passed, GateError> {
+        self.check_with_pin(username, None).await
+    }
+
+    /// [`Gate::check`] with the PIN the login carried (used when the user's enrolment
+    /// asks for user verification).
+    pub async fn check_with_pin(
+        &self,
+        username: &str,
+        pin: Option<crate::Pin>,
+    ) -> Result<Passed, GateError> {
         match self
-            .check_admitted(username, || Ok::<(), std::convert::Infallible>(()), |_| {})
+            .check_admitted(
+                username,
+                pin,
+                || Ok::<(), std::convert::Infallible>(()),
+                |_| {},
+            )
             .await
         {
             Ok(result) => result,
@@ -174,6 +189,7 @@ impl Gate {
     pub async fn check_admitted<E>(
         &self,
         username: &str,
+        pin: Option<crate::Pin>,
         admit: impl FnOnce() -> Result<(), E>,
         settle: impl FnOnce(Option<&Result<Passed, GateError>>),
     ) -> Result<Result<Passed, GateError>, E> {
@@ -213,15 +229,17 @@ impl Gate {
                     device: p.device,
                     credential: None,
                     sign_count: None,
+                    user_verified: false,
                 }),
                 LevelConfig::Touch => auth.wait_for_touch(cancel).map(|p| Passed {
                     level: GateLevel::Touch,
                     device: p.device,
                     credential: None,
                     sign_count: None,
+                    user_verified: false,
                 }),
                 LevelConfig::Assertion { rp_id, store } => {
-                    ceremony::login(auth, rp_id, store, &user, require_attested, cancel)
+                    ceremony::login(auth, rp_id, store, &user, require_attested, pin, cancel)
                 }
             })
             .await;
@@ -232,6 +250,7 @@ impl Gate {
                 device = %p.device,
                 credential = p.credential.as_deref().unwrap_or("-"),
                 sign_count = p.sign_count.map(i64::from).unwrap_or(-1),
+                uv = p.user_verified,
                 "gate: passed"
             ),
             Err(e) => {
@@ -518,6 +537,7 @@ mod tests {
         let refused = gate
             .check_admitted(
                 "mallory",
+                None,
                 move || {
                     // The first operation (50 ms) is over by the time we are asked.
                     flag.store(
@@ -536,7 +556,7 @@ mod tests {
         assert_eq!(slow.calls.load(Ordering::SeqCst), 1);
         assert_eq!(gate.device.available_permits(), 1);
         let admitted = gate
-            .check_admitted("alice", || Ok::<(), &str>(()), |_| {})
+            .check_admitted("alice", None, || Ok::<(), &str>(()), |_| {})
             .await;
         assert!(admitted.unwrap().is_ok());
         assert_eq!(slow.calls.load(Ordering::SeqCst), 2);
@@ -554,6 +574,7 @@ mod tests {
             tokio::spawn(async move {
                 gate.check_admitted(
                     "mallory",
+                    None,
                     || Ok::<(), ()>(()),
                     move |outcome| {
                         assert!(matches!(outcome, Some(Err(GateError::Timeout { .. }))));
@@ -570,6 +591,7 @@ mod tests {
         let second = gate
             .check_admitted(
                 "mallory",
+                None,
                 move || {
                     saw2.store(settled2.load(Ordering::SeqCst), Ordering::SeqCst);
                     Err::<(), ()>(())
@@ -591,6 +613,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let check = gate.check_admitted(
             "alice",
+            None,
             || Ok::<(), ()>(()),
             move |outcome| tx.send(outcome.is_none()).unwrap(),
         );
@@ -885,5 +908,155 @@ mod tests {
         let e = gate.check("alice").await.unwrap_err();
         assert_eq!(e.code(), "credential_store_error");
         assert!(e.is_server_fault());
+    }
+
+    fn pin(p: &str) -> Option<crate::Pin> {
+        Some(crate::Pin::new(p.to_string()).unwrap())
+    }
+
+    /// The whole PIN path on the software authenticator: its clientPIN (both sides'
+    /// code), the token, the pinUvAuthParam, and UV in the signed authenticator data.
+    #[tokio::test]
+    async fn a_pin_user_logs_in_with_the_right_pin_only() {
+        let s = setup();
+        SoftAuthenticator::with_key_file(SoftBehavior::Present, &s.key_file)
+            .unwrap()
+            .set_pin(&pin("4711").unwrap())
+            .unwrap();
+        let gate = assertion_gate(&s, SoftBehavior::Present, 5000);
+        // Enrolment with the PIN: the new credential already carries UV.
+        let options = EnrolOptions {
+            require_pin: true,
+            pin: pin("4711"),
+            ..EnrolOptions::default()
+        };
+        gate.enroll("alice", options).await.unwrap();
+        let line = std::fs::read_to_string(s.store.path()).unwrap();
+        assert!(line.contains("+presence+pin"), "{line}");
+        let wrong = EnrolOptions {
+            pin: pin("0000"),
+            ..EnrolOptions::default()
+        };
+        let e = gate.enroll("bob", wrong).await.unwrap_err();
+        assert!(
+            matches!(e, GateError::PinInvalid { retries: Some(7) }),
+            "{e:?}"
+        );
+
+        assert_eq!(
+            gate.check("alice").await.unwrap_err().code(),
+            "pin_required"
+        );
+        let p = gate.check_with_pin("alice", pin("4711")).await.unwrap();
+        assert!(p.user_verified);
+        let e = gate.check_with_pin("alice", pin("1111")).await.unwrap_err();
+        assert!(
+            matches!(e, GateError::PinInvalid { retries: Some(7) }),
+            "{e:?}"
+        );
+        assert_eq!(e.pin_retries(), Some(7));
+        // The right PIN gives the tries back.
+        gate.check_with_pin("alice", pin("4711")).await.unwrap();
+        for left in [7, 6, 5, 4, 3] {
+            // A new power-up every time: three wrong PINs in a row would block PIN checks.
+            let gate = assertion_gate(&s, SoftBehavior::Present, 5000);
+            let e = gate.check_with_pin("alice", pin("1111")).await.unwrap_err();
+            assert_eq!(e.pin_retries(), Some(left), "{e:?}");
+        }
+        // Four left: tried; three left: refused without a try, and the count stays.
+        let gate = assertion_gate(&s, SoftBehavior::Present, 5000);
+        let e = gate.check_with_pin("alice", pin("4711")).await.unwrap_err();
+        assert!(
+            matches!(e, GateError::PinRetriesLow { retries: 3 }),
+            "{e:?}"
+        );
+        assert_eq!(e.code(), "pin_retries_low");
+        let text = std::fs::read_to_string(&s.key_file).unwrap();
+        assert!(text.contains("pin_retries 3"), "{text}");
+        // A blocked PIN.
+        std::fs::write(&s.key_file, text.replace("pin_retries 3", "pin_retries 0")).unwrap();
+        let gate = assertion_gate(&s, SoftBehavior::Present, 5000);
+        let e = gate.check_with_pin("alice", pin("4711")).await.unwrap_err();
+        assert_eq!(e.code(), "pin_blocked");
+    }
+
+    #[tokio::test]
+    async fn a_verification_user_needs_a_pin_on_a_key_without_built_in_uv() {
+        let s = setup();
+        let gate = assertion_gate(&s, SoftBehavior::Present, 5000);
+        // No PIN set: a +verification enrolment cannot be verified.
+        let options = EnrolOptions {
+            require_uv: true,
+            ..EnrolOptions::default()
+        };
+        let e = gate.enroll("alice", options.clone()).await.unwrap_err();
+        assert_eq!(e.code(), "pin_not_set");
+        SoftAuthenticator::with_key_file(SoftBehavior::Present, &s.key_file)
+            .unwrap()
+            .set_pin(&pin("4711").unwrap())
+            .unwrap();
+        let gate = assertion_gate(&s, SoftBehavior::Present, 5000);
+        assert_eq!(
+            gate.enroll("alice", options).await.unwrap_err().code(),
+            "pin_required"
+        );
+        let options = EnrolOptions {
+            require_uv: true,
+            pin: pin("4711"),
+            ..EnrolOptions::default()
+        };
+        gate.enroll("alice", options).await.unwrap();
+        assert_eq!(
+            gate.check("alice").await.unwrap_err().code(),
+            "pin_required"
+        );
+        gate.check_with_pin("alice", pin("4711")).await.unwrap();
+        // A PIN sent for a user who needs none is not used (not sent to the key).
+        enrol(&s, "bob").await;
+        gate.check_with_pin("bob", pin("0000")).await.unwrap();
+        let text = std::fs::read_to_string(&s.key_file).unwrap();
+        assert!(text.contains("pin_retries 8"), "{text}");
+    }
+
+    /// A key with built-in UV (a fingerprint): `+verification` needs no PIN. CTAP 2.1:
+    /// getPinUvAuthTokenUsingUvWithPermissions; CTAP 2.0: the `uv` option. `+pin` still
+    /// takes the PIN.
+    #[tokio::test]
+    async fn a_key_with_built_in_uv_verifies_without_a_pin() {
+        use crate::pin_protocol::PinProtocol;
+        for ctap21 in [true, false] {
+            let s = setup();
+            let soft =
+                SoftAuthenticator::with_key_file(SoftBehavior::Present, &s.key_file).unwrap();
+            let protocols = if ctap21 {
+                vec![PinProtocol::Two, PinProtocol::One]
+            } else {
+                vec![PinProtocol::One]
+            };
+            soft.configure_pin(protocols, ctap21, false, true).unwrap();
+            let gate = Gate::with_level(
+                Arc::new(soft),
+                settings(5000, 5000),
+                LevelConfig::Assertion {
+                    rp_id: "chromecard".into(),
+                    store: s.store.clone(),
+                },
+            );
+            let options = EnrolOptions {
+                require_uv: true,
+                ..EnrolOptions::default()
+            };
+            gate.enroll("alice", options).await.unwrap();
+            let p = gate.check("alice").await.unwrap();
+            assert!(p.user_verified, "ctap21={ctap21}");
+            // +pin on a key with no PIN set: the fingerprint does not do for the PIN.
+            let options = EnrolOptions {
+                require_pin: true,
+                pin: pin("4711"),
+                ..EnrolOptions::default()
+            };
+            let e = gate.enroll("bob", options).await.unwrap_err();
+            assert_eq!(e.code(), "pin_not_set", "ctap21={ctap21}");
+        }
     }
 }

@@ -13,6 +13,11 @@
 //!   signatures over `authData || clientDataHash`, the signCount rule;
 //! * [`credentials`]: the enrolment file (pam-u2f's line format) and the sign
 //!   counts kept durably beside it;
+//! * user verification with the key's PIN or built-in UV: [`pin_protocol`] (PIN/UV
+//!   auth protocols 1 and 2, shared by both sides), the client's clientPIN
+//!   (`pin_client`, run by the USB key and the software authenticator before a request
+//!   that needs UV) and the authenticator's ([`pin_authenticator`], for the software and
+//!   virtual keys);
 //! * [`Gate`]: the level ([`GateLevel`]), one operation on the device at a time,
 //!   a blocking thread, a deadline, cancellation when the deadline passes or the
 //!   client goes away, a fresh random challenge per login, and the ceremony that
@@ -29,6 +34,10 @@ mod fsutil;
 mod gate;
 mod hid;
 mod outcome;
+mod pin;
+pub mod pin_authenticator;
+mod pin_client;
+pub mod pin_protocol;
 mod soft;
 mod soft_attestation;
 pub mod verify;
@@ -42,6 +51,7 @@ pub use credentials::{Credential, CredentialStore, Enrolments, StoreError};
 pub use fido2::Fido2Key;
 pub use gate::{Gate, GateSettings, LevelConfig};
 pub use outcome::{EnrolOptions, Enrolled, Passed};
+pub use pin::{Pin, PinError, MAX_PIN_BYTES, MIN_PIN_CODE_POINTS};
 pub use soft::{SelfAttested, SoftAuthenticator, SoftBehavior, UnknownSoftBehavior};
 pub use soft_attestation::{SoftAttestation, SoftAttestationFormat};
 pub use verify::Rejection;
@@ -112,8 +122,12 @@ pub struct MakeCredentialRequest {
     pub user_id: Vec<u8>,
     /// The user name.
     pub user_name: String,
-    /// Ask the key for user verification too.
+    /// Ask the key for user verification too (by any means).
     pub require_uv: bool,
+    /// Verify the user with the key's PIN (`+pin`).
+    pub require_pin: bool,
+    /// The key's PIN, when the person gave one (used for user verification).
+    pub pin: Option<Pin>,
     /// Credential ids the key must not already hold (the user's existing ones).
     pub exclude: Vec<Vec<u8>>,
 }
@@ -139,8 +153,12 @@ pub struct GetAssertionRequest {
     pub challenge: [u8; 32],
     /// The user's enrolled credential ids.
     pub allow: Vec<Vec<u8>>,
-    /// Ask the key for user verification too.
+    /// Ask the key for user verification too (by any means: `+verification`).
     pub require_uv: bool,
+    /// Verify the user with the key's PIN (`+pin`).
+    pub require_pin: bool,
+    /// The PIN from the login, if any (used only when UV is asked for).
+    pub pin: Option<Pin>,
 }
 
 /// A getAssertion answer, unverified.
@@ -254,6 +272,24 @@ pub enum GateError {
     /// `--require-attested`: none of the user's credentials was attested at enrolment.
     #[error("none of the user's enrolled credentials was attested at enrolment")]
     NotAttested,
+    /// The login needs the key's PIN and none was given.
+    #[error("the key's PIN is needed and none was given")]
+    PinRequired,
+    /// The key says the PIN is wrong; `retries`: what it has left, when it said.
+    #[error("the key refused the PIN (retries left: {retries:?})")]
+    PinInvalid { retries: Option<u8> },
+    /// k_proxy did not try the PIN: the key has too few retries left.
+    #[error("the key has only {retries} PIN retries left; not trying a PIN remotely")]
+    PinRetriesLow { retries: u8 },
+    /// The key's PIN is blocked (no retries left); only a reset of the key helps.
+    #[error("the key's PIN is blocked")]
+    PinBlocked,
+    /// Three wrong PINs in a row: the key takes no PIN until it is powered again.
+    #[error("the key refuses PINs until it is unplugged and plugged in again")]
+    PinAuthBlocked,
+    /// The enrolment needs a PIN and the key has none set.
+    #[error("the key has no PIN set")]
+    PinNotSet,
 }
 
 impl GateError {
@@ -276,6 +312,22 @@ impl GateError {
             GateError::Storage { .. } => "credential_store_error",
             GateError::Attestation(e) => e.code(),
             GateError::NotAttested => "not_attested",
+            GateError::PinRequired => "pin_required",
+            GateError::PinInvalid { .. } => "pin_invalid",
+            GateError::PinRetriesLow { .. } => "pin_retries_low",
+            GateError::PinBlocked => "pin_blocked",
+            GateError::PinAuthBlocked => "pin_auth_blocked",
+            GateError::PinNotSet => "pin_not_set",
+        }
+    }
+
+    /// The PIN retries the key reported, for the JSON body (`"retries"`).
+    pub fn pin_retries(&self) -> Option<u8> {
+        match self {
+            GateError::PinInvalid { retries } => *retries,
+            GateError::PinRetriesLow { retries } => Some(*retries),
+            GateError::PinBlocked => Some(0),
+            _ => None,
         }
     }
 
@@ -352,6 +404,27 @@ impl GateError {
                  enrolment, and k_proxy accepts only attested keys (--require-attested); \
                  re-enrol the key with `k_proxy enroll --attestation-roots`."
                 .to_string(),
+            GateError::PinRequired => "This login needs the key's PIN: send it as \"pin\" \
+                 in the login body."
+                .to_string(),
+            GateError::PinInvalid { retries: Some(n) } => {
+                format!("The PIN is wrong; the key allows {n} more tries before it blocks the PIN.")
+            }
+            GateError::PinInvalid { retries: None } => "The PIN is wrong.".to_string(),
+            GateError::PinRetriesLow { retries } => format!(
+                "The key has only {retries} PIN tries left, so k_proxy will not try a PIN \
+                 remotely; enter the right PIN on the key's own machine (any FIDO2 tool) to \
+                 restore its tries."
+            ),
+            GateError::PinBlocked => "The key's PIN is blocked after too many wrong PINs; \
+                 only a reset of the key (which erases its credentials) unblocks it."
+                .to_string(),
+            GateError::PinAuthBlocked => "The key refuses PINs after three wrong ones in a \
+                 row; unplug it, plug it in again and try again."
+                .to_string(),
+            GateError::PinNotSet => "This login needs the key's PIN, but the key has no PIN \
+                 set; set one with a FIDO2 tool and enrol again."
+                .to_string(),
         }
     }
 }
@@ -410,6 +483,12 @@ mod tests {
             },
             GateError::Attestation(attestation::AttestationError::NoneRefused),
             GateError::NotAttested,
+            GateError::PinRequired,
+            GateError::PinInvalid { retries: Some(5) },
+            GateError::PinRetriesLow { retries: 3 },
+            GateError::PinBlocked,
+            GateError::PinAuthBlocked,
+            GateError::PinNotSet,
         ]
     }
 
@@ -436,6 +515,12 @@ mod tests {
                 "credential_store_error",
                 "attestation_none",
                 "not_attested",
+                "pin_required",
+                "pin_invalid",
+                "pin_retries_low",
+                "pin_blocked",
+                "pin_auth_blocked",
+                "pin_not_set",
             ]
         );
         let mut dedup = codes.clone();

@@ -15,16 +15,23 @@ pub struct Passed {
     pub credential: Option<String>,
     /// At assertion level: the verified signCount.
     pub sign_count: Option<u32>,
+    /// At assertion level: the signed authenticator data has UV set (the key verified
+    /// the user: its PIN, or built-in UV).
+    pub user_verified: bool,
 }
 
-/// Options for [`Gate::enroll`].
-#[derive(Debug, Clone, Copy, Default)]
+/// Options for [`crate::Gate::enroll`].
+#[derive(Debug, Clone, Default)]
 pub struct EnrolOptions {
     /// Require user verification (PIN or biometric on the key) at every login too.
     pub require_uv: bool,
+    /// Require the key's PIN at every login (`+pin`).
+    pub require_pin: bool,
+    /// The key's PIN, for a key that has one and wants it (or when asked to use it).
+    pub pin: Option<crate::Pin>,
 }
 
-/// A credential that [`Gate::enroll`] wrote to the enrolment file.
+/// A credential that [`crate::Gate::enroll`] wrote to the enrolment file.
 #[derive(Debug, Clone)]
 pub struct Enrolled {
     /// Short label of the new credential id.

@@ -30,7 +30,13 @@ use hmac::{Hmac, Mac};
 use p256::ecdsa::signature::Signer as _;
 use sha2::Sha256;
 
+use ciborium::Value;
+
+use crate::ctap2;
 use crate::fsutil;
+use crate::pin_authenticator::{permission, PinAuthenticator, PinRecord};
+use crate::pin_client::{self, UvNeed};
+use crate::pin_protocol::PinProtocol;
 use crate::verify::{client_data_hash, rp_id_hash, PublicKey, FLAG_AT, FLAG_UP, FLAG_UV};
 use crate::{
     AssertionResponse, Authenticator, CancelSignal, GateError, GetAssertionRequest, MadeCredential,
@@ -134,28 +140,46 @@ impl FromStr for SoftBehavior {
     }
 }
 
-/// The key material: the master secret and the global signature counter.
+/// The key material: the master secret, the global signature counter, and the PIN.
 struct KeyState {
     master: [u8; 32],
     counter: u32,
     /// Where it is kept; `None` for an in-memory key.
     file: Option<PathBuf>,
+    /// The PIN side (its hash and retries are kept in the file; the rest is per power-up).
+    pin: PinAuthenticator,
+}
+
+/// The PIN protocols and CTAP version a new software key offers: CTAP 2.1, protocols 2 and 1.
+fn default_pin(record: PinRecord) -> Result<PinAuthenticator, String> {
+    PinAuthenticator::power_up(record, vec![PinProtocol::Two, PinProtocol::One], true)
 }
 
 impl KeyState {
     fn render(&self) -> String {
-        format!(
+        let mut out = format!(
             "# chromecard SOFTWARE authenticator key: tests and demos only, never a real credential.\n\
              version 1\nmaster {}\ncounter {}\n",
             STANDARD.encode(self.master),
             self.counter
-        )
+        );
+        let record = self.pin.record();
+        if let Some(hash) = record.hash {
+            // What a real key keeps of its PIN: LEFT(SHA-256(pin), 16), and the retries.
+            out.push_str(&format!(
+                "pin_hash {}\npin_retries {}\n",
+                STANDARD.encode(hash),
+                record.retries
+            ));
+        }
+        out
     }
 
-    fn parse(text: &str) -> Option<([u8; 32], u32)> {
+    fn parse(text: &str) -> Option<([u8; 32], u32, PinRecord)> {
         let mut version = None;
         let mut master = None;
         let mut counter = None;
+        let mut pin = PinRecord::default();
         for line in text.lines().map(str::trim) {
             if line.is_empty() || line.starts_with('#') {
                 continue;
@@ -165,11 +189,13 @@ impl KeyState {
                 "version" => version = Some(v),
                 "master" => master = Some(STANDARD.decode(v).ok()?.try_into().ok()?),
                 "counter" => counter = Some(v.parse().ok()?),
+                "pin_hash" => pin.hash = Some(STANDARD.decode(v).ok()?.try_into().ok()?),
+                "pin_retries" => pin.retries = v.parse().ok().filter(|r| *r <= 8)?,
                 _ => return None,
             }
         }
         (version == Some("1")).then_some(())?;
-        Some((master?, counter?))
+        Some((master?, counter?, pin))
     }
 
     fn persist(&self) -> Result<(), GateError> {
@@ -221,6 +247,7 @@ impl SoftAuthenticator {
                 master,
                 counter: 0,
                 file: None,
+                pin: default_pin(PinRecord::default())?,
             },
         ))
     }
@@ -233,7 +260,7 @@ impl SoftAuthenticator {
             fsutil::check_not_writable_by_others(path).map_err(|e| e.to_string())?;
             let text =
                 fsutil::read_small(path, 4096).map_err(|e| format!("{}: {e}", path.display()))?;
-            let (master, counter) = KeyState::parse(&text).ok_or_else(|| {
+            let (master, counter, pin) = KeyState::parse(&text).ok_or_else(|| {
                 format!(
                     "{} is not a chromecard software authenticator key file",
                     path.display()
@@ -243,6 +270,7 @@ impl SoftAuthenticator {
                 master,
                 counter,
                 file: Some(path.to_path_buf()),
+                pin: default_pin(pin)?,
             }
         } else {
             let mut master = [0u8; 32];
@@ -251,6 +279,7 @@ impl SoftAuthenticator {
                 master,
                 counter: 0,
                 file: Some(path.to_path_buf()),
+                pin: default_pin(PinRecord::default())?,
             };
             state.persist().map_err(|e| e.to_string())?;
             state
@@ -402,13 +431,19 @@ impl SoftAuthenticator {
     ) -> Result<MadeCredential, GateError> {
         self.touch(cancel)?;
         let cdh = client_data_hash(&request.challenge);
-        let made = self.make_credential_for_hash(
+        let need = UvNeed {
+            uv: request.require_uv,
+            pin: request.require_pin,
+        };
+        let verified = self.prove_and_check_uv(
+            need,
+            request.pin.as_ref(),
+            permission::MC,
             &request.rp_id,
             &cdh,
-            &request.exclude,
-            true,
-            request.require_uv,
         )?;
+        let made =
+            self.make_credential_for_hash(&request.rp_id, &cdh, &request.exclude, true, verified)?;
         let attestation =
             crate::soft_attestation::statement(self.attestation.as_ref(), &made, &cdh);
         Ok(MadeCredential {
@@ -481,13 +516,20 @@ impl SoftAuthenticator {
         cancel: &CancelSignal,
     ) -> Result<AssertionResponse, GateError> {
         self.touch(cancel)?;
-        let mut response = self.get_assertion_for_hash(
+        let cdh = client_data_hash(&request.challenge);
+        let need = UvNeed {
+            uv: request.require_uv,
+            pin: request.require_pin,
+        };
+        let verified = self.prove_and_check_uv(
+            need,
+            request.pin.as_ref(),
+            permission::GA,
             &request.rp_id,
-            &client_data_hash(&request.challenge),
-            &request.allow,
-            true,
-            request.require_uv,
+            &cdh,
         )?;
+        let mut response =
+            self.get_assertion_for_hash(&request.rp_id, &cdh, &request.allow, true, verified)?;
         response.device = self.device();
         Ok(response)
     }
@@ -575,6 +617,176 @@ impl SoftAuthenticator {
     /// The behaviour this key was made with.
     pub fn behavior(&self) -> SoftBehavior {
         self.behavior
+    }
+
+    /// The client's side of user verification (the same code k_proxy runs against a USB
+    /// key, [`crate::pin_client`]) against this key's own clientPIN, then the key's check
+    /// of the pinUvAuthParam over `cdh`: whether the UV flag is to be set.
+    fn prove_and_check_uv(
+        &self,
+        need: UvNeed,
+        pin: Option<&crate::Pin>,
+        permission: u8,
+        rp_id: &str,
+        cdh: &[u8; 32],
+    ) -> Result<bool, GateError> {
+        if !need.uv && !need.pin && pin.is_none() {
+            return Ok(false);
+        }
+        let label = "software authenticator";
+        let info = ctap2::parse_info(&self.wire(&ctap2::get_info()), label)?;
+        let proof = pin_client::prove_uv(
+            &info,
+            need,
+            pin,
+            permission,
+            rp_id,
+            label,
+            &mut |request, _, _| Ok(self.wire(request)),
+        )?;
+        match proof.param(cdh) {
+            Some((param, protocol)) => {
+                let protocol = Value::Integer(protocol.into());
+                self.check_pin_uv_param(Some(&protocol), &param, cdh, permission, rp_id)
+                    .map_err(|status| ctap2::status_error(status, label, "pinUvAuthParam"))?;
+                Ok(true)
+            }
+            // The `uv` option: built-in UV (on a CTAP 2.0 key), if the key has it.
+            None => Ok(proof.uv_option() && self.key().pin.has_builtin_uv()),
+        }
+    }
+
+    /// The key's CTAP2 answers to authenticatorGetInfo and authenticatorClientPIN (command
+    /// byte and CBOR in, status byte and CBOR out): what [`crate::pin_client`] talks to.
+    fn wire(&self, request: &[u8]) -> Vec<u8> {
+        let result = match request.split_first() {
+            Some((&ctap2::command::GET_INFO, _)) => Ok(Some(self.get_info_value())),
+            Some((&ctap2::command::CLIENT_PIN, params)) => {
+                match ciborium::de::from_reader::<Value, _>(params) {
+                    Ok(Value::Map(m)) => self.client_pin(&m),
+                    _ => Err(0x12),
+                }
+            }
+            _ => Err(0x01),
+        };
+        match result {
+            Ok(body) => {
+                let mut out = vec![0];
+                if let Some(v) = body {
+                    if ciborium::ser::into_writer(&v, &mut out).is_err() {
+                        return vec![0x7f];
+                    }
+                }
+                out
+            }
+            Err(status) => vec![status],
+        }
+    }
+
+    /// getInfo as this key reports it (the virtual USB key adds its own fields to it).
+    pub fn get_info_value(&self) -> Value {
+        let key = self.key();
+        let ctap21 = key.pin.is_ctap21();
+        let text = |s: &str| Value::Text(s.to_string());
+        let mut versions = vec![text("FIDO_2_0")];
+        if ctap21 {
+            versions.push(text("FIDO_2_1"));
+        }
+        // CTAP2 canonical order: shorter keys first, then bytewise.
+        let mut options = vec![
+            (text("rk"), Value::Bool(false)),
+            (text("up"), Value::Bool(true)),
+        ];
+        if key.pin.has_builtin_uv() {
+            options.push((text("uv"), Value::Bool(true)));
+        }
+        options.push((text("plat"), Value::Bool(false)));
+        if ctap21 {
+            options.push((text("alwaysUv"), Value::Bool(key.pin.always_uv())));
+        }
+        options.push((text("clientPin"), Value::Bool(key.pin.is_set())));
+        if ctap21 {
+            options.push((text("pinUvAuthToken"), Value::Bool(true)));
+            options.push((text("makeCredUvNotRqd"), Value::Bool(!key.pin.always_uv())));
+        }
+        let protocols = key
+            .pin
+            .protocol_numbers()
+            .into_iter()
+            .map(|n| Value::Integer(n.into()))
+            .collect();
+        Value::Map(vec![
+            (Value::Integer(1.into()), Value::Array(versions)),
+            (Value::Integer(3.into()), Value::Bytes(SOFT_AAGUID.to_vec())),
+            (Value::Integer(4.into()), Value::Map(options)),
+            (Value::Integer(5.into()), Value::Integer(1200.into())),
+            (Value::Integer(6.into()), Value::Array(protocols)),
+        ])
+    }
+
+    /// One authenticatorClientPIN request (its CBOR map): the answer or a CTAP status.
+    /// The PIN's hash and retries are written to the key file when they change.
+    pub fn client_pin(&self, params: &[(Value, Value)]) -> Result<Option<Value>, u8> {
+        let mut key = self.key();
+        let before = key.pin.record().clone();
+        let answer = key.pin.client_pin(params);
+        if *key.pin.record() != before && key.persist().is_err() {
+            tracing::error!("software authenticator: cannot write the PIN state to its key file");
+            return Err(0x7f);
+        }
+        answer
+    }
+
+    /// Checks a makeCredential's or getAssertion's pinUvAuthParam (see
+    /// [`PinAuthenticator::verify_param`]): `Ok` means the UV flag is to be set.
+    pub fn check_pin_uv_param(
+        &self,
+        protocol: Option<&Value>,
+        param: &[u8],
+        client_data_hash: &[u8; 32],
+        permission: u8,
+        rp_id: &str,
+    ) -> Result<(), u8> {
+        self.key()
+            .pin
+            .verify_param(protocol, param, client_data_hash, permission, rp_id)
+    }
+
+    /// Whether a PIN is set.
+    pub fn pin_is_set(&self) -> bool {
+        self.key().pin.is_set()
+    }
+
+    /// Powers the PIN side up again as a CTAP 2.1 key (`ctap21`) or a 2.0 one, offering
+    /// `protocols` (preferred first), with `always_uv` (every makeCredential and
+    /// getAssertion needs a pinUvAuthParam) and `builtin_uv` (a simulated fingerprint
+    /// reader). The PIN and its retries are kept.
+    pub fn configure_pin(
+        &self,
+        protocols: Vec<PinProtocol>,
+        ctap21: bool,
+        always_uv: bool,
+        builtin_uv: bool,
+    ) -> Result<(), String> {
+        let mut key = self.key();
+        let record = key.pin.record().clone();
+        key.pin = PinAuthenticator::power_up(record, protocols, ctap21)?;
+        key.pin.set_always_uv(always_uv);
+        key.pin.set_builtin_uv(builtin_uv);
+        Ok(())
+    }
+
+    /// Whether the key has built-in user verification.
+    pub fn has_builtin_uv(&self) -> bool {
+        self.key().pin.has_builtin_uv()
+    }
+
+    /// Sets the PIN (all retries back), as a person would with a FIDO2 tool; written to
+    /// the key file. For test set-ups (the virtual key's `--pin`).
+    pub fn set_pin(&self, pin: &crate::Pin) -> Result<(), GateError> {
+        let mut key = self.key();
+        key.pin.set_pin_directly(pin.expose());
+        key.persist()
     }
 }
 
@@ -682,6 +894,8 @@ mod tests {
             user_id: vec![1],
             user_name: "alice".into(),
             require_uv: false,
+            require_pin: false,
+            pin: None,
             exclude: vec![],
         }
     }
@@ -735,6 +949,8 @@ mod tests {
             challenge: [2; 32],
             allow: vec![id.clone()],
             require_uv: false,
+            require_pin: false,
+            pin: None,
         };
         let r1 = a.get_assertion(&req, &CancelSignal::new()).unwrap();
         assert_eq!(parse_auth_data(&r1.auth_data).unwrap().sign_count, 1);

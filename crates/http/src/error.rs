@@ -36,9 +36,17 @@ pub struct ApiError {
     /// Why, for the log (never sent to the client): the underlying error's text.
     pub cause: Option<Box<str>>,
     allow: Option<&'static str>,
-    www_authenticate: Option<String>,
+    www_authenticate: Option<Box<str>>,
     retry_after: Option<u64>,
+    /// Further fields of the JSON body after `error` and `message` (e.g. a key's PIN
+    /// `retries`).
+    /// Boxed: most errors have none, and `ApiError` travels in every `Result`.
+    fields: Option<Box<Fields>>,
 }
+
+/// The further fields of an error's JSON body.
+#[derive(Debug, Clone, Default)]
+struct Fields(Vec<(&'static str, serde_json::Value)>);
 
 impl ApiError {
     /// An answer whose fault is the client's (4xx) or, for any other status, this
@@ -58,6 +66,7 @@ impl ApiError {
             allow: None,
             www_authenticate: None,
             retry_after: None,
+            fields: None,
         }
     }
 
@@ -85,10 +94,13 @@ impl ApiError {
 
     fn with_challenge(code: &'static str, message: impl Into<String>, error: Option<&str>) -> Self {
         let mut err = Self::new(StatusCode::UNAUTHORIZED, code, message);
-        err.www_authenticate = Some(match error {
-            Some(error) => format!("Bearer realm=\"chromecard\", error=\"{error}\""),
-            None => "Bearer realm=\"chromecard\"".to_string(),
-        });
+        err.www_authenticate = Some(
+            match error {
+                Some(error) => format!("Bearer realm=\"chromecard\", error=\"{error}\""),
+                None => "Bearer realm=\"chromecard\"".to_string(),
+            }
+            .into_boxed_str(),
+        );
         err
     }
 
@@ -144,19 +156,25 @@ impl ApiError {
         self
     }
 
-    pub fn into_response(self) -> HttpResponse {
-        #[derive(Serialize)]
-        struct Body<'a> {
-            error: &'a str,
-            message: &'a str,
+    /// Adds a field to the JSON body (`error` and `message` come first and stay).
+    pub fn with_field(mut self, name: &'static str, value: impl Into<serde_json::Value>) -> Self {
+        if name != "error" && name != "message" {
+            self.fields
+                .get_or_insert_with(Default::default)
+                .0
+                .push((name, value.into()));
         }
-        let mut response = json_response(
-            self.status,
-            &Body {
-                error: self.code,
-                message: &self.message,
-            },
-        );
+        self
+    }
+
+    pub fn into_response(self) -> HttpResponse {
+        let mut body = serde_json::Map::new();
+        body.insert("error".into(), self.code.into());
+        body.insert("message".into(), self.message.clone().into());
+        for (name, value) in self.fields.into_iter().flat_map(|f| f.0) {
+            body.insert(name.into(), value);
+        }
+        let mut response = json_response(self.status, &body);
         let headers = response.headers_mut();
         if let Some(allow) = self.allow {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));

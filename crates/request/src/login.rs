@@ -1,6 +1,11 @@
 //! The login request body: `{"username": "alice"}`, optionally with `"scope": ["counter"]`
-//! (the resources the session may reach) and `"cookie": true` (also set a session cookie).
+//! (the resources the session may reach), `"cookie": true` (also set a session cookie) and
+//! `"pin": "..."` (the key's PIN, for users whose enrolment asks for it).
+//!
+//! The PIN is taken out of the parsed JSON first, held as a [`Pin`] (wiped when dropped,
+//! never printed) and checked against CTAP's bounds (4 code points to 63 bytes).
 
+use chromecard_gate::{Pin, PinError};
 use chromecard_hop::{validate_username, UsernameError};
 use chromecard_http::ApiError;
 use http::HeaderMap;
@@ -21,13 +26,35 @@ const MAX_SCOPE_ENTRIES: usize = 16;
 const MAX_SCOPE_NAME: usize = 32;
 
 /// What a login asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct LoginRequest {
     pub username: String,
     /// None: every resource.
     pub scope: Option<Vec<String>>,
     /// Also answer with a `Set-Cookie` holding the token, for browsers.
     pub cookie: bool,
+    /// The key's PIN, if the client sent one.
+    pub pin: Option<Pin>,
+}
+
+/// The `"pin"` field: a string a key could hold as its PIN.
+fn parse_pin(value: Option<Value>) -> Result<Option<Pin>, ApiError> {
+    let invalid = |why: &str| {
+        ApiError::bad_request(
+            "invalid_pin",
+            format!("\"pin\" must be the key's PIN as a string: {why}."),
+        )
+    };
+    match value {
+        None => Ok(None),
+        Some(Value::String(pin)) => Pin::new(pin).map(Some).map_err(|e| match e {
+            PinError::TooShort => invalid("a PIN has at least 4 characters"),
+            PinError::TooLong => invalid("a PIN has at most 63 bytes of UTF-8"),
+            PinError::Nul => invalid("a PIN cannot contain the NUL character"),
+        }),
+        Some(Value::Null) => Err(invalid("null is not a PIN")),
+        Some(_) => Err(invalid("it is not a string")),
+    }
 }
 
 /// Parses and checks a login body against the shared username rules.
@@ -38,19 +65,21 @@ pub fn parse_login(body: &[u8]) -> Result<LoginRequest, ApiError> {
             "The body is not valid JSON; send {\"username\":\"alice\"}.",
         )
     })?;
-    let Value::Object(fields) = value else {
+    let Value::Object(mut fields) = value else {
         return Err(ApiError::bad_request(
             "invalid_body",
             "The body must be a JSON object like {\"username\":\"alice\"}.",
         ));
     };
+    // First, so that the PIN is held (and wiped) by `Pin` whatever is refused below.
+    let pin = parse_pin(fields.remove("pin"))?;
     if let Some(unknown) = fields
         .keys()
         .find(|key| !matches!(key.as_str(), "username" | "scope" | "cookie"))
     {
         return Err(ApiError::bad_request(
             "invalid_body",
-            format!("Unknown field {unknown:?}; a login body has \"username\" and optionally \"scope\" and \"cookie\"."),
+            format!("Unknown field {unknown:?}; a login body has \"username\" and optionally \"scope\", \"cookie\" and \"pin\"."),
         ));
     }
     let username = match fields.get("username") {
@@ -90,6 +119,7 @@ pub fn parse_login(body: &[u8]) -> Result<LoginRequest, ApiError> {
         username: username.clone(),
         scope,
         cookie,
+        pin,
     })
 }
 
@@ -178,6 +208,40 @@ mod tests {
             code(&format!(r#"{{"username":"{}"}}"#, "a".repeat(65))),
             "invalid_username"
         );
+    }
+
+    #[test]
+    fn a_pin_is_taken_within_ctaps_bounds_and_never_shown() {
+        let login = parse_login(br#"{"username":"alice","pin":"4711-secret"}"#).unwrap();
+        assert_eq!(login.pin.as_ref().unwrap().expose(), b"4711-secret");
+        assert!(!format!("{login:?}").contains("4711"));
+        assert!(parse_login(br#"{"username":"alice"}"#)
+            .unwrap()
+            .pin
+            .is_none());
+        for (body, why) in [
+            (r#"{"username":"a","pin":"123"}"#.to_string(), "at least 4"),
+            (
+                format!(r#"{{"username":"a","pin":"{}"}}"#, "9".repeat(64)),
+                "at most 63",
+            ),
+            (r#"{"username":"a","pin":1234}"#.to_string(), "not a string"),
+            (r#"{"username":"a","pin":null}"#.to_string(), "null"),
+            (r#"{"username":"a","pin":"12\u000034"}"#.to_string(), "NUL"),
+        ] {
+            let e = parse_login(body.as_bytes()).unwrap_err();
+            assert_eq!(e.code, "invalid_pin", "{body}");
+            assert!(
+                e.message.contains(why) && e.message.ends_with('.'),
+                "{}",
+                e.message
+            );
+            assert!(!e.message.contains("1234"), "{}", e.message);
+        }
+        // Four characters of two bytes each are a PIN; 63 bytes are too.
+        assert!(parse_login("{\"username\":\"a\",\"pin\":\"äöüß\"}".as_bytes()).is_ok());
+        let long = format!(r#"{{"username":"a","pin":"{}"}}"#, "9".repeat(63));
+        assert!(parse_login(long.as_bytes()).is_ok());
     }
 
     #[test]

@@ -11,6 +11,12 @@ MODE:
   cancel  against a key started with --no-touch: a request cancelled through
           threading.Event ends with CTAP2_ERR_KEEPALIVE_CANCEL, keep-alives say UPNEEDED
           meanwhile, and the key answers again afterwards.
+  pin     against a key with no PIN yet: python-fido2's ClientPin with PIN/UV auth
+          protocols 2 and 1: setPIN, getPINRetries, tokens with permissions (and the
+          legacy getPinToken), makeCredential and getAssertion with pinUvAuthParam (UV
+          set, signature verified), a wrong PIN (PIN_INVALID, one retry less, all back
+          after the right one), a token for another relying party (PIN_AUTH_INVALID),
+          changePIN.
 
 Prints one "PASS name" or "FAIL name: why" line per check and a closing
 summary line; exits 1 when a check failed, 2 on a usage error.
@@ -30,6 +36,7 @@ from fido2.client import Fido2Client
 from fido2.cose import ES256
 from fido2.ctap import STATUS, CtapError
 from fido2.ctap2 import Ctap2
+from fido2.ctap2.pin import ClientPin, PinProtocolV1, PinProtocolV2
 from fido2.hid import CAPABILITY, CtapHidDevice, open_device
 from fido2.server import Fido2Server
 from fido2.webauthn import (
@@ -152,7 +159,10 @@ def get_info(ctap2):
     check(len(info.aaguid) == 16, f"aaguid {info.aaguid!r}")
     check(info.options.get("up") is True, f"options {info.options}")
     check(info.options.get("rk") is False, f"options {info.options}")
-    check("clientPin" not in info.options, f"options {info.options}")
+    # A PIN can be set, and none is (CTAP 2.1 keys report clientPin: false then).
+    check(info.options.get("clientPin") is False, f"options {info.options}")
+    check(info.options.get("pinUvAuthToken") is True, f"options {info.options}")
+    check(info.pin_uv_protocols == [2, 1], f"pinUvAuthProtocols {info.pin_uv_protocols}")
     check(info.transports == ["usb"], f"transports {info.transports}")
     check(
         info.algorithms == [{"alg": -7, "type": "public-key"}],
@@ -380,12 +390,172 @@ def mode_cancel(path):
     run("authenticatorGetInfo after the cancels", get_info, ctap2)
 
 
+# ---------------------------------------------------------------------------
+# pin mode
+# ---------------------------------------------------------------------------
+
+PIN = "1234"
+NEW_PIN = "12345678"
+
+
+def pin_is_set(ctap2, wanted):
+    options = ctap2.get_info().options
+    check(options.get("clientPin") is wanted, f"options {options}")
+
+
+def set_pin(ctap2):
+    pin_is_set(ctap2, False)
+    ClientPin(ctap2, PinProtocolV2()).set_pin(PIN)
+    pin_is_set(ctap2, True)
+    retries, _ = ClientPin(ctap2).get_pin_retries()
+    check(retries == 8, f"{retries} retries after setPIN")
+    # A second setPIN is refused: changePIN is the way.
+    expect_ctap_error(
+        CtapError.ERR.PIN_AUTH_INVALID, ClientPin(ctap2, PinProtocolV1()).set_pin, "5678"
+    )
+
+
+def uv_ceremony(ctap2, protocol, pin, legacy):
+    """makeCredential and getAssertion, each with a pinUvAuthParam from a token."""
+    cp = ClientPin(ctap2, protocol)
+    P = ClientPin.PERMISSION
+    # A key holds one pinUvAuthToken: each new one replaces the last.
+    if legacy:
+        # getPinToken (CTAP 2.0's): python-fido2 uses it when no permissions are given.
+        mc_token = cp.get_pin_token(pin)
+    else:
+        mc_token = cp.get_pin_token(pin, P.MAKE_CREDENTIAL, RP_ID)
+    cdh = sha256(b"pin makeCredential " + os.urandom(8))
+    att = ctap2.make_credential(
+        cdh,
+        RP,
+        USER,
+        ES256_PARAMS,
+        pin_uv_param=cp.protocol.authenticate(mc_token, cdh),
+        pin_uv_protocol=cp.protocol.VERSION,
+    )
+    check(att.auth_data.is_user_verified(), f"makeCredential flags {att.auth_data.flags:#x}")
+    cred = att.auth_data.credential_data
+    allow = [{"type": "public-key", "id": cred.credential_id}]
+    if legacy:
+        ga_token = mc_token
+    else:
+        # An mc token is no ga token.
+        cdh = sha256(b"mc token for ga")
+        expect_ctap_error(
+            CtapError.ERR.PIN_AUTH_INVALID,
+            ctap2.get_assertion,
+            RP_ID,
+            cdh,
+            allow,
+            pin_uv_param=cp.protocol.authenticate(mc_token, cdh),
+            pin_uv_protocol=cp.protocol.VERSION,
+        )
+        ga_token = cp.get_pin_token(pin, P.GET_ASSERTION, RP_ID)
+    cdh = sha256(b"pin getAssertion " + os.urandom(8))
+    a = ctap2.get_assertion(
+        RP_ID,
+        cdh,
+        allow,
+        pin_uv_param=cp.protocol.authenticate(ga_token, cdh),
+        pin_uv_protocol=cp.protocol.VERSION,
+    )
+    check(a.auth_data.is_user_verified(), f"getAssertion flags {a.auth_data.flags:#x}: UV clear")
+    check(a.auth_data.is_user_present(), f"getAssertion flags {a.auth_data.flags:#x}: UP clear")
+    a.verify(cdh, cred.public_key)
+    # The same token over another clientDataHash, or from the other protocol: refused.
+    expect_ctap_error(
+        CtapError.ERR.PIN_AUTH_INVALID,
+        ctap2.get_assertion,
+        RP_ID,
+        sha256(b"other"),
+        allow,
+        pin_uv_param=cp.protocol.authenticate(ga_token, cdh),
+        pin_uv_protocol=cp.protocol.VERSION,
+    )
+    # Without a pinUvAuthParam: signed, UV clear.
+    cdh = sha256(b"no uv")
+    a = ctap2.get_assertion(RP_ID, cdh, allow)
+    check(not a.auth_data.is_user_verified(), "UV set without a pinUvAuthParam")
+    return cred
+
+
+def token_bound_to_its_rp(ctap2, cred):
+    cp = ClientPin(ctap2, PinProtocolV2())
+    token = cp.get_pin_token(PIN, ClientPin.PERMISSION.GET_ASSERTION, "other.example")
+    cdh = sha256(b"bound")
+    expect_ctap_error(
+        CtapError.ERR.PIN_AUTH_INVALID,
+        ctap2.get_assertion,
+        RP_ID,
+        cdh,
+        [{"type": "public-key", "id": cred.credential_id}],
+        pin_uv_param=cp.protocol.authenticate(token, cdh),
+        pin_uv_protocol=2,
+    )
+
+
+def wrong_pin(ctap2, protocol):
+    cp = ClientPin(ctap2, protocol)
+    expect_ctap_error(
+        CtapError.ERR.PIN_INVALID,
+        cp.get_pin_token,
+        "0000",
+        ClientPin.PERMISSION.GET_ASSERTION,
+        RP_ID,
+    )
+    retries, _ = cp.get_pin_retries()
+    check(retries == 7, f"{retries} retries after a wrong PIN")
+    cp.get_pin_token(PIN, ClientPin.PERMISSION.GET_ASSERTION, RP_ID)
+    retries, _ = cp.get_pin_retries()
+    check(retries == 8, f"{retries} retries after the right PIN")
+
+
+def change_pin(ctap2):
+    cp = ClientPin(ctap2, PinProtocolV1())
+    cp.change_pin(PIN, NEW_PIN)
+    expect_ctap_error(
+        CtapError.ERR.PIN_INVALID, cp.get_pin_token, PIN, ClientPin.PERMISSION.GET_ASSERTION, RP_ID
+    )
+    cp.get_pin_token(NEW_PIN, ClientPin.PERMISSION.GET_ASSERTION, RP_ID)
+
+
+def mode_pin(path):
+    dev = run("list_devices finds the key", find_device, path)
+    if dev is None:
+        return
+    ctap2 = run("Ctap2(dev) (strict canonical CBOR)", Ctap2, dev)
+    if ctap2 is None:
+        return
+    if run("setPIN (protocol 2), getPINRetries", set_pin, ctap2) is None:
+        return
+    cred = run(
+        "protocol 2: token with permissions, makeCredential and getAssertion with UV",
+        uv_ceremony, ctap2, PinProtocolV2(), PIN, False,
+    )
+    run(
+        "protocol 1: token with permissions, makeCredential and getAssertion with UV",
+        uv_ceremony, ctap2, PinProtocolV1(), PIN, False,
+    )
+    run(
+        "protocol 1: getPinToken (legacy), makeCredential and getAssertion with UV",
+        uv_ceremony, ctap2, PinProtocolV1(), PIN, True,
+    )
+    if cred is not None:
+        run("a token bound to another rpId is refused", token_bound_to_its_rp, ctap2, cred)
+    run("protocol 2: a wrong PIN costs one retry, the right one restores them",
+        wrong_pin, ctap2, PinProtocolV2())
+    run("protocol 1: a wrong PIN costs one retry, the right one restores them",
+        wrong_pin, ctap2, PinProtocolV1())
+    run("changePIN (protocol 1)", change_pin, ctap2)
+
+
 def main(argv):
-    if len(argv) != 3 or argv[1] not in ("ctap2", "cancel"):
+    if len(argv) != 3 or argv[1] not in ("ctap2", "cancel", "pin"):
         print(__doc__, file=sys.stderr)
         return 2
     print(f"python-fido2 {fido2.__version__} on Python {sys.version.split()[0]}")
-    {"ctap2": mode_ctap2, "cancel": mode_cancel}[argv[1]](argv[2])
+    {"ctap2": mode_ctap2, "cancel": mode_cancel, "pin": mode_pin}[argv[1]](argv[2])
     print(f"python-fido2 summary: {passed} checks passed, {failed} failed")
     return 0 if failed == 0 and passed > 0 else 1
 

@@ -1,14 +1,17 @@
 //! The CTAP2 commands behind the transport: authenticatorGetInfo, makeCredential,
-//! getAssertion, selection and clientPIN's getRetries, with the touch a person
-//! would give. The credentials, the signatures and the authenticator data are the
-//! software authenticator's (`chromecard_gate::SoftAuthenticator`): one
-//! implementation for `--gate soft` and for this key.
+//! getAssertion, selection and clientPIN, with the touch a person would give. The
+//! credentials, the signatures, the authenticator data and the PIN (clientPIN with PIN/UV
+//! auth protocols 1 and 2, the retry counter, the pinUvAuthParam checks) are the software
+//! authenticator's (`chromecard_gate::SoftAuthenticator`): one implementation for
+//! `--gate soft` and for this key.
 
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chromecard_ctaphid::keepalive;
+use chromecard_gate::pin_authenticator::permission;
+use chromecard_gate::pin_protocol::PinProtocol;
 use chromecard_gate::{CancelSignal, GateError, SoftAuthenticator};
 use ciborium::Value;
 
@@ -28,10 +31,9 @@ pub mod status {
     pub const NO_CREDENTIALS: u8 = 0x2e;
     pub const USER_ACTION_TIMEOUT: u8 = 0x2f;
     pub const PIN_INVALID: u8 = 0x31;
-    pub const PIN_AUTH_INVALID: u8 = 0x33;
     pub const PIN_NOT_SET: u8 = 0x35;
+    /// CTAP 2.0's PIN_REQUIRED, CTAP 2.1's PUAT_REQUIRED.
     pub const PIN_REQUIRED: u8 = 0x36;
-    pub const INVALID_SUBCOMMAND: u8 = 0x3e;
     pub const OTHER: u8 = 0x7f;
 }
 
@@ -40,10 +42,6 @@ const GET_ASSERTION: u8 = 0x02;
 const GET_INFO: u8 = 0x04;
 const CLIENT_PIN: u8 = 0x06;
 const SELECTION: u8 = 0x0b;
-/// The AAGUID in getInfo: the one the software authenticator writes into the attested
-/// credential data of every credential it makes (`chromecard_gate`'s "chromecard-soft!"),
-/// as getInfo's and the attestation's must name the same model (CTAP 2.1 section 6.4).
-const AAGUID: [u8; 16] = *b"chromecard-soft!";
 /// ES256, the one algorithm this key makes.
 const ALG_ES256: i128 = -7;
 
@@ -67,9 +65,13 @@ pub struct KeyConfig {
     pub refuse: bool,
     /// CTAP 2.0 only: no FIDO_2_1 in getInfo, no authenticatorSelection.
     pub ctap20: bool,
-    /// A PIN is set: getInfo says `clientPin: true` and makeCredential demands a
-    /// pinUvAuthParam (CTAP2_ERR_PIN_REQUIRED).
-    pub pin_set: bool,
+    /// getInfo's alwaysUv (CTAP 2.1): every makeCredential and getAssertion needs a
+    /// pinUvAuthParam (CTAP2_ERR_PUAT_REQUIRED without one). The PIN itself, and whether
+    /// one is set, is the software authenticator's.
+    pub always_uv: bool,
+    /// Built-in user verification (a fingerprint reader, simulated by the touch): getInfo
+    /// `uv: true`, getPinUvAuthTokenUsingUvWithPermissions, and the `uv` option.
+    pub builtin_uv: bool,
     /// Behave as Qubes' CTAP proxy 2.0.7: CTAP2 commands 0x07-0x0D refused with
     /// CTAP1_ERR_INVALID_COMMAND.
     pub qubes_ctap_proxy: bool,
@@ -202,6 +204,21 @@ impl Key {
         config: KeyConfig,
         on_touch_wait: Box<dyn Fn() + Send + Sync>,
     ) -> Self {
+        // The PIN side as the key's CTAP version has it: CTAP 2.1 with PIN/UV auth
+        // protocols 2 and 1 and permissions, or CTAP 2.0 with protocol 1 and getPinToken.
+        let protocols = if config.ctap20 {
+            vec![PinProtocol::One]
+        } else {
+            vec![PinProtocol::Two, PinProtocol::One]
+        };
+        if let Err(e) = soft.configure_pin(
+            protocols,
+            !config.ctap20,
+            config.always_uv,
+            config.builtin_uv,
+        ) {
+            tracing::error!(error = %e, "cannot power up the key's PIN side");
+        }
         Self {
             soft,
             config,
@@ -209,6 +226,11 @@ impl Key {
             on_touch_wait,
             touch_waits: AtomicU32::new(0),
         }
+    }
+
+    /// Whether the key has a PIN set (for the start-up line).
+    pub fn pin_is_set(&self) -> bool {
+        self.soft.pin_is_set()
     }
 
     /// A CTAPHID_CBOR request: the command byte and its CBOR map. The answer is the
@@ -236,7 +258,7 @@ impl Key {
             MAKE_CREDENTIAL => self.make_credential(&m, cancel),
             GET_ASSERTION => self.get_assertion(&m, cancel),
             SELECTION if !self.config.ctap20 => self.wait_for_touch(cancel).map(|()| None),
-            CLIENT_PIN => self.client_pin(&m),
+            CLIENT_PIN => self.client_pin(&m, cancel),
             _ => Err(status::INVALID_COMMAND),
         });
         let answer = match result {
@@ -292,27 +314,12 @@ impl Key {
     }
 
     fn get_info(&self) -> Option<Value> {
-        let mut versions = vec![text("FIDO_2_0")];
-        if !self.config.ctap20 {
-            versions.push(text("FIDO_2_1"));
-        }
-        let mut options = vec![
-            (text("rk"), Value::Bool(false)),
-            (text("up"), Value::Bool(true)),
-            (text("plat"), Value::Bool(false)),
-        ];
-        if self.config.pin_set {
-            options.push((text("clientPin"), Value::Bool(true)));
-        }
-        let mut info = vec![
-            (int(1), Value::Array(versions)),
-            (int(3), Value::Bytes(AAGUID.to_vec())),
-            (int(4), Value::Map(options)),
-            (int(5), int(1200)),
-        ];
-        if self.config.pin_set {
-            info.push((int(6), Value::Array(vec![int(1)])));
-        }
+        // The software authenticator's getInfo (versions, AAGUID, options with clientPin,
+        // pinUvAuthToken, makeCredUvNotRqd and alwaysUv, maxMsgSize, pinUvAuthProtocols),
+        // plus what a USB key adds: transports and algorithms.
+        let Value::Map(mut info) = self.soft.get_info_value() else {
+            return None;
+        };
         info.push((int(9), Value::Array(vec![text("usb")])));
         info.push((
             int(10),
@@ -322,6 +329,44 @@ impl Key {
             ])]),
         ));
         Some(Value::Map(info))
+    }
+
+    /// The pinUvAuthParam of a makeCredential (`param_key` 8) or getAssertion (6):
+    /// whether the user is verified. A zero-length one asks for a touch only (CTAP 2.1
+    /// section 6.1.2 step 1); none at all is refused where the key insists on UV.
+    fn pin_uv(
+        &self,
+        m: &[(Value, Value)],
+        param_key: i128,
+        cdh: &[u8; 32],
+        perm: u8,
+        rp_id: &str,
+        cancel: &CancelSignal,
+    ) -> Result<bool, Status> {
+        let pin_set = self.soft.pin_is_set();
+        match get(m, param_key) {
+            Some(Value::Bytes(b)) if b.is_empty() => {
+                self.wait_for_touch(cancel)?;
+                Err(if pin_set {
+                    status::PIN_INVALID
+                } else {
+                    status::PIN_NOT_SET
+                })
+            }
+            Some(Value::Bytes(b)) => {
+                tracing::info!("checking the pinUvAuthParam");
+                self.soft
+                    .check_pin_uv_param(get(m, param_key + 1), b, cdh, perm, rp_id)?;
+                Ok(true)
+            }
+            Some(_) => Err(status::CBOR_UNEXPECTED_TYPE),
+            None if self.config.always_uv && !self.config.ctap20 => Err(status::PIN_REQUIRED),
+            // CTAP 2.0: a key with a PIN set makes no credential without it.
+            None if pin_set && self.config.ctap20 && perm == permission::MC => {
+                Err(status::PIN_REQUIRED)
+            }
+            None => Ok(false),
+        }
     }
 
     fn make_credential(
@@ -346,23 +391,11 @@ impl Key {
             return Err(status::UNSUPPORTED_ALGORITHM);
         }
         let exclude = descriptor_ids(get(m, 5))?;
-        if option(m, 7, "rk", false)? || option(m, 7, "uv", false)? {
+        if option(m, 7, "rk", false)? {
             return Err(status::UNSUPPORTED_OPTION);
         }
-        match get(m, 8) {
-            // A zero-length pinUvAuthParam asks for a touch only (CTAP 2.1 section 6.1.2, step 1).
-            Some(Value::Bytes(b)) if b.is_empty() => {
-                self.wait_for_touch(cancel)?;
-                return Err(if self.config.pin_set {
-                    status::PIN_INVALID
-                } else {
-                    status::PIN_NOT_SET
-                });
-            }
-            Some(_) => return Err(status::PIN_AUTH_INVALID),
-            None if self.config.pin_set => return Err(status::PIN_REQUIRED),
-            None => {}
-        }
+        let verified = self.pin_uv(m, 8, &cdh, permission::MC, rp_id, cancel)?
+            || self.uv_option(m, 7, cancel)?;
         if exclude
             .iter()
             .any(|id| self.soft.holds_credential(rp_id, id))
@@ -374,7 +407,7 @@ impl Key {
         self.wait_for_touch(cancel)?;
         let made = self
             .soft
-            .make_credential_for_hash(rp_id, &cdh, &exclude, true, false)
+            .make_credential_for_hash(rp_id, &cdh, &exclude, true, verified)
             .map_err(|e| gate_status(&e))?;
         Ok(Some(Value::Map(vec![
             (int(1), text("packed")),
@@ -398,12 +431,11 @@ impl Key {
         let cdh = client_data_hash(m, 2)?;
         let allow = descriptor_ids(get(m, 3))?;
         let up = option(m, 5, "up", true)?;
-        if option(m, 5, "uv", false)? || option(m, 5, "rk", false)? {
+        if option(m, 5, "rk", false)? {
             return Err(status::UNSUPPORTED_OPTION);
         }
-        if get(m, 6).is_some() {
-            return Err(status::PIN_AUTH_INVALID);
-        }
+        let verified = self.pin_uv(m, 6, &cdh, permission::GA, rp_id, cancel)?
+            || self.uv_option(m, 5, cancel)?;
         // No resident credentials: an empty allow list finds nothing.
         if !allow.iter().any(|id| self.soft.holds_credential(rp_id, id)) {
             return Err(status::NO_CREDENTIALS);
@@ -413,7 +445,7 @@ impl Key {
         }
         let a = self
             .soft
-            .get_assertion_for_hash(rp_id, &cdh, &allow, up, false)
+            .get_assertion_for_hash(rp_id, &cdh, &allow, up, verified)
             .map_err(|e| gate_status(&e))?;
         let id = a.credential_id.unwrap_or_default();
         Ok(Some(Value::Map(vec![
@@ -429,17 +461,43 @@ impl Key {
         ])))
     }
 
-    fn client_pin(&self, m: &[(Value, Value)]) -> Result<Option<Value>, Status> {
-        let sub = match get(m, 2).ok_or(status::MISSING_PARAMETER)? {
-            Value::Integer(i) => i128::from(*i),
-            _ => return Err(status::CBOR_UNEXPECTED_TYPE),
-        };
-        match sub {
-            // getPINRetries
-            1 if self.config.pin_set => Ok(Some(Value::Map(vec![(int(3), int(8))]))),
-            1 => Err(status::PIN_NOT_SET),
-            _ => Err(status::INVALID_SUBCOMMAND),
+    /// The `uv` option (key `options_key` of the request): only a key with built-in UV
+    /// takes it, and verifies the user with its "fingerprint" (the touch).
+    fn uv_option(
+        &self,
+        m: &[(Value, Value)],
+        options_key: i128,
+        cancel: &CancelSignal,
+    ) -> Result<bool, Status> {
+        if !option(m, options_key, "uv", false)? {
+            return Ok(false);
         }
+        if !self.config.builtin_uv {
+            return Err(status::UNSUPPORTED_OPTION);
+        }
+        tracing::info!("built-in user verification (simulated by the touch)");
+        self.wait_for_touch(cancel)?;
+        Ok(true)
+    }
+
+    fn client_pin(
+        &self,
+        m: &[(Value, Value)],
+        cancel: &CancelSignal,
+    ) -> Result<Option<Value>, Status> {
+        if let Some(Value::Integer(sub)) = get(m, 2) {
+            tracing::info!(subcommand = i128::from(*sub), "clientPIN");
+            // getPinUvAuthTokenUsingUvWithPermissions: the fingerprint first.
+            if i128::from(*sub) == 6 && self.config.builtin_uv && !self.config.ctap20 {
+                tracing::info!("built-in user verification (simulated by the touch)");
+                self.wait_for_touch(cancel)?;
+            }
+        }
+        let answer = self.soft.client_pin(m);
+        if let Err(code) = answer {
+            tracing::info!(status = format_args!("{code:#04x}"), "clientPIN refused");
+        }
+        answer
     }
 }
 
@@ -476,7 +534,8 @@ mod tests {
             touch_limit: Duration::from_secs(5),
             refuse: false,
             ctap20: false,
-            pin_set: false,
+            always_uv: false,
+            builtin_uv: false,
             qubes_ctap_proxy: false,
             untouched: Vec::new(),
         }
@@ -575,6 +634,56 @@ mod tests {
     }
 
     #[test]
+    fn get_info_is_canonical_and_reports_the_pin_as_real_keys_do() {
+        let (_, info) = decode(&key(config()).handle_cbor(&[GET_INFO], &CancelSignal::new()));
+        let info = info.unwrap();
+        let Some(Value::Map(options)) = get(&info, 4) else {
+            panic!("{info:?}")
+        };
+        let names: Vec<&str> = options
+            .iter()
+            .map(|(k, _)| match k {
+                Value::Text(t) => t.as_str(),
+                _ => panic!("{k:?}"),
+            })
+            .collect();
+        let mut canonical = names.clone();
+        canonical.sort_by(|a, b| (a.len(), *a).cmp(&(b.len(), *b)));
+        assert_eq!(names, canonical);
+        assert_eq!(text_get(options, "clientPin"), Some(&Value::Bool(false)));
+        assert_eq!(
+            text_get(options, "pinUvAuthToken"),
+            Some(&Value::Bool(true))
+        );
+        assert_eq!(
+            text_get(options, "makeCredUvNotRqd"),
+            Some(&Value::Bool(true))
+        );
+        assert_eq!(text_get(options, "alwaysUv"), Some(&Value::Bool(false)));
+        assert_eq!(get(&info, 6), Some(&Value::Array(vec![int(2), int(1)])));
+        let keys: Vec<i128> = info
+            .iter()
+            .map(|(k, _)| match k {
+                Value::Integer(i) => i128::from(*i),
+                _ => panic!(),
+            })
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+        // A CTAP 2.0 key: protocol 1 only, no 2.1 options.
+        let k = key(KeyConfig {
+            ctap20: true,
+            ..config()
+        });
+        let (_, info) = decode(&k.handle_cbor(&[GET_INFO], &CancelSignal::new()));
+        let info = info.unwrap();
+        assert_eq!(get(&info, 6), Some(&Value::Array(vec![int(1)])));
+        let Some(Value::Map(options)) = get(&info, 4) else {
+            panic!()
+        };
+        assert!(text_get(options, "pinUvAuthToken").is_none());
+    }
+
+    #[test]
     fn refusals_and_modes() {
         let cancel = CancelSignal::new();
         // CTAP 2.0: no selection, and getInfo says so.
@@ -591,11 +700,27 @@ mod tests {
             get(&info.unwrap(), 1),
             Some(&Value::Array(vec![text("FIDO_2_0")]))
         );
-        // A PIN is set: makeCredential without pinUvAuthParam is refused.
+        // alwaysUv: makeCredential without pinUvAuthParam is refused.
         let k = key(KeyConfig {
-            pin_set: true,
+            always_uv: true,
             ..config()
         });
+        assert_eq!(
+            k.handle_cbor(&req(MAKE_CREDENTIAL, make("rp")), &cancel),
+            vec![status::PIN_REQUIRED]
+        );
+        // A CTAP 2.0 key with a PIN set: the same.
+        let soft = SoftAuthenticator::new(SoftBehavior::Present);
+        soft.set_pin(&chromecard_gate::Pin::new("1234".into()).unwrap())
+            .unwrap();
+        let k = Key::new(
+            soft,
+            KeyConfig {
+                ctap20: true,
+                ..config()
+            },
+            Box::new(|| {}),
+        );
         assert_eq!(
             k.handle_cbor(&req(MAKE_CREDENTIAL, make("rp")), &cancel),
             vec![status::PIN_REQUIRED]

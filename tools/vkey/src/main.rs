@@ -66,10 +66,22 @@ struct Args {
     #[arg(long)]
     ctap20: bool,
 
-    /// A PIN is set: getInfo says clientPin, and makeCredential without a PIN is refused
-    /// (CTAP2_ERR_PIN_REQUIRED).
+    /// Set the key's PIN to this (kept, hashed, in --key-file, with its retries, as a
+    /// person would set it with a FIDO2 tool). Tests only: this PIN is on the command
+    /// line. A CTAP 2.0 key with a PIN then makes no credential without it.
+    #[arg(long, value_name = "PIN")]
+    pin: Option<String>,
+
+    /// alwaysUv (CTAP 2.1): every makeCredential and getAssertion needs a pinUvAuthParam
+    /// (CTAP2_ERR_PUAT_REQUIRED without one).
+    #[arg(long, conflicts_with = "ctap20")]
+    always_uv: bool,
+
+    /// Built-in user verification, as a fingerprint key has: getInfo `uv: true`,
+    /// getPinUvAuthTokenUsingUvWithPermissions (CTAP 2.1) and the `uv` option (CTAP 2.0)
+    /// verify the user after a (simulated) touch.
     #[arg(long)]
-    pin_set: bool,
+    builtin_uv: bool,
 
     /// Pull the key out: destroy the device this many milliseconds after it starts
     /// waiting for a touch, then exit.
@@ -133,6 +145,10 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("--key-file {}", path.display()))?,
         None => SoftAuthenticator::try_new(args.behavior).map_err(anyhow::Error::msg)?,
     };
+    if let Some(pin) = &args.pin {
+        let pin = chromecard_gate::Pin::new(pin.clone()).context("--pin")?;
+        soft.set_pin(&pin).context("setting the key's PIN")?;
+    }
 
     let mut tag = [0u8; 8];
     getrandom::getrandom(&mut tag).context("reading the OS random number generator")?;
@@ -191,7 +207,8 @@ fn main() -> anyhow::Result<()> {
             touch_limit: Duration::from_millis(args.touch_limit_ms),
             refuse: args.behavior == SoftBehavior::Refuse,
             ctap20: args.ctap20,
-            pin_set: args.pin_set,
+            always_uv: args.always_uv,
+            builtin_uv: args.builtin_uv,
             qubes_ctap_proxy: args.qubes_ctap_proxy,
             untouched: args.untouched.clone(),
         },
@@ -335,7 +352,9 @@ fn main() -> anyhow::Result<()> {
         device = %node.display(),
         behaviour = %args.behavior,
         ctap20 = args.ctap20,
-        pin_set = args.pin_set,
+        pin_set = key.pin_is_set(),
+        always_uv = args.always_uv,
+        builtin_uv = args.builtin_uv,
         qubes_ctap_proxy = args.qubes_ctap_proxy,
         "virtual FIDO2 key ready (SIMULATED touches: tests only)"
     );

@@ -167,6 +167,8 @@ fn make(auth: &SoftAuthenticator) -> MadeCredential {
             user_id: vec![1; 16],
             user_name: "alice".into(),
             require_uv: false,
+            require_pin: false,
+            pin: None,
             exclude: Vec::new(),
         },
         &CancelSignal::new(),

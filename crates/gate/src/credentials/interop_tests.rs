@@ -47,8 +47,12 @@ fn good_line(user: &str, id: &[u8], seed: u8) -> String {
 /// What k_proxy does with one pam-u2f file's line.
 #[derive(Debug, PartialEq)]
 enum Outcome {
-    /// Used: how many credentials, and whether they require UV.
-    Read { credentials: usize, uv: bool },
+    /// Used: how many credentials, and whether they require UV and the PIN.
+    Read {
+        credentials: usize,
+        uv: bool,
+        pin: bool,
+    },
     /// Refused: a phrase of the message.
     Line(&'static str),
     /// The whole file is refused (it is not an authfile).
@@ -64,8 +68,13 @@ fn expected(name: &str) -> Outcome {
         Outcome::Line("no credential entries")
     } else if opts.contains("-r") {
         Outcome::Line("resident-key entry")
-    } else if opts.contains("-N") || opts == "new_limited_count" {
-        Outcome::Line("+pin")
+    } else if opts == "new_limited_count" {
+        // pamu2fcfg -N -V, three times (EdDSA and ES256 keys).
+        Outcome::Read {
+            credentials: 3,
+            uv: true,
+            pin: true,
+        }
     } else {
         Outcome::Read {
             credentials: if opts.contains("double") || opts.contains("mixed") {
@@ -74,6 +83,7 @@ fn expected(name: &str) -> Outcome {
                 1
             },
             uv: opts.contains("-V"),
+            pin: opts.contains("-N"),
         }
     }
 }
@@ -131,14 +141,20 @@ fn every_pam_u2f_test_file_is_read_or_its_line_refused_alone() {
                 refused_line += 1;
                 *reasons.entry(what).or_default() += 1;
             }
-            Outcome::Read { credentials, uv } => {
+            Outcome::Read {
+                credentials,
+                uv,
+                pin,
+            } => {
                 let alone = alone.unwrap_or_else(|e| panic!("{name}: {e}"));
                 assert!(alone.refused().is_empty(), "{name}: {:?}", alone.refused());
                 let creds = alone.credentials_of("alice");
                 assert_eq!(creds.len(), credentials, "{name}");
                 assert!(creds.iter().all(|c| c.require_uv == uv), "{name}");
+                assert!(creds.iter().all(|c| c.require_pin == pin), "{name}");
                 assert!(
-                    creds.iter().all(|c| c.public_key.kind() == KeyKind::Es256),
+                    name == "new_limited_count.cred.in"
+                        || creds.iter().all(|c| c.public_key.kind() == KeyKind::Es256),
                     "{name}"
                 );
                 // The credential ids are the file's own bytes.
@@ -163,10 +179,10 @@ fn every_pam_u2f_test_file_is_read_or_its_line_refused_alone() {
     eprintln!(
         "pam-u2f files: {read} read, {refused_line} lines refused, {refused_file} files refused: {reasons:?}"
     );
-    assert_eq!((read, refused_line, refused_file), (13, 26, 1));
-    // pam-u2f's 17 `+pin` files: 9 refused for +pin, 8 for being resident as well;
+    assert_eq!((read, refused_line, refused_file), (22, 17, 1));
+    // pam-u2f's 17 `+pin` files: 9 read (+pin honoured), 8 refused for being resident;
     // its 8 other resident-key files; `empty`; and the OpenSSH file.
-    assert_eq!(reasons.get("+pin"), Some(&9));
+    assert_eq!(reasons.get("+pin"), None);
     assert_eq!(reasons.get("resident-key entry"), Some(&16));
     assert_eq!(files.iter().filter(|(_, t)| t.contains("+pin")).count(), 17);
     assert_eq!(reasons.get("no credential entries"), Some(&1));
@@ -235,7 +251,7 @@ fn refused_lines_are_logged_at_start_up_and_again_only_when_the_file_changes() {
     let store = CredentialStore::new(dir.path().join("creds"));
     let pin = pam_u2f_files()
         .into_iter()
-        .find(|(n, _)| n == "new_-N.cred.in")
+        .find(|(n, _)| n == "new_-r-N.cred.in")
         .unwrap()
         .1;
     let text = format!(
@@ -251,7 +267,7 @@ fn refused_lines_are_logged_at_start_up_and_again_only_when_the_file_changes() {
     let first = reported(&store).unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].0, 2);
-    assert!(first[0].1.contains("+pin"), "{}", first[0].1);
+    assert!(first[0].1.contains("resident-key"), "{}", first[0].1);
     store.load().unwrap();
     assert_eq!(reported(&store).unwrap(), first);
     // An edit (the refused line moves down): reported again, with the new number.
@@ -267,6 +283,7 @@ fn refused_lines_are_logged_at_start_up_and_again_only_when_the_file_changes() {
             id: b"d".to_vec(),
             public_key: es256_key(9).1,
             require_uv: false,
+            require_pin: false,
         },
     )
     .unwrap();
@@ -424,28 +441,32 @@ fn user_names_login_refuses_are_kept_but_unusable() {
             Credential {
                 id: b"new".to_vec(),
                 public_key: es256_key(4).1,
-                require_uv: false
+                require_uv: false,
+                require_pin: false
             }
         )
         .is_err());
 }
 
 #[test]
-fn plus_pin_is_refused_with_its_own_message() {
+fn plus_pin_lines_load_and_ask_for_the_pin() {
+    let mut seen = 0;
     for (name, text) in pam_u2f_files() {
-        if !text.contains("+pin") {
+        if !text.contains("+pin") || text.contains(":*,") {
             continue;
         }
         let e = Enrolments::parse(&text, &name).unwrap();
-        let reason = &e.refused()[0].reason;
-        if !text.contains(":*,") {
-            assert!(
-                reason.contains("option +pin (`pamu2fcfg -N`"),
-                "{name}: {reason}"
-            );
-            assert!(reason.contains("not supported yet"), "{name}: {reason}");
-        }
+        assert!(e.refused().is_empty(), "{name}: {:?}", e.refused());
+        let creds = e.credentials_of("alice");
+        assert!(!creds.is_empty(), "{name}");
+        assert!(creds.iter().all(|c| c.require_pin), "{name}");
+        // Written back with +pin, and read again the same.
+        let rendered = e.render();
+        assert!(rendered.contains("+pin"), "{name}");
+        assert_eq!(Enrolments::parse(&rendered, "r").unwrap(), e, "{name}");
+        seen += 1;
     }
+    assert_eq!(seen, 9);
 }
 
 #[test]
@@ -687,7 +708,7 @@ proptest! {
         // And what makeCredential gave, once enrolled, is written and read back alike.
         if let Some(k) = from_device {
             let mut e = Enrolments::default();
-            let cred = Credential { id: id.clone(), public_key: k, require_uv: uv };
+            let cred = Credential { id: id.clone(), public_key: k, require_uv: uv, require_pin: false };
             e.add("carol", cred.clone()).unwrap();
             let again = Enrolments::parse(&e.render(), "rendered").unwrap();
             prop_assert_eq!(again.credentials_of("carol"), std::slice::from_ref(&cred));
