@@ -72,7 +72,7 @@ fn format_line(
 ) {
     push_time(line, now);
     line.push_str("  INFO request peer=");
-    let _ = write!(line, "{peer}");
+    push_peer(line, peer);
     line.push_str(" method=");
     line.push_str(method.as_str());
     line.push_str(" path=");
@@ -96,6 +96,25 @@ fn format_line(
     line.push('\n');
 }
 
+/// `SocketAddr`'s `Display`, without the formatter for the usual IPv4 peer.
+fn push_peer(line: &mut String, peer: SocketAddr) {
+    match peer {
+        SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    line.push('.');
+                }
+                push_u64(line, u64::from(octet));
+            }
+            line.push(':');
+            push_u64(line, u64::from(v4.port()));
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(line, "{peer}");
+        }
+    }
+}
+
 fn push_u64(line: &mut String, value: u64) {
     push_padded(line, value, 1);
 }
@@ -110,9 +129,8 @@ fn push_padded(line: &mut String, mut value: u64, width: usize) {
         value /= 10;
     }
     let start = at.min(digits.len().saturating_sub(width));
-    for &digit in &digits[start..] {
-        line.push(char::from(digit));
-    }
+    // ASCII digits only, so always valid UTF-8.
+    line.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
 }
 
 /// `2026-12-06T19:57:03.168073Z`, as tracing-subscriber's `SystemTime` timer writes it
@@ -210,7 +228,7 @@ mod tests {
 
     #[test]
     fn the_direct_line_is_the_line_tracing_writes() {
-        let cases: [(&str, &str, &str, u16, &str, u64); 5] = [
+        let cases: [(&str, &str, &str, u16, &str, u64); 8] = [
             (
                 "127.0.0.1:50020",
                 "GET",
@@ -230,6 +248,9 @@ mod tests {
             ),
             ("127.0.0.1:9", "PATCH", "/x y", 502, "ünï\\code\n", u64::MAX),
             ("127.0.0.1:9", "GET", "", 100, "", 18_446_744),
+            ("0.0.0.0:0", "GET", "/", 200, "a", 10),
+            ("255.255.255.255:65535", "GET", "/", 200, "a", 10),
+            ("[fe80::1%2]:443", "GET", "/", 200, "a", 10),
         ];
         for (peer, method, path, status, user, micros) in cases {
             let peer: SocketAddr = peer.parse().unwrap();
