@@ -9,7 +9,7 @@
 //! decides whether it is written at all. Otherwise (colours on a terminal, or another
 //! subscriber, as in tests) it is an ordinary tracing event.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +30,7 @@ pub fn access_line(
     let micros = took.as_micros() as u64;
     let user = user.unwrap_or("-");
     if crate::telemetry::plain_text() {
-        let mut line = String::with_capacity(128 + path.len() + user.len());
+        let mut line = Vec::with_capacity(128 + path.len() + user.len());
         format_line(
             &mut line,
             SystemTime::now(),
@@ -41,7 +41,7 @@ pub fn access_line(
             user,
             micros,
         );
-        crate::log_writer::write_lines(line.as_bytes());
+        crate::log_writer::write_lines(&line);
         return;
     }
     tracing::info!(
@@ -61,7 +61,7 @@ pub fn access_line(
 /// status=.. user=".." micros=..`, the user as `Debug` (quoted).
 #[allow(clippy::too_many_arguments)]
 fn format_line(
-    line: &mut String,
+    line: &mut Vec<u8>,
     now: SystemTime,
     peer: SocketAddr,
     method: &Method,
@@ -71,42 +71,42 @@ fn format_line(
     micros: u64,
 ) {
     push_time(line, now);
-    line.push_str("  INFO request peer=");
+    line.extend_from_slice(b"  INFO request peer=");
     push_peer(line, peer);
-    line.push_str(" method=");
-    line.push_str(method.as_str());
-    line.push_str(" path=");
-    line.push_str(path);
-    line.push_str(" status=");
+    line.extend_from_slice(b" method=");
+    line.extend_from_slice(method.as_str().as_bytes());
+    line.extend_from_slice(b" path=");
+    line.extend_from_slice(path.as_bytes());
+    line.extend_from_slice(b" status=");
     push_u64(line, u64::from(status.as_u16()));
-    line.push_str(" user=");
+    line.extend_from_slice(b" user=");
     if user
         .bytes()
         .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
     {
         // What `{:?}` gives a string that needs no escape, without the formatter.
-        line.push('"');
-        line.push_str(user);
-        line.push('"');
+        line.push(b'"');
+        line.extend_from_slice(user.as_bytes());
+        line.push(b'"');
     } else {
         let _ = write!(line, "{user:?}");
     }
-    line.push_str(" micros=");
+    line.extend_from_slice(b" micros=");
     push_u64(line, micros);
-    line.push('\n');
+    line.push(b'\n');
 }
 
 /// `SocketAddr`'s `Display`, without the formatter for the usual IPv4 peer.
-fn push_peer(line: &mut String, peer: SocketAddr) {
+fn push_peer(line: &mut Vec<u8>, peer: SocketAddr) {
     match peer {
         SocketAddr::V4(v4) => {
             for (i, octet) in v4.ip().octets().into_iter().enumerate() {
                 if i > 0 {
-                    line.push('.');
+                    line.push(b'.');
                 }
                 push_u64(line, u64::from(octet));
             }
-            line.push(':');
+            line.push(b':');
             push_u64(line, u64::from(v4.port()));
         }
         SocketAddr::V6(_) => {
@@ -115,50 +115,62 @@ fn push_peer(line: &mut String, peer: SocketAddr) {
     }
 }
 
-fn push_u64(line: &mut String, value: u64) {
-    push_padded(line, value, 1);
+/// `value` in decimal.
+fn push_u64(line: &mut Vec<u8>, value: u64) {
+    if value < 10 {
+        line.push(b'0' + value as u8);
+        return;
+    }
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = value;
+    while rest > 0 {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    line.extend_from_slice(&digits[at..]);
 }
 
-/// Pushes `value` in decimal with at least `width` digits, zero-padded (no allocation).
-fn push_padded(line: &mut String, mut value: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    let mut at = digits.len();
-    while value > 0 || at == digits.len() {
-        at -= 1;
-        digits[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-    }
-    let start = at.min(digits.len().saturating_sub(width));
-    // ASCII digits only, so always valid UTF-8.
-    line.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
+/// `value` (below 100) in two digits.
+fn push_two(line: &mut Vec<u8>, value: u64) {
+    line.push(b'0' + (value / 10 % 10) as u8);
+    line.push(b'0' + (value % 10) as u8);
 }
 
 /// `2026-12-06T19:57:03.168073Z`, as tracing-subscriber's `SystemTime` timer writes it
 /// (UTC, microseconds, truncated).
-fn push_time(line: &mut String, now: SystemTime) {
+fn push_time(line: &mut Vec<u8>, now: SystemTime) {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let of_day = secs % 86_400;
-    if (0..=9999).contains(&year) {
-        push_padded(line, year as u64, 4);
+    if (1000..=9999).contains(&year) {
+        push_u64(line, year as u64);
     } else {
         // Beyond tracing-subscriber's four digits, as it writes them.
-        let _ = write!(line, "+{year}");
+        let _ = if year > 9999 {
+            write!(line, "+{year}")
+        } else {
+            write!(line, "{year:04}")
+        };
     }
     for (sep, value) in [
-        ('-', u64::from(month)),
-        ('-', u64::from(day)),
-        ('T', of_day / 3600),
-        (':', of_day / 60 % 60),
-        (':', of_day % 60),
+        (b'-', u64::from(month)),
+        (b'-', u64::from(day)),
+        (b'T', of_day / 3600),
+        (b':', of_day / 60 % 60),
+        (b':', of_day % 60),
     ] {
         line.push(sep);
-        push_padded(line, value, 2);
+        push_two(line, value);
     }
-    line.push('.');
-    push_padded(line, u64::from(since.subsec_micros()), 6);
-    line.push('Z');
+    line.push(b'.');
+    let micros = u64::from(since.subsec_micros());
+    push_two(line, micros / 10_000);
+    push_two(line, micros / 100 % 100);
+    push_two(line, micros % 100);
+    line.push(b'Z');
 }
 
 /// Year, month, day of the day `days` after 1970-01-01 (Howard Hinnant's algorithm).
@@ -257,7 +269,7 @@ mod tests {
             let method = Method::from_bytes(method.as_bytes()).unwrap();
             let status = StatusCode::from_u16(status).unwrap();
             let theirs = through_tracing(peer, &method, path, status, user, micros);
-            let mut ours = String::new();
+            let mut ours = Vec::new();
             format_line(
                 &mut ours,
                 SystemTime::now(),
@@ -268,6 +280,7 @@ mod tests {
                 user,
                 micros,
             );
+            let ours = String::from_utf8(ours).unwrap();
             // The times differ (two clocks read); the shape is checked below.
             let strip = |line: &str| line.split_once(' ').unwrap().1.to_owned();
             assert_eq!(strip(&ours), strip(&theirs));
@@ -283,12 +296,12 @@ mod tests {
     #[test]
     fn times_as_rfc_3339_with_microseconds() {
         let at = |secs: u64, micros: u64| {
-            let mut line = String::new();
+            let mut line = Vec::new();
             push_time(
                 &mut line,
                 UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros),
             );
-            line
+            String::from_utf8(line).unwrap()
         };
         assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
         // `date -u -d @951782400` is 2000-02-29 00:00:00 (a leap day of a century year).
