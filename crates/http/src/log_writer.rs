@@ -93,6 +93,9 @@ impl Sink {
         state.pending.extend_from_slice(lines);
         if state.idle {
             state.idle = false;
+            // Woken after the lock is released, so that the writer does not wake only to
+            // wait for it.
+            drop(state);
             self.wake_writer.notify_one();
         }
     }
