@@ -1,6 +1,10 @@
 //! Where log lines go: stderr, either written by the thread that logged them (the
-//! default: tests, the `enroll` command), or, once a server calls [`start`], appended to a
-//! buffer that one writer thread empties into stderr.
+//! default: tests, the `enroll` command), or, once a server calls [`start`], the access
+//! line (one per request) appended to a buffer that one writer thread empties into
+//! stderr. Every other line (audit, warnings, start-up: all that goes through tracing)
+//! is still written before the thread that logged it goes on ([`write_lines_now`]),
+//! behind what is buffered, so that the order is kept and an audit line is on stderr
+//! before its answer leaves, as before.
 //!
 //! The buffer takes the `write` system call (and, when stderr is a slow pipe, the wait)
 //! off the request path, and under load turns many small writes into a few large ones.
@@ -82,12 +86,9 @@ impl Sink {
             state = self.wait_drained(state);
         }
         if state.stopped {
-            // After stop: behind whatever the writer still holds, then in place, under
-            // the lock (in order with every other line).
-            while !state.pending.is_empty() || state.writing {
-                state = self.wait_drained(state);
-            }
-            self.write_out(lines);
+            // After stop: written in place, in order.
+            drop(state);
+            self.push_now(lines);
             return;
         }
         state.pending.extend_from_slice(lines);
@@ -98,6 +99,17 @@ impl Sink {
             drop(state);
             self.wake_writer.notify_one();
         }
+    }
+
+    /// Writes whole lines before returning: behind whatever is buffered (the writer
+    /// writes that first), then in place, under the lock, so that no line comes between.
+    pub fn push_now(&self, lines: &[u8]) {
+        let mut state = self.lock();
+        while !state.pending.is_empty() || state.writing {
+            state = self.wait_drained(state);
+        }
+        self.write_out(lines);
+        drop(state);
     }
 
     fn wait_drained<'a>(&self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
@@ -231,6 +243,7 @@ pub fn flush(wait: Duration) {
 }
 
 /// Writes whole lines: to the buffer once [`start`] has run, else straight to stderr.
+/// For the access line, the one line per request.
 pub fn write_lines(lines: &[u8]) {
     match SINK.get() {
         Some(sink) => sink.push(lines),
@@ -240,13 +253,26 @@ pub fn write_lines(lines: &[u8]) {
     }
 }
 
-/// tracing-subscriber's writer: each event arrives as one `write_all` of its whole line.
+/// Writes whole lines before returning (after everything buffered before them): every
+/// line that goes through tracing, the audit lines among them, is on stderr before the
+/// request that logged it goes on, as before the buffer.
+pub fn write_lines_now(lines: &[u8]) {
+    match SINK.get() {
+        Some(sink) => sink.push_now(lines),
+        None => {
+            let _ = std::io::stderr().write_all(lines);
+        }
+    }
+}
+
+/// tracing-subscriber's writer: each event arrives as one `write_all` of its whole line,
+/// and is written at once ([`write_lines_now`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LogWriter;
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        write_lines(buf);
+        write_lines_now(buf);
         Ok(buf.len())
     }
 
@@ -358,6 +384,22 @@ mod tests {
         assert_eq!(out.text(), expected);
         sink.push(b"after stop\n");
         assert!(out.text().ends_with("line 199\nafter stop\n"));
+    }
+
+    #[test]
+    fn a_line_written_now_is_out_on_return_behind_the_buffered_ones() {
+        let out = Captured {
+            delay: Some(Duration::from_millis(2)),
+            ..Captured::default()
+        };
+        let sink = Sink::start(Box::new(out.clone())).unwrap();
+        for i in 0..50 {
+            sink.push(format!("access {i}\n").as_bytes());
+        }
+        sink.push_now(b"audit now\n");
+        let expected: String = (0..50).map(|i| format!("access {i}\n")).collect();
+        assert_eq!(out.text(), expected + "audit now\n");
+        sink.stop(Duration::from_secs(1));
     }
 
     #[test]
