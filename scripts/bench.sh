@@ -13,8 +13,10 @@
 # and chain/direct. Also: k_proxy's start-up time (spawn to the first 200 from /healthz),
 # login latency with the software authenticator, k_proxy's memory at rest and with 100k
 # live sessions, validation scaling from 1 to 2 threads
-# (crates/session/examples/validate_scaling.rs), and, where perf works, a CPU profile of
-# k_proxy under load.
+# (crates/session/examples/validate_scaling.rs), where perf works a CPU profile of k_proxy
+# under load, and instructions per request of each process for direct, chain and nginx,
+# counted by callgrind (scripts/bench/instructions.sh: steady on a busy machine, where
+# requests/s are not; --instructions-only runs just that part).
 #
 # Writes the results between the markers in bench/RESULTS.md (the rest of that file is
 # kept) and a full copy with the raw wrk output to bench/out/ (git-ignored).
@@ -28,6 +30,7 @@
 #
 # Usage: scripts/bench.sh [--seconds N] [--rounds N] [--conns "1 64 256"] [--sessions N]
 #                         [--no-build] [--no-profile] [--results FILE]
+#                         [--instructions-only] [--no-instructions] [--instr-requests N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$(pwd -P)"
@@ -39,6 +42,9 @@ sessions_target=100000
 build=1
 profile=1
 results="bench/RESULTS.md"
+instructions=1
+instructions_only=0
+instr_requests=3000
 while (($# > 0)); do
     case "$1" in
         --seconds) seconds="$2"; shift 2 ;;
@@ -48,7 +54,10 @@ while (($# > 0)); do
         --no-build) build=0; shift ;;
         --no-profile) profile=0; shift ;;
         --results) results="$2"; shift 2 ;;
-        -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
+        --instructions-only) instructions_only=1; shift ;;
+        --no-instructions) instructions=0; shift ;;
+        --instr-requests) instr_requests="$2"; shift 2 ;;
+        -h | --help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -69,6 +78,7 @@ missing=()
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+if ((instructions)); then command -v valgrind >/dev/null 2>&1 || missing+=(valgrind); fi
 if ((${#missing[@]} > 0)); then
     sudo=""
     if [[ "$(id -u)" != 0 ]]; then sudo="sudo"; fi
@@ -89,6 +99,17 @@ fi
 ks_bin="$repo/target/release/k_server"
 kp_bin="$repo/target/release/k_proxy"
 scaling_bin="$repo/target/release/examples/validate_scaling"
+mkdir -p bench/out
+stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+# instructions per request (callgrind); alone with --instructions-only.
+instr_table=""
+instr_file="bench/out/instructions-$stamp.md"
+if ((instructions_only)); then
+    say "instructions per request under callgrind ($instr_requests requests per target)"
+    echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) (does not matter to instruction counts)" >&2
+    scripts/bench/instructions.sh --requests "$instr_requests" --out "$instr_file"
+    exit 0
+fi
 for bin in "$ks_bin" "$kp_bin" "$scaling_bin"; do
     [[ -x "$bin" ]] || { echo "bench.sh: $bin is missing (run without --no-build)" >&2; exit 1; }
 done
@@ -109,8 +130,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-mkdir -p bench/out
-stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 raw="$repo/bench/out/bench-$stamp.log"
 : >"$raw"
 
@@ -433,6 +452,13 @@ scaling_out="$("$scaling_bin" --sessions 100000 --seconds 2 --threads 1,2)"
 
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 
+# ---------------------------------------------------------------- instructions per request
+if ((instructions)); then
+    say "instructions per request under callgrind ($instr_requests requests per target)"
+    scripts/bench/instructions.sh --requests "$instr_requests" --out "$instr_file" >/dev/null
+    instr_table="$(cat "$instr_file")"
+fi
+
 # ---------------------------------------------------------------- the report
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 cpu_model="$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
@@ -492,6 +518,12 @@ report="$work/report.md"
     echo "k_proxy + k_server (chain); nginx master + workers + k_server (nginx). errors: non-2xx"
     echo "answers plus socket errors (connect, read, write, timeout) as wrk counts them."
     echo
+    if [[ -n "$instr_table" ]]; then
+        echo "### Instructions per request (callgrind; steady whatever the machine's load)"
+        echo
+        echo "$instr_table"
+        echo
+    fi
     echo "### k_proxy alone"
     echo
     echo "| measure | value |"

@@ -1407,6 +1407,22 @@ impl UsbKeyring {
 /// Under the CI's emulated VM, starting curl alone can take a second, so the deadline
 /// is judged on the server's own clock.
 pub fn last_login_took(proxy: &Proc) -> Duration {
+    // A login's audit line is on stderr before its answer; its access line follows through
+    // k_proxy's log writer thread within moments: wait until every login has one.
+    let audited = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("event=\"login\"") || l.contains("event=\"login_refused\""))
+            .count()
+    };
+    let accessed = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains(" request ") && l.contains("path=/session/login"))
+            .count()
+    };
+    wait_until(Duration::from_secs(5), || {
+        let log = proxy.stderr();
+        accessed(&log) >= audited(&log)
+    });
     let log = proxy.stderr();
     let micros = log
         .lines()

@@ -295,6 +295,17 @@ fn a_client_that_hangs_up_near_the_touch_timeout_costs_its_address_not_the_usern
     assert!(started.elapsed() < Duration::from_secs(3));
     // From another address the name is not banned: the key is asked again.
     login_hanging_up(&c, "mallory", "127.0.0.2", "1");
+    // k_proxy notices the hang-up after curl has gone, and its log line reaches stderr
+    // through the log writer thread: wait for it as for the first two.
+    assert!(
+        wait_until(Duration::from_secs(10), || p
+            .stderr()
+            .matches("client_gone")
+            .count()
+            >= 3),
+        "{}",
+        p.stderr()
+    );
     let logs = p.stderr();
     assert_eq!(logs.matches("client_gone").count(), 3, "{logs}");
     assert_eq!(logs.matches("login_ban").count(), 1, "{logs}");

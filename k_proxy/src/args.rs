@@ -263,20 +263,6 @@ pub struct EnrollCommand {
     #[arg(long)]
     pub require_uv: bool,
 
-    /// Also require the key's PIN at every login with this credential (`+pin`, pam-u2f's
-    /// `-N`): the login body carries `"pin"`.
-    #[arg(long)]
-    pub require_pin: bool,
-
-    /// Ask for the key's PIN (on the terminal, no echo) even if the key does not insist
-    /// on it. Without it, k_proxy asks only when the key wants its PIN.
-    #[arg(long, conflicts_with = "pin_file")]
-    pub pin: bool,
-
-    /// Read the key's PIN from this file (its first line) instead of the terminal. Never
-    /// put a PIN itself on the command line.
-    #[arg(long, value_name = "FILE")]
-    pub pin_file: Option<PathBuf>,
     /// Verify the key's attestation (packed with x5c, or fido-u2f) up to one of these
     /// roots: a PEM file, or a directory of *.pem/*.crt/*.cer files (repeatable). `none`
     /// and self attestation are refused.
@@ -291,6 +277,20 @@ pub struct EnrollCommand {
     /// The root certificate (PEM) the metadata blob's signer must chain to.
     #[arg(long, value_name = "PEM", requires = "mds_blob")]
     pub mds_root: Option<PathBuf>,
+    /// Also require the key's PIN at every login with this credential (`+pin`, pam-u2f's
+    /// `-N`): the login body carries `"pin"`.
+    #[arg(long)]
+    pub require_pin: bool,
+
+    /// Ask for the key's PIN (on the terminal, no echo) even if the key does not insist
+    /// on it. Without it, k_proxy asks only when the key wants its PIN.
+    #[arg(long, conflicts_with = "pin_file")]
+    pub pin: bool,
+
+    /// Read the key's PIN from this file (its first line) instead of the terminal. Never
+    /// put a PIN itself on the command line.
+    #[arg(long, value_name = "FILE")]
+    pub pin_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]

@@ -18,15 +18,20 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
 
 mod events;
+mod pool;
 
 use crate::connect_deadline::ConnectDeadline;
 use crate::rewrite::{rewrite_request_headers, strip_hop_by_hop};
+use pool::{Pool, PoolError};
 
 /// k_server's answers are small JSON; a larger one is a fault, not something to relay.
 const MAX_UPSTREAM_BODY: usize = 1024 * 1024;
 
 /// How long an idle pooled connection to k_server is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Idle connections to k_server kept at most.
+const MAX_IDLE_CONNECTIONS: usize = 256;
 
 pub struct UpstreamSettings {
     pub base: Uri,
@@ -41,9 +46,11 @@ pub struct UpstreamSettings {
 type HopClient = Client<ConnectDeadline<HttpsConnector<HttpConnector>>, Full<Bytes>>;
 
 pub struct Upstream {
-    client: HopClient,
+    /// The keep-alive connections forwarded requests use (pool.rs).
+    pool: Pool,
     /// The same connector without a pool: the one retry of a request that k_server did
-    /// not receive always goes out on a new connection (see [`retry_reason`]).
+    /// not receive always goes out on a new connection (see [`retry_reason`]), and so
+    /// does the WebSocket to k_server (events.rs).
     fresh: HopClient,
     base: Uri,
     proxy_token: HeaderValue,
@@ -93,19 +100,18 @@ impl Upstream {
                 .wrap_connector(http),
         };
         let connector = ConnectDeadline::new(connector, settings.connect_timeout);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            // Below k_server's keep-alive wait (its --header-read-timeout, 10 s by
-            // default): a pooled connection that k_server is about to close would turn
-            // the next request into a 502 the client cannot retry safely (an increment
-            // may or may not have happened).
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(256)
-            // A request that meets a pooled connection closing before a byte of it was
-            // written is sent again on another connection (hyper-util's own retry; the
-            // default, stated here because the forwarding relies on it).
-            .retry_canceled_requests(true)
-            .build(connector.clone());
+        // The idle timeout is below k_server's keep-alive wait (its
+        // --header-read-timeout, 10 s by default): a pooled connection that k_server is
+        // about to close would turn the next request into a 502 the client cannot retry
+        // safely (an increment may or may not have happened). A request that meets a
+        // pooled connection closing before a byte of it was written is sent again on
+        // another connection (pool.rs).
+        let pool = Pool::new(
+            connector.clone(),
+            settings.base.clone(),
+            MAX_IDLE_CONNECTIONS,
+            POOL_IDLE_TIMEOUT,
+        );
         let fresh = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(0)
@@ -113,7 +119,7 @@ impl Upstream {
         let proxy_token = HeaderValue::from_str(settings.proxy_token.header_value())?;
         let host = host_header(&settings.base);
         Ok(Self {
-            client,
+            pool,
             fresh,
             base: settings.base,
             proxy_token,
@@ -131,13 +137,15 @@ impl Upstream {
         body: Bytes,
         user: &str,
     ) -> Result<HttpResponse, ApiError> {
-        let uri = self.target(path_and_query)?;
+        let uri = self.origin_target(path_and_query)?;
         let user = HeaderValue::from_str(user)
             .map_err(|_| ApiError::internal("The session's username cannot be sent."))?;
         // Built again for the one retry (the body is shared bytes).
-        let build = || self.request(&method, &uri, client_headers, &body, &user);
+        let build = |uri: &Uri| self.request(&method, uri, client_headers, &body, &user);
         let exchange = async {
-            let response = self.send_with_one_retry(&method, build).await?;
+            let (response, lease) = self
+                .send_with_one_retry(&method, path_and_query, &uri, build)
+                .await?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_UPSTREAM_BODY)
                 .collect()
@@ -146,6 +154,10 @@ impl Upstream {
                     unavailable().with_cause(format!("k_server's answer could not be read: {err}"))
                 })?
                 .to_bytes();
+            // Read whole: the connection may serve the next request.
+            if let Some(lease) = lease {
+                lease.release();
+            }
             Ok::<_, ApiError>(Response::from_parts(parts, body))
         };
         let response = tokio::time::timeout(self.response_timeout, exchange)
@@ -202,10 +214,12 @@ impl Upstream {
     async fn send_with_one_retry(
         &self,
         method: &Method,
-        build: impl Fn() -> Result<Request<Full<Bytes>>, ApiError>,
-    ) -> Result<Response<hyper::body::Incoming>, ApiError> {
-        let err = match self.client.request(build()?).await {
-            Ok(response) => return Ok(response),
+        path_and_query: &str,
+        origin: &Uri,
+        build: impl Fn(&Uri) -> Result<Request<Full<Bytes>>, ApiError>,
+    ) -> Result<(Response<hyper::body::Incoming>, Option<pool::Lease<'_>>), ApiError> {
+        let err = match self.pool.send(build(origin)?).await {
+            Ok((response, lease)) => return Ok((response, Some(lease))),
             Err(err) => err,
         };
         let Some(reason) = retry_reason(method, &err) else {
@@ -217,12 +231,14 @@ impl Upstream {
             reason,
             "k_server did not answer on a pooled connection; sending the request once more on a new one"
         );
-        self.fresh.request(build()?).await.map_err(|err| {
-            unavailable().with_cause(format!(
+        let absolute = self.target(path_and_query)?;
+        match self.fresh.request(build(&absolute)?).await {
+            Ok(response) => Ok((response, None)),
+            Err(err) => Err(unavailable().with_cause(format!(
                 "after one retry: {}",
                 chromecard_http::describe_error(&err)
-            ))
-        })
+            ))),
+        }
     }
 
     /// 504 when k_server does not answer within --upstream-timeout.
@@ -250,21 +266,41 @@ impl Upstream {
                 format!("k_proxy is not ready: {why}."),
             )
         };
-        let request = Request::get(self.target("/healthz")?)
+        let mut request = Request::get(self.origin_target("/healthz")?)
             .body(Full::new(Bytes::new()))
             .map_err(|_| ApiError::internal("The readiness probe could not be built."))?;
-        match tokio::time::timeout(Duration::from_secs(2), self.client.request(request)).await {
-            Ok(Ok(response)) if response.status() == StatusCode::OK => Ok(()),
-            Ok(Ok(response)) => Err(not_ready(&format!(
-                "k_server answered {}",
-                response.status()
-            ))),
+        if let Some(host) = &self.host {
+            request.headers_mut().insert(header::HOST, host.clone());
+        }
+        let exchange = async {
+            let (response, lease) = self.pool.send(request).await?;
+            let status = response.status();
+            // Read whole (it is small), so that the connection goes back to the pool.
+            if response.into_body().collect().await.is_ok() {
+                lease.release();
+            }
+            Ok::<_, PoolError>(status)
+        };
+        match tokio::time::timeout(Duration::from_secs(2), exchange).await {
+            Ok(Ok(StatusCode::OK)) => Ok(()),
+            Ok(Ok(status)) => Err(not_ready(&format!("k_server answered {status}"))),
             Ok(Err(err)) => {
                 tracing::warn!(error = %chromecard_http::describe_error(&err), "readiness: k_server unreachable");
                 Err(not_ready("k_server is unreachable"))
             }
             Err(_) => Err(not_ready("k_server did not answer within 2 seconds")),
         }
+    }
+
+    /// The request target as k_server gets it on a pooled connection: origin-form (the
+    /// path and query, under the base URL's path), as hyper-util's client wrote it.
+    fn origin_target(&self, path_and_query: &str) -> Result<Uri, ApiError> {
+        let prefix = self.base.path().trim_end_matches('/');
+        let invalid = || ApiError::bad_request("invalid_path", "The request path is not valid.");
+        if prefix.is_empty() {
+            return Uri::try_from(path_and_query).map_err(|_| invalid());
+        }
+        Uri::try_from(format!("{prefix}{path_and_query}")).map_err(|_| invalid())
     }
 
     fn target(&self, path_and_query: &str) -> Result<Uri, ApiError> {
@@ -312,14 +348,10 @@ fn host_header(base: &Uri) -> Option<HeaderValue> {
 /// A POST that may have been written is never resent (an increment could count twice),
 /// and a failure to connect is not retried either: it happened on a new connection
 /// already, and a second attempt would only double the wait for the same 502.
-fn retry_reason(method: &Method, err: &hyper_util::client::legacy::Error) -> Option<&'static str> {
-    if err.is_connect() {
+fn retry_reason(method: &Method, err: &PoolError) -> Option<&'static str> {
+    let PoolError::Http(hyper_err) = err else {
         return None;
-    }
-    let hyper_err = std::iter::successors(Some(err as &(dyn std::error::Error + 'static)), |e| {
-        e.source()
-    })
-    .find_map(|e| e.downcast_ref::<hyper::Error>())?;
+    };
     if hyper_err.is_canceled() {
         return Some("unsent");
     }

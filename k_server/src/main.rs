@@ -27,7 +27,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    match run(config, args) {
+    // From here on, log lines reach stderr through one writer thread (log_writer.rs);
+    // stop() writes out the last of them before the process exits or prints its error.
+    chromecard_http::log_writer::start();
+    let result = run(config, args);
+    chromecard_http::log_writer::stop();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!(

@@ -266,6 +266,12 @@ pub enum GateError {
     /// The enrolment file or the sign counts could not be read or written.
     #[error("credential store: {detail}")]
     Storage { detail: String },
+    /// Attested enrolment refused the key's attestation (enrolment only).
+    #[error("attestation refused: {0}")]
+    Attestation(attestation::AttestationError),
+    /// `--require-attested`: none of the user's credentials was attested at enrolment.
+    #[error("none of the user's enrolled credentials was attested at enrolment")]
+    NotAttested,
     /// The login needs the key's PIN and none was given.
     #[error("the key's PIN is needed and none was given")]
     PinRequired,
@@ -284,12 +290,6 @@ pub enum GateError {
     /// The enrolment needs a PIN and the key has none set.
     #[error("the key has no PIN set")]
     PinNotSet,
-    /// Attested enrolment refused the key's attestation (enrolment only).
-    #[error("attestation refused: {0}")]
-    Attestation(attestation::AttestationError),
-    /// `--require-attested`: none of the user's credentials was attested at enrolment.
-    #[error("none of the user's enrolled credentials was attested at enrolment")]
-    NotAttested,
 }
 
 impl GateError {
@@ -310,14 +310,14 @@ impl GateError {
             GateError::Unsupported { .. } => "key_unsupported",
             GateError::Rejected(r) => r.code(),
             GateError::Storage { .. } => "credential_store_error",
+            GateError::Attestation(e) => e.code(),
+            GateError::NotAttested => "not_attested",
             GateError::PinRequired => "pin_required",
             GateError::PinInvalid { .. } => "pin_invalid",
             GateError::PinRetriesLow { .. } => "pin_retries_low",
             GateError::PinBlocked => "pin_blocked",
             GateError::PinAuthBlocked => "pin_auth_blocked",
             GateError::PinNotSet => "pin_not_set",
-            GateError::Attestation(e) => e.code(),
-            GateError::NotAttested => "not_attested",
         }
     }
 
@@ -397,6 +397,13 @@ impl GateError {
             GateError::Storage { .. } => "k_proxy cannot read or update its enrolment \
                  records; try again later (an operator must check k_proxy's log)."
                 .to_string(),
+            GateError::Attestation(_) => "The FIDO2 key's attestation was refused, so it \
+                 cannot be enrolled; see the enrolment's message."
+                .to_string(),
+            GateError::NotAttested => "This user's enrolled key was not attested at \
+                 enrolment, and k_proxy accepts only attested keys (--require-attested); \
+                 re-enrol the key with `k_proxy enroll --attestation-roots`."
+                .to_string(),
             GateError::PinRequired => "This login needs the key's PIN: send it as \"pin\" \
                  in the login body."
                 .to_string(),
@@ -417,13 +424,6 @@ impl GateError {
                 .to_string(),
             GateError::PinNotSet => "This login needs the key's PIN, but the key has no PIN \
                  set; set one with a FIDO2 tool and enrol again."
-                .to_string(),
-            GateError::Attestation(_) => "The FIDO2 key's attestation was refused, so it \
-                 cannot be enrolled; see the enrolment's message."
-                .to_string(),
-            GateError::NotAttested => "This user's enrolled key was not attested at \
-                 enrolment, and k_proxy accepts only attested keys (--require-attested); \
-                 re-enrol the key with `k_proxy enroll --attestation-roots`."
                 .to_string(),
         }
     }
@@ -481,14 +481,14 @@ mod tests {
             GateError::Storage {
                 detail: "/dev/hidraw7 read err".into(),
             },
+            GateError::Attestation(attestation::AttestationError::NoneRefused),
+            GateError::NotAttested,
             GateError::PinRequired,
             GateError::PinInvalid { retries: Some(5) },
             GateError::PinRetriesLow { retries: 3 },
             GateError::PinBlocked,
             GateError::PinAuthBlocked,
             GateError::PinNotSet,
-            GateError::Attestation(attestation::AttestationError::NoneRefused),
-            GateError::NotAttested,
         ]
     }
 
@@ -513,14 +513,14 @@ mod tests {
                 "bad_signature",
                 "counter_not_increased",
                 "credential_store_error",
+                "attestation_none",
+                "not_attested",
                 "pin_required",
                 "pin_invalid",
                 "pin_retries_low",
                 "pin_blocked",
                 "pin_auth_blocked",
                 "pin_not_set",
-                "attestation_none",
-                "not_attested",
             ]
         );
         let mut dedup = codes.clone();

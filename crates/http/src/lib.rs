@@ -12,6 +12,7 @@ mod error;
 mod guards;
 mod limits;
 mod linger;
+pub mod log_writer;
 mod serve;
 mod slot;
 mod telemetry;

@@ -61,6 +61,10 @@ pub async fn read_body_limited(
     if body.size_hint().lower() > limit as u64 {
         return Err(body_too_large(limit));
     }
+    // No body (a GET, or `Content-Length: 0`): nothing to wait for, so no timer.
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
     let collect = Limited::new(body, limit).collect();
     match tokio::time::timeout(timeout, collect).await {
         Err(_) => Err(ApiError::new(

@@ -271,7 +271,10 @@ async fn serve_connection<IO, H, F>(
         let (parts, body) = request.into_parts();
         let must_close = Arc::new(MustClose::default());
         let body = RequestBody::new(body, &parts.headers, drain, must_close.clone());
-        let response = handler(Request::from_parts(parts, body), info.clone());
+        // Boxed once here: hyper moves the service's future (into its dispatcher, and
+        // through this wrapper) several times per request, and a handler's future is as
+        // large as its largest state (kilobytes); a box moves as a pointer.
+        let response = Box::pin(handler(Request::from_parts(parts, body), info.clone()));
         async move {
             let mut response = response.await;
             // The handler left a body unread that cannot be drained: say so in this

@@ -1,19 +1,39 @@
 //! Logs go to stderr, filtered by `RUST_LOG` (default `info`). Never log a secret: tokens,
-//! keys and the proxy token are not `Display`ed anywhere in this workspace.
+//! keys and the proxy token are not `Display`ed anywhere in this workspace. A server
+//! writes them through a buffer and a writer thread (log_writer.rs) once it calls
+//! [`crate::log_writer::start`].
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing_subscriber::EnvFilter;
+
+use crate::log_writer::LogWriter;
+
+/// Set when our subscriber is the global one and writes plain text (no ANSI colours):
+/// then the access line may be written without going through tracing's formatter, in
+/// exactly the text that formatter would give it (access.rs).
+static PLAIN_TEXT: AtomicBool = AtomicBool::new(false);
 
 /// Installs the global subscriber once; later calls do nothing.
 pub fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let ansi = std::io::stderr().is_terminal();
+    let installed = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(LogWriter)
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_ansi(ansi)
+        .try_init()
+        .is_ok();
+    if installed && !ansi {
+        PLAIN_TEXT.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether lines are written as plain text by the subscriber [`init_tracing`] installed.
+pub(crate) fn plain_text() -> bool {
+    PLAIN_TEXT.load(Ordering::Relaxed)
 }
 
 /// One line for an error and its causes, for the binaries' edge and for logs. Causes whose

@@ -55,9 +55,13 @@ impl LabeledCounter {
     }
 
     pub fn inc(&self, value: &str) {
-        if let Some(counter) = self.values.read().ok().and_then(|v| v.get(value).cloned()) {
-            counter.fetch_add(1, Ordering::Relaxed);
-            return;
+        // Counted under the read guard: no clone of the Arc, whose reference count would
+        // be two more atomic writes to a line every worker shares.
+        if let Ok(values) = self.values.read() {
+            if let Some(counter) = values.get(value) {
+                counter.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
         if let Ok(mut values) = self.values.write() {
             values

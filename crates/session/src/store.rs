@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 
 use crate::persist::{from_unix_ms, unix_ms, PersistError, SessionFile, StoredSession};
+use crate::token::TokenHashState;
 use crate::{Clock, SessionToken, TokenError, TokenHash};
 
 /// Enough shards that sweeping one (under its write lock) holds up few requests.
@@ -200,11 +201,11 @@ pub struct Issued {
 }
 
 pub struct SessionStore {
-    sessions: DashMap<TokenHash, Arc<Record>>,
+    sessions: DashMap<TokenHash, Arc<Record>, TokenHashState>,
     /// username -> that user's live token hashes. Kept in step with `sessions`; never
     /// locked while a `sessions` guard is held.
     by_user: DashMap<Arc<str>, Vec<TokenHash>>,
-    tombstones: DashMap<TokenHash, Tombstone>,
+    tombstones: DashMap<TokenHash, Tombstone, TokenHashState>,
     clock: Arc<dyn Clock>,
     settings: StoreSettings,
     /// `--session-store`: live sessions written through to disk.
@@ -214,9 +215,9 @@ pub struct SessionStore {
 impl SessionStore {
     pub fn new(settings: StoreSettings, clock: Arc<dyn Clock>) -> Self {
         Self {
-            sessions: DashMap::with_shard_amount(SHARDS),
+            sessions: DashMap::with_hasher_and_shard_amount(TokenHashState, SHARDS),
             by_user: DashMap::with_shard_amount(SHARDS),
-            tombstones: DashMap::with_shard_amount(SHARDS),
+            tombstones: DashMap::with_hasher_and_shard_amount(TokenHashState, SHARDS),
             clock,
             settings,
             persist: None,

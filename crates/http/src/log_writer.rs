@@ -1,0 +1,425 @@
+//! Where log lines go: stderr, either written by the thread that logged them (the
+//! default: tests, the `enroll` command), or, once a server calls [`start`], the access
+//! line (one per request) appended to a buffer that one writer thread empties into
+//! stderr. Every other line (audit, warnings, start-up: all that goes through tracing)
+//! is still written before the thread that logged it goes on ([`write_lines_now`]),
+//! behind what is buffered, so that the order is kept and an audit line is on stderr
+//! before its answer leaves, as before.
+//!
+//! The buffer takes the `write` system call (and, when stderr is a slow pipe, the wait)
+//! off the request path, and under load turns many small writes into a few large ones.
+//! It never drops a line: a line is appended whole (lines from different threads never
+//! interleave, and keep the order in which they were logged); past [`MAX_PENDING`] bytes
+//! waiting, a logging thread waits for the writer instead (as it used to wait for
+//! stderr); the writer wakes as soon as a line arrives when it is idle, so a line reaches
+//! stderr within microseconds on an idle process; and [`stop`] (called by the binaries
+//! before they exit, and by the panic hook) writes out everything logged before it.
+
+use std::io::Write;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Bytes waiting for the writer beyond which a logging thread waits (backpressure).
+pub const MAX_PENDING: usize = 1024 * 1024;
+
+/// How long [`stop`] waits for stderr to take what is buffered before it gives up (a
+/// reader that stopped reading must not hold the process's exit for ever).
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// A destination for whole lines: stderr, or a test's buffer.
+type Output = Box<dyn Write + Send>;
+
+struct State {
+    /// Appended by loggers, taken whole by the writer.
+    pending: Vec<u8>,
+    /// The writer is waiting for lines (a logger must wake it).
+    idle: bool,
+    /// The writer holds lines it took and has not finished writing.
+    writing: bool,
+    /// After [`Sink::stop`]: loggers write themselves, in order, under the lock.
+    stopped: bool,
+}
+
+/// The buffer and its writer thread.
+pub struct Sink {
+    state: Mutex<State>,
+    /// Wakes the writer (a line arrived, or stop).
+    wake_writer: Condvar,
+    /// Wakes loggers waiting for room, and [`Sink::flush`] waiting for the writer.
+    drained: Condvar,
+    output: Mutex<Output>,
+}
+
+impl Sink {
+    /// A sink writing to `output`, with its writer thread started.
+    pub fn start(output: Output) -> std::io::Result<&'static Sink> {
+        let sink: &'static Sink = Box::leak(Box::new(Sink {
+            state: Mutex::new(State {
+                pending: Vec::with_capacity(64 * 1024),
+                idle: false,
+                writing: false,
+                stopped: false,
+            }),
+            wake_writer: Condvar::new(),
+            drained: Condvar::new(),
+            output: Mutex::new(output),
+        }));
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || sink.run())?;
+        Ok(sink)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends one or more whole lines.
+    pub fn push(&self, lines: &[u8]) {
+        let mut state = self.lock();
+        while !state.stopped
+            && !state.pending.is_empty()
+            && state.pending.len() + lines.len() > MAX_PENDING
+        {
+            state = self.wait_drained(state);
+        }
+        if state.stopped {
+            // After stop: written in place, in order.
+            drop(state);
+            self.push_now(lines);
+            return;
+        }
+        state.pending.extend_from_slice(lines);
+        if state.idle {
+            state.idle = false;
+            // Woken after the lock is released, so that the writer does not wake only to
+            // wait for it.
+            drop(state);
+            self.wake_writer.notify_one();
+        }
+    }
+
+    /// Writes whole lines before returning: behind whatever is buffered (the writer
+    /// writes that first), then in place, under the lock, so that no line comes between.
+    pub fn push_now(&self, lines: &[u8]) {
+        let mut state = self.lock();
+        while !state.pending.is_empty() || state.writing {
+            state = self.wait_drained(state);
+        }
+        self.write_out(lines);
+        drop(state);
+    }
+
+    fn wait_drained<'a>(&self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.drained
+            .wait(state)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write_out(&self, bytes: &[u8]) {
+        let mut output = self
+            .output
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // As tracing's own stderr writer: a log that cannot be written is not an error
+        // of the request that logged it.
+        let _ = output.write_all(bytes);
+        let _ = output.flush();
+    }
+
+    /// The writer thread: takes everything pending, writes it, again.
+    fn run(&self) {
+        let mut spare = Vec::with_capacity(64 * 1024);
+        let mut state = self.lock();
+        loop {
+            while state.pending.is_empty() && !state.stopped {
+                state.idle = true;
+                state = self
+                    .wake_writer
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            if state.pending.is_empty() {
+                // Stopped and drained.
+                self.drained.notify_all();
+                return;
+            }
+            state.idle = false;
+            state.writing = true;
+            std::mem::swap(&mut state.pending, &mut spare);
+            drop(state);
+            self.drained.notify_all();
+            self.write_out(&spare);
+            // Keep a moderate buffer, not the largest burst ever seen.
+            if spare.capacity() > 4 * MAX_PENDING {
+                spare = Vec::with_capacity(64 * 1024);
+            }
+            spare.clear();
+            state = self.lock();
+            state.writing = false;
+            if state.pending.is_empty() {
+                self.drained.notify_all();
+            }
+        }
+    }
+
+    /// Waits until everything pushed before this call has been written (at most `wait`);
+    /// true if it was.
+    pub fn flush(&self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        let mut state = self.lock();
+        while !state.pending.is_empty() || state.writing {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            state = self
+                .drained
+                .wait_timeout(state, left)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Writes out what is buffered; from then on every line is written by the thread
+    /// that logs it. True if everything buffered was written within `wait` (if not, the
+    /// writer goes on with it, and later lines wait behind it).
+    pub fn stop(&self, wait: Duration) -> bool {
+        {
+            let mut state = self.lock();
+            state.stopped = true;
+            self.wake_writer.notify_one();
+        }
+        self.flush(wait)
+    }
+}
+
+static SINK: OnceLock<&'static Sink> = OnceLock::new();
+
+/// Starts the buffered writer to stderr for the rest of the process (servers call this
+/// once, before they serve; later calls do nothing).
+pub fn start() {
+    if SINK.get().is_some() {
+        return;
+    }
+    match Sink::start(Box::new(std::io::stderr())) {
+        Ok(sink) => {
+            if SINK.set(sink).is_err() {
+                // Lost a race with another start(): that one is used.
+                sink.stop(Duration::ZERO);
+            }
+            // A panic's message is written straight to stderr: the lines logged before
+            // it go first.
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                flush(Duration::from_secs(1));
+                previous(info);
+            }));
+        }
+        Err(err) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "cannot start the log writer thread ({err}); logging directly to stderr"
+            );
+        }
+    }
+}
+
+/// Writes out every line logged so far and returns to writing in place. The binaries
+/// call it as they exit (and before any message they print to stderr themselves).
+pub fn stop() {
+    if let Some(sink) = SINK.get() {
+        sink.stop(STOP_WAIT);
+    }
+}
+
+/// Waits (at most `wait`) until every line logged so far has been written.
+pub fn flush(wait: Duration) {
+    if let Some(sink) = SINK.get() {
+        sink.flush(wait);
+    }
+}
+
+/// Writes whole lines: to the buffer once [`start`] has run, else straight to stderr.
+/// For the access line, the one line per request.
+pub fn write_lines(lines: &[u8]) {
+    match SINK.get() {
+        Some(sink) => sink.push(lines),
+        None => {
+            let _ = std::io::stderr().write_all(lines);
+        }
+    }
+}
+
+/// Writes whole lines before returning (after everything buffered before them): every
+/// line that goes through tracing, the audit lines among them, is on stderr before the
+/// request that logged it goes on, as before the buffer.
+pub fn write_lines_now(lines: &[u8]) {
+    match SINK.get() {
+        Some(sink) => sink.push_now(lines),
+        None => {
+            let _ = std::io::stderr().write_all(lines);
+        }
+    }
+}
+
+/// tracing-subscriber's writer: each event arrives as one `write_all` of its whole line,
+/// and is written at once ([`write_lines_now`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        write_lines_now(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LogWriter
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A shared buffer standing in for stderr, optionally slow.
+    #[derive(Clone, Default)]
+    struct Captured {
+        bytes: Arc<Mutex<Vec<u8>>>,
+        delay: Option<Duration>,
+    }
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Some(delay) = self.delay {
+                std::thread::sleep(delay);
+            }
+            self.bytes.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8(self.bytes.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    #[test]
+    fn every_line_arrives_whole_and_in_each_thread_s_order() {
+        let out = Captured::default();
+        let sink = Sink::start(Box::new(out.clone())).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for i in 0..5000 {
+                        sink.push(format!("thread {t} line {i}\n").as_bytes());
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert!(sink.stop(Duration::from_secs(10)));
+        let text = out.text();
+        let mut next = [0usize; 4];
+        for line in text.lines() {
+            let words: Vec<&str> = line.split(' ').collect();
+            assert_eq!(words.len(), 4, "a torn line: {line:?}");
+            let t: usize = words[1].parse().unwrap();
+            assert_eq!(words[3].parse::<usize>().unwrap(), next[t], "out of order");
+            next[t] += 1;
+        }
+        assert_eq!(next, [5000; 4], "lines were lost");
+    }
+
+    #[test]
+    fn a_line_is_written_promptly_without_a_flush() {
+        let out = Captured::default();
+        let sink = Sink::start(Box::new(out.clone())).unwrap();
+        for round in 0..3 {
+            // Let the writer go idle, then log one line: it must not wait for more.
+            std::thread::sleep(Duration::from_millis(20));
+            sink.push(format!("audit {round}\n").as_bytes());
+            let started = Instant::now();
+            while !out.text().contains(&format!("audit {round}\n")) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "the line was not written"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        sink.stop(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn stop_writes_everything_and_later_lines_follow_in_order() {
+        let out = Captured {
+            delay: Some(Duration::from_millis(5)),
+            ..Captured::default()
+        };
+        let sink = Sink::start(Box::new(out.clone())).unwrap();
+        for i in 0..200 {
+            sink.push(format!("line {i}\n").as_bytes());
+        }
+        assert!(sink.stop(Duration::from_secs(10)));
+        let expected: String = (0..200).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(out.text(), expected);
+        sink.push(b"after stop\n");
+        assert!(out.text().ends_with("line 199\nafter stop\n"));
+    }
+
+    #[test]
+    fn a_line_written_now_is_out_on_return_behind_the_buffered_ones() {
+        let out = Captured {
+            delay: Some(Duration::from_millis(2)),
+            ..Captured::default()
+        };
+        let sink = Sink::start(Box::new(out.clone())).unwrap();
+        for i in 0..50 {
+            sink.push(format!("access {i}\n").as_bytes());
+        }
+        sink.push_now(b"audit now\n");
+        let expected: String = (0..50).map(|i| format!("access {i}\n")).collect();
+        assert_eq!(out.text(), expected + "audit now\n");
+        sink.stop(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_slow_reader_holds_loggers_back_instead_of_losing_lines() {
+        let out = Captured {
+            delay: Some(Duration::from_millis(20)),
+            ..Captured::default()
+        };
+        let sink = Sink::start(Box::new(out.clone())).unwrap();
+        let line = vec![b'x'; 64 * 1024 - 1];
+        let mut with_newline = line.clone();
+        with_newline.push(b'\n');
+        // 64 lines of 64 KiB: 4 MiB, four times the bound; the pushes must wait.
+        for _ in 0..64 {
+            sink.push(&with_newline);
+            assert!(sink.lock().pending.len() <= MAX_PENDING);
+        }
+        assert!(sink.stop(Duration::from_secs(30)));
+        let text = out.text();
+        assert_eq!(text.lines().count(), 64);
+        assert!(text.lines().all(|l| l.len() == line.len()));
+    }
+}
