@@ -171,6 +171,60 @@ fn with_two_keys_attached_the_one_holding_the_credential_is_used_without_touchin
 
 #[test]
 #[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
+fn with_two_keys_attached_a_name_nobody_enrolled_is_refused_only_after_a_touch() {
+    let usb = UsbKeyring::new();
+    {
+        let _k = usb.vkey("key", &[]);
+        usb.enroll_ok("alice");
+    }
+    // Nobody touches either key: an enrolled name ends at the touch deadline, and so must
+    // a name nobody enrolled, not answer multiple_keys at once (that would tell which
+    // names are enrolled at machine speed).
+    let other = usb.vkey("other-key", &["--no-touch"]);
+    let enrolled = usb.vkey("key", &["--no-touch"]);
+    let (mut proxy, c) = usb.proxy("2", &["--login-max-failures", "0"]);
+    for user in ["alice", "mallory"] {
+        let started = Instant::now();
+        let r = c.login(user);
+        assert_refused(&r, 401, "touch_timeout");
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "{user}: answered after {:?}",
+            started.elapsed()
+        );
+    }
+    // Each refusal blinked a key: alice's the one holding her credential, mallory's the
+    // first by path.
+    let blinks = other.count("waiting for a touch") + enrolled.count("waiting for a touch");
+    assert_eq!(blinks, 2, "{}\n{}", other.log(), enrolled.log());
+    proxy.assert_running();
+}
+
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
+fn two_devices_claiming_one_credential_are_neither_asked_for_a_touch() {
+    let usb = UsbKeyring::new();
+    {
+        let _k = usb.vkey("key", &[]);
+        usb.enroll_ok("alice");
+    }
+    // Only one key can hold a credential id (it wraps that key's own secret): a second
+    // device answering the probe for it is an impostor, here a clone of the key file.
+    let a = usb.vkey("key", &[]);
+    let b = usb.vkey("key", &[]);
+    let (mut proxy, c) = usb.proxy("5", &["--login-max-failures", "0"]);
+    let r = c.login("alice");
+    assert_refused(&r, 401, "device_error");
+    let log = proxy.stderr();
+    assert!(log.contains("claim the same credential"), "{log}");
+    for key in [&a, &b] {
+        assert!(!key.log().contains("waiting for a touch"), "{}", key.log());
+    }
+    proxy.assert_running();
+}
+
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
 fn a_key_pulled_out_mid_login_is_a_clear_401_and_k_proxy_keeps_serving() {
     let usb = UsbKeyring::new();
     {

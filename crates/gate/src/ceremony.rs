@@ -65,6 +65,20 @@ pub(crate) fn verify_response<'c>(
     Ok((cred, verified))
 }
 
+/// A refusal answered only after a touch, as an enrolled user's login would be: the
+/// key blinks and the answer waits for the touch (or --touch-timeout) either way. So
+/// which names are enrolled, attested or need a PIN is not told at machine speed; each
+/// probe is one key operation that a person must answer, and k_proxy's throttle counts
+/// it as a refused login.
+fn refuse_after_touch(
+    auth: &dyn Authenticator,
+    cancel: &CancelSignal,
+    refusal: GateError,
+) -> Result<Passed, GateError> {
+    auth.wait_for_touch_before_refusal(cancel)?;
+    Err(refusal)
+}
+
 /// Login at assertion level: the user's credentials, a fresh challenge,
 /// getAssertion, verification, the signCount rule and its durable update.
 pub(crate) fn login(
@@ -84,27 +98,18 @@ pub(crate) fn login(
         attested = crate::attestation::only_attested(store, username, creds).map_err(storage)?;
         creds = &attested;
         if creds.is_empty() {
-            // Answered after a touch, as not_enrolled is.
-            auth.wait_for_touch(cancel)?;
-            return Err(GateError::NotAttested);
+            return refuse_after_touch(auth, cancel, GateError::NotAttested);
         }
     }
     if creds.is_empty() {
-        // Answered only after a touch, as an enrolled user's login would be: the key blinks
-        // and the answer waits for the touch (or --touch-timeout) either way. So which
-        // names are enrolled is not told at machine speed; each probe is one key operation
-        // that a person must answer, and k_proxy's throttle counts it as a refused login.
-        auth.wait_for_touch(cancel)?;
-        return Err(GateError::NotEnrolled {
+        let not_enrolled = GateError::NotEnrolled {
             username: username.to_string(),
-        });
+        };
+        return refuse_after_touch(auth, cancel, not_enrolled);
     }
     let require_pin = creds.iter().any(|c| c.require_pin);
     if require_pin && pin.is_none() {
-        // After a touch, as for a name nobody enrolled: which users need a PIN is not
-        // told at machine speed either.
-        auth.wait_for_touch(cancel)?;
-        return Err(GateError::PinRequired);
+        return refuse_after_touch(auth, cancel, GateError::PinRequired);
     }
     let require_uv = creds.iter().any(|c| c.require_uv);
     let request = GetAssertionRequest {
@@ -120,8 +125,7 @@ pub(crate) fn login(
         // A +verification user without a PIN on a key that needs one (no built-in UV,
         // or one that insists): answered after a touch too, as above.
         Err(GateError::PinRequired) if request.pin.is_none() => {
-            auth.wait_for_touch(cancel)?;
-            return Err(GateError::PinRequired);
+            return refuse_after_touch(auth, cancel, GateError::PinRequired);
         }
         other => other?,
     };
@@ -385,5 +389,47 @@ mod tests {
     #[test]
     fn challenges_are_fresh() {
         assert_ne!(random_challenge().unwrap(), random_challenge().unwrap());
+    }
+
+    /// Several keys attached, no `--device`: the touch level refuses to guess
+    /// (`multiple_keys`), but a refusal of a login must still wait for a touch.
+    struct SeveralKeys;
+    impl Authenticator for SeveralKeys {
+        fn describe(&self) -> String {
+            "two keys".into()
+        }
+        fn check_presence(&self, _: &CancelSignal) -> Result<crate::Presence, GateError> {
+            Err(GateError::MultipleKeys { count: 2 })
+        }
+        fn wait_for_touch(&self, _: &CancelSignal) -> Result<crate::Presence, GateError> {
+            Err(GateError::MultipleKeys { count: 2 })
+        }
+        fn wait_for_touch_before_refusal(
+            &self,
+            _: &CancelSignal,
+        ) -> Result<crate::Presence, GateError> {
+            Ok(crate::Presence {
+                device: "the first key".into(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_name_nobody_enrolled_is_refused_after_the_refusal_touch_not_with_multiple_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials");
+        std::fs::write(&path, "").unwrap();
+        let store = CredentialStore::new(&path);
+        let e = login(
+            &SeveralKeys,
+            "chromecard",
+            &store,
+            "mallory",
+            false,
+            None,
+            &CancelSignal::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, GateError::NotEnrolled { .. }), "{e:?}");
     }
 }

@@ -251,7 +251,8 @@ impl Fido2Key {
     }
 
     /// The device for a getAssertion: the `--device` one, the only one, or the one
-    /// that holds one of `allow` (asked without a touch, `up: false`).
+    /// that holds one of `allow` (every device asked without a touch, `up: false`;
+    /// refused when more than one claims it).
     fn holding(
         &self,
         request: &GetAssertionRequest,
@@ -262,6 +263,7 @@ impl Fido2Key {
             return open(select(found, self.device_path.as_deref())?, cancel);
         }
         let count = found.len();
+        let mut claimants: Vec<Opened> = Vec::new();
         for cand in found {
             let label = cand.label();
             let mut opened = match open(cand, cancel) {
@@ -286,7 +288,7 @@ impl Fido2Key {
             match outcome {
                 Ok(()) => {
                     tracing::info!(device = %opened.label, "this key holds the user's credential");
-                    return Ok(opened);
+                    claimants.push(opened);
                 }
                 Err(GateError::Cancelled) => return Err(GateError::Cancelled),
                 Err(e) => {
@@ -294,11 +296,29 @@ impl Fido2Key {
                 }
             }
         }
-        tracing::warn!(
-            count,
-            "none of the attached FIDO2 keys holds the user's credential"
-        );
-        Err(GateError::NoCredential)
+        // A credential id is a key's own wrapped secret: two devices claiming one means
+        // one of them answers probes it cannot sign for. Asking either for a touch would
+        // let the impostor choose, so neither is asked.
+        match claimants.len() {
+            0 => {
+                tracing::warn!(
+                    count,
+                    "none of the attached FIDO2 keys holds the user's credential"
+                );
+                Err(GateError::NoCredential)
+            }
+            1 => Ok(claimants.remove(0)),
+            n => {
+                let labels: Vec<&str> = claimants.iter().map(|o| o.label.as_str()).collect();
+                tracing::warn!(devices = ?labels, "several FIDO2 devices claim the same credential; one is not what it says");
+                Err(GateError::Device {
+                    detail: format!(
+                        "{n} attached devices claim to hold the user's credential, which only                          one key can: detach the device you do not know ({}), or name the                          key with --device",
+                        labels.join(", ")
+                    ),
+                })
+            }
+        }
     }
 }
 
@@ -366,6 +386,49 @@ fn touch_by_empty_pin_auth(opened: &mut Opened, cancel: &CancelSignal) -> Result
     }
 }
 
+/// CTAP 2.1 keys: authenticatorSelection, which returns nothing signed. CTAP 2.0
+/// keys, and devices that refuse the command (Qubes' CTAP proxy refuses 0x07-0x0D):
+/// a makeCredential for a throw-away relying party. Either way the answer is the
+/// key's word, not a signature from an enrolled credential.
+fn touch(mut opened: Opened, cancel: &CancelSignal) -> Result<Presence, GateError> {
+    let info = opened.info(cancel)?;
+    if info.is_ctap21() {
+        let answer = opened.cbor(&ctap2::selection(), "authenticatorSelection", true, cancel)?;
+        match ctap2::parse_empty(&answer, &opened.label, "authenticatorSelection") {
+            Ok(()) => {
+                return Ok(Presence {
+                    device: format!(
+                        "{} (touched: authenticatorSelection, nothing signed)",
+                        opened.label
+                    ),
+                })
+            }
+            Err(GateError::Unsupported { detail }) if answer.first() == Some(&0x01) => {
+                tracing::info!(device = %opened.label, %detail, "the device refuses authenticatorSelection (as Qubes' CTAP proxy does); checking the touch with a throw-away credential");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if info.option("clientPin") == Some(true) {
+        // A CTAP 2.0 key with a PIN makes no credential without it; its own way to
+        // be chosen by a touch is a makeCredential with a zero-length pinAuth.
+        touch_by_empty_pin_auth(&mut opened, cancel)?;
+        return Ok(Presence {
+            device: format!(
+                "{} (touched: makeCredential with an empty pinAuth, nothing signed)",
+                opened.label
+            ),
+        });
+    }
+    touch_by_throwaway_credential(&mut opened, cancel)?;
+    Ok(Presence {
+        device: format!(
+            "{} (touched: UP flag of an unverified makeCredential)",
+            opened.label
+        ),
+    })
+}
+
 impl Authenticator for Fido2Key {
     fn describe(&self) -> String {
         match &self.device_path {
@@ -382,49 +445,21 @@ impl Authenticator for Fido2Key {
         })
     }
 
-    /// CTAP 2.1 keys: authenticatorSelection, which returns nothing signed. CTAP 2.0
-    /// keys, and devices that refuse the command (Qubes' CTAP proxy refuses 0x07-0x0D):
-    /// a makeCredential for a throw-away relying party. Either way the answer is the
-    /// key's word, not a signature from an enrolled credential.
+    /// The single device's touch, as [`touch`] asks for it.
     fn wait_for_touch(&self, cancel: &CancelSignal) -> Result<Presence, GateError> {
-        let mut opened = self.single(cancel)?;
-        let info = opened.info(cancel)?;
-        if info.is_ctap21() {
-            let answer =
-                opened.cbor(&ctap2::selection(), "authenticatorSelection", true, cancel)?;
-            match ctap2::parse_empty(&answer, &opened.label, "authenticatorSelection") {
-                Ok(()) => {
-                    return Ok(Presence {
-                        device: format!(
-                            "{} (touched: authenticatorSelection, nothing signed)",
-                            opened.label
-                        ),
-                    })
-                }
-                Err(GateError::Unsupported { detail }) if answer.first() == Some(&0x01) => {
-                    tracing::info!(device = %opened.label, %detail, "the device refuses authenticatorSelection (as Qubes' CTAP proxy does); checking the touch with a throw-away credential");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        if info.option("clientPin") == Some(true) {
-            // A CTAP 2.0 key with a PIN makes no credential without it; its own way to
-            // be chosen by a touch is a makeCredential with a zero-length pinAuth.
-            touch_by_empty_pin_auth(&mut opened, cancel)?;
-            return Ok(Presence {
-                device: format!(
-                    "{} (touched: makeCredential with an empty pinAuth, nothing signed)",
-                    opened.label
-                ),
-            });
-        }
-        touch_by_throwaway_credential(&mut opened, cancel)?;
-        Ok(Presence {
-            device: format!(
-                "{} (touched: UP flag of an unverified makeCredential)",
-                opened.label
-            ),
-        })
+        touch(self.single(cancel)?, cancel)
+    }
+
+    /// With several keys and no `--device`, the first by path blinks: a login for an
+    /// enrolled name would blink the key holding its credential, so a refusal must
+    /// blink one too rather than answer `multiple_keys` at once.
+    fn wait_for_touch_before_refusal(&self, cancel: &CancelSignal) -> Result<Presence, GateError> {
+        let found = candidates(cancel)?;
+        let chosen = match (&self.device_path, found.len()) {
+            (None, 2..) => found.into_iter().next().ok_or(GateError::NoKey)?,
+            _ => select(found, self.device_path.as_deref())?,
+        };
+        touch(open(chosen, cancel)?, cancel)
     }
 
     fn make_credential(

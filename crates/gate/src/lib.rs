@@ -78,6 +78,15 @@ pub trait Authenticator: Send + Sync + 'static {
         })
     }
 
+    /// The touch a refused login waits for (a name nobody enrolled, no attested
+    /// credential, no PIN where one is needed), so that the refusal comes no sooner
+    /// than a login's answer would. It must blink a key wherever a login would: with
+    /// several keys attached, where [`Authenticator::wait_for_touch`] refuses to guess,
+    /// it picks one rather than answer `multiple_keys` at machine speed.
+    fn wait_for_touch_before_refusal(&self, cancel: &CancelSignal) -> Result<Presence, GateError> {
+        self.wait_for_touch(cancel)
+    }
+
     /// authenticatorMakeCredential (one touch): a new non-resident credential.
     fn make_credential(
         &self,
