@@ -39,6 +39,10 @@ const POLL: Duration = Duration::from_millis(100);
 /// How long a cancelled request may still take to end. Keys end at once; a device that
 /// ignores CANCEL ends when the key behind it gives up on the touch (about 30 s).
 const CANCEL_GRACE: Duration = Duration::from_secs(35);
+/// The same for a request that needs no touch (getInfo, the probe, clientPIN): even
+/// behind Qubes' proxy it answers in well under a second, and the channel is dropped
+/// after a failed request, so a late answer cannot be mistaken for the next one's.
+const QUICK_GRACE: Duration = Duration::from_secs(2);
 /// The bound on one request even if nobody cancels it (the gate cancels far sooner).
 const REQUEST_BOUND: Duration = Duration::from_secs(120);
 /// The bound on CTAPHID_INIT and on requests that need no touch.
@@ -175,7 +179,7 @@ impl Opened {
         }
         let limits = Limits {
             deadline: Instant::now() + if touch { REQUEST_BOUND } else { QUICK_BOUND },
-            cancel_grace: CANCEL_GRACE,
+            cancel_grace: if touch { CANCEL_GRACE } else { QUICK_GRACE },
             poll: POLL,
         };
         let mut announced = false;
@@ -445,7 +449,7 @@ impl Authenticator for Fido2Key {
         })
     }
 
-    /// The single device's touch, as [`touch`] asks for it.
+    /// The single device's touch (selection, or a throw-away credential on CTAP 2.0).
     fn wait_for_touch(&self, cancel: &CancelSignal) -> Result<Presence, GateError> {
         touch(self.single(cancel)?, cancel)
     }

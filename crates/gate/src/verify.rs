@@ -18,7 +18,7 @@
 //! 4. UP set; UV set when the enrolment (or the gate) asks for it.
 //!
 //! The credential id and the sign count need the enrolment file and are checked by
-//! [`crate::ceremony`] with [`check_sign_count`].
+//! the login ceremony with [`check_sign_count`].
 //!
 //! Every parser here takes untrusted bytes: no panics, no unchecked indexing, no
 //! allocation sized by a length field.
