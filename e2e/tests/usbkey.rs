@@ -11,6 +11,17 @@ use std::time::{Duration, Instant};
 
 use chromecard_e2e::*;
 
+/// A keyring with alice enrolled on the key named "key", which is detached again (so a
+/// test attaches the keys it wants, in the order it wants).
+fn alice_enrolled_on_a_detached_key() -> UsbKeyring {
+    let usb = UsbKeyring::new();
+    {
+        let _k = usb.vkey("key", &[]);
+        usb.enroll_ok("alice");
+    }
+    usb
+}
+
 /// A refused login: exact status and code, no session token.
 fn assert_refused(r: &Resp, status: u16, code: &str) {
     r.expect_error(status, code);
@@ -134,11 +145,7 @@ fn a_login_nobody_touches_is_cancelled_at_the_deadline_and_the_next_one_passes_a
 #[test]
 #[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
 fn with_two_keys_attached_the_one_holding_the_credential_is_used_without_touching_the_other() {
-    let usb = UsbKeyring::new();
-    {
-        let _k = usb.vkey("key", &[]);
-        usb.enroll_ok("alice");
-    }
+    let usb = alice_enrolled_on_a_detached_key();
     // A second key nobody will touch, attached first so that k_proxy meets it first
     // (hidraw order): any touch asked of it would end the login at the deadline.
     let other = usb.vkey("other-key", &["--no-touch"]);
@@ -172,11 +179,7 @@ fn with_two_keys_attached_the_one_holding_the_credential_is_used_without_touchin
 #[test]
 #[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
 fn with_two_keys_attached_a_name_nobody_enrolled_is_refused_only_after_a_touch() {
-    let usb = UsbKeyring::new();
-    {
-        let _k = usb.vkey("key", &[]);
-        usb.enroll_ok("alice");
-    }
+    let usb = alice_enrolled_on_a_detached_key();
     // Nobody touches either key: an enrolled name ends at the touch deadline, and so must
     // a name nobody enrolled, not answer multiple_keys at once (that would tell which
     // names are enrolled at machine speed).
@@ -203,11 +206,7 @@ fn with_two_keys_attached_a_name_nobody_enrolled_is_refused_only_after_a_touch()
 #[test]
 #[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
 fn two_devices_claiming_one_credential_are_neither_asked_for_a_touch() {
-    let usb = UsbKeyring::new();
-    {
-        let _k = usb.vkey("key", &[]);
-        usb.enroll_ok("alice");
-    }
+    let usb = alice_enrolled_on_a_detached_key();
     // Only one key can hold a credential id (it wraps that key's own secret): a second
     // device answering the probe for it is an impostor, here a clone of the key file.
     let a = usb.vkey("key", &[]);
@@ -226,11 +225,7 @@ fn two_devices_claiming_one_credential_are_neither_asked_for_a_touch() {
 #[test]
 #[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
 fn a_key_pulled_out_mid_login_is_a_clear_401_and_k_proxy_keeps_serving() {
-    let usb = UsbKeyring::new();
-    {
-        let _k = usb.vkey("key", &[]);
-        usb.enroll_ok("alice");
-    }
+    let usb = alice_enrolled_on_a_detached_key();
     let (mut proxy, c) = usb.proxy("5", &[]);
     let mut pulled = usb.vkey("key", &["--no-touch", "--vanish-after-ms", "300"]);
     let t = Instant::now();

@@ -186,10 +186,8 @@ impl<P: Port> Channel<P> {
         result
     }
 
-    /// One request and its answer. `cancelled` is asked between reads; once it
-    /// says yes (or the deadline passes) CTAPHID_CANCEL is sent, repeated every
-    /// poll period, and the answer is awaited for `limits.cancel_grace` more.
-    /// `on_keepalive` sees each KEEPALIVE status byte.
+    /// [`Channel::transact`]'s loop: send, then read until the answer, an error, or
+    /// the grace after a CANCEL runs out.
     fn exchange(
         &mut self,
         command: u8,

@@ -473,10 +473,7 @@ impl Authenticator for Fido2Key {
     ) -> Result<MadeCredential, GateError> {
         let mut opened = self.single(cancel)?;
         let cdh = client_data_hash(&request.challenge);
-        let need = UvNeed {
-            uv: request.require_uv,
-            pin: request.require_pin,
-        };
+        let need = UvNeed::asked_by(request.require_uv, request.require_pin);
         let proof = opened.prove_uv(
             need,
             request.pin.as_ref(),
@@ -510,10 +507,7 @@ impl Authenticator for Fido2Key {
     ) -> Result<AssertionResponse, GateError> {
         let mut opened = self.holding(request, cancel)?;
         let cdh = client_data_hash(&request.challenge);
-        let need = UvNeed {
-            uv: request.require_uv,
-            pin: request.require_pin,
-        };
+        let need = UvNeed::asked_by(request.require_uv, request.require_pin);
         let proof = opened.prove_uv(
             need,
             request.pin.as_ref(),

@@ -40,6 +40,16 @@ pub(crate) struct UvNeed {
     pub pin: bool,
 }
 
+impl UvNeed {
+    /// What a makeCredential or getAssertion request asks for: `+verification`, `+pin`.
+    pub fn asked_by(require_uv: bool, require_pin: bool) -> Self {
+        Self {
+            uv: require_uv,
+            pin: require_pin,
+        }
+    }
+}
+
 /// How the request proves UV.
 pub(crate) enum UvProof {
     /// It does not.

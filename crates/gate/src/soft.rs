@@ -431,10 +431,7 @@ impl SoftAuthenticator {
     ) -> Result<MadeCredential, GateError> {
         self.touch(cancel)?;
         let cdh = client_data_hash(&request.challenge);
-        let need = UvNeed {
-            uv: request.require_uv,
-            pin: request.require_pin,
-        };
+        let need = UvNeed::asked_by(request.require_uv, request.require_pin);
         let verified = self.prove_and_check_uv(
             need,
             request.pin.as_ref(),
@@ -517,10 +514,7 @@ impl SoftAuthenticator {
     ) -> Result<AssertionResponse, GateError> {
         self.touch(cancel)?;
         let cdh = client_data_hash(&request.challenge);
-        let need = UvNeed {
-            uv: request.require_uv,
-            pin: request.require_pin,
-        };
+        let need = UvNeed::asked_by(request.require_uv, request.require_pin);
         let verified = self.prove_and_check_uv(
             need,
             request.pin.as_ref(),
