@@ -44,6 +44,19 @@ pub fn access_line(
         crate::log_writer::write_lines(&line);
         return;
     }
+    access_event(peer, method, path, status, user, micros);
+}
+
+/// The access line as an ordinary tracing event: where our plain-text writer is not in
+/// use, and the reference its direct formatting is tested against.
+fn access_event(
+    peer: SocketAddr,
+    method: &Method,
+    path: &str,
+    status: StatusCode,
+    user: &str,
+    micros: u64,
+) {
     tracing::info!(
         target: "chromecard::access",
         peer = %peer,
@@ -223,16 +236,7 @@ mod tests {
             .with_ansi(false)
             .finish();
         tracing::subscriber::with_default(subscriber, || {
-            tracing::info!(
-                target: "chromecard::access",
-                peer = %peer,
-                %method,
-                path = %path,
-                status = status.as_u16(),
-                user = user,
-                micros = micros,
-                "request"
-            );
+            access_event(peer, method, path, status, user, micros)
         });
         let bytes = buffer.0.lock().unwrap().clone();
         String::from_utf8(bytes).unwrap()
