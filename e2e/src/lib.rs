@@ -482,6 +482,32 @@ impl Proc {
         self.exited
     }
 
+    /// `kill -SIG PID` through the shell's builtin `kill` (no libc here, and no need for
+    /// procps's /bin/kill); panics if it fails.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid();
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -{sig} {pid}"))
+            .status()
+            .expect("run sh -c kill");
+        assert!(st.success(), "kill -{sig} {pid} failed: {st}");
+    }
+
+    /// Waits at most `timeout` for the process to exit; its status, or None.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.try_exited() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Panics (with the logs) if the process has exited.
     pub fn assert_running(&mut self) {
         if let Some(st) = self.try_exited() {
@@ -639,11 +665,7 @@ pub fn reload(p: &Proc) -> bool {
         )
     };
     let before = outcomes(&p.stderr());
-    let status = Command::new("kill")
-        .args(["-HUP", &p.pid().to_string()])
-        .status()
-        .expect("run kill -HUP");
-    assert!(status.success(), "kill -HUP {} failed: {status}", p.pid());
+    p.signal("HUP");
     let mut after = before;
     assert!(
         wait_until(Duration::from_secs(15), || {
@@ -1381,11 +1403,16 @@ impl UsbKeyring {
         .map(String::from)
         .to_vec()
     }
-    pub fn enroll_ok(&self, user: &str) {
-        let e = Spawn::k_proxy()
+    /// `k_proxy enroll --username USER EXTRA...` on the USB key, run to its exit.
+    pub fn enroll(&self, user: &str, extra: &[&str]) -> Exited {
+        Spawn::k_proxy()
             .args(["enroll", "--username", user])
+            .args(extra)
             .args(self.gate_flags("10"))
-            .run_to_exit(Duration::from_secs(30));
+            .run_to_exit(Duration::from_secs(30))
+    }
+    pub fn enroll_ok(&self, user: &str) {
+        let e = self.enroll(user, &[]);
         assert!(
             e.status.is_some_and(|st| st.success()),
             "k_proxy enroll over USB failed: {e:?}"

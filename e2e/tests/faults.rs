@@ -170,31 +170,6 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 // Small helpers
 // ---------------------------------------------------------------------------
 
-/// `kill -SIG PID` through the shell's builtin `kill` (no libc here, and no need for
-/// procps's /bin/kill).
-fn signal(pid: u32, sig: &str) {
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(format!("kill -{sig} {pid}"))
-        .status()
-        .expect("run sh -c kill");
-    assert!(st.success(), "kill -{sig} {pid} failed: {st}");
-}
-
-/// Waits at most `timeout` for `p` to exit; its status, or None.
-fn wait_exit(p: &mut Proc, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = p.try_exited() {
-            return Some(st);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The soft and hard `RLIMIT_NOFILE` of this process, from /proc/self/limits.
 fn nofile_limits() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/self/limits").ok()?;
@@ -868,7 +843,7 @@ fn sigterm_lets_the_forwarded_request_finish_then_exits_zero() {
         "the request never reached the fake upstream"
     );
     let term_at = Instant::now();
-    signal(proxy.pid(), "TERM");
+    proxy.signal("TERM");
     // It stops accepting new connections at once ...
     assert!(
         wait_until(Duration::from_millis(800), || !port_accepts(port)),
@@ -884,7 +859,7 @@ fn sigterm_lets_the_forwarded_request_finish_then_exits_zero() {
     let v = r.expect(200);
     assert_eq!(v["delay_ms"], json!(1200), "{}", r.ctx());
     assert_eq!(v["path"], json!("/resource/slow/1200"), "{}", r.ctx());
-    let status = wait_exit(&mut proxy, Duration::from_secs(5)).unwrap_or_else(|| {
+    let status = proxy.wait_exit(Duration::from_secs(5)).unwrap_or_else(|| {
         panic!(
             "k_proxy did not exit within 5 s of SIGTERM\n{}",
             proxy.logs()
@@ -958,10 +933,11 @@ fn sigterm_does_not_wait_for_connections_without_a_request() {
     thread::sleep(Duration::from_millis(200));
 
     let t = Instant::now();
-    signal(plain.pid(), "TERM");
-    signal(tls.pid(), "TERM");
+    plain.signal("TERM");
+    tls.signal("TERM");
     for p in [&mut plain, &mut tls] {
-        let st = wait_exit(p, Duration::from_secs(15))
+        let st = p
+            .wait_exit(Duration::from_secs(15))
             .unwrap_or_else(|| panic!("{} did not exit after SIGTERM\n{}", p.name, p.logs()));
         assert_eq!(st.code(), Some(0), "exit status {st}\n{}", p.logs());
     }
@@ -973,7 +949,7 @@ fn sigterm_does_not_wait_for_connections_without_a_request() {
          held the drain up (until their 10 s header-read timeout)"
     );
     drop((fresh, partial, kept, no_hello));
-    let _ = wait_exit(&mut s_client, Duration::from_secs(2));
+    let _ = s_client.wait_exit(Duration::from_secs(2));
 }
 
 // ---------------------------------------------------------------------------

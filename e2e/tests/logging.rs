@@ -2,33 +2,9 @@
 //! and audit line reaches stderr, promptly while the process runs (no shutdown needed to
 //! see them), and the last of them before the process exits on SIGTERM.
 
-use std::process::Command;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chromecard_e2e::*;
-
-fn signal_term(pid: u32) {
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(format!("kill -TERM {pid}"))
-        .status()
-        .expect("run sh -c kill");
-    assert!(st.success(), "kill -TERM {pid} failed: {st}");
-}
-
-fn wait_exit(p: &mut Proc, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = p.try_exited() {
-            return Some(st);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn access_lines(log: &str, path: &str) -> usize {
     log.lines()
@@ -73,8 +49,9 @@ fn access_and_audit_lines_arrive_promptly_and_all_by_exit() {
         (&mut proxy, "k_proxy stopped"),
         (&mut server, "k_server stopped"),
     ] {
-        signal_term(p.pid());
-        let status = wait_exit(p, Duration::from_secs(10))
+        p.signal("TERM");
+        let status = p
+            .wait_exit(Duration::from_secs(10))
             .unwrap_or_else(|| panic!("no exit within 10 s of SIGTERM\n{}", p.logs()));
         assert!(status.success(), "{status}\n{}", p.logs());
         let log = p.stderr();

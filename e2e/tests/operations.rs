@@ -655,11 +655,7 @@ fn k_server_sigterm_drains_an_in_flight_request() {
     conn.write_all(&body[..5]).unwrap();
     conn.flush().unwrap();
     thread::sleep(Duration::from_millis(300));
-    let status = Command::new("kill")
-        .args(["-TERM", &server.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    server.signal("TERM");
     assert!(
         wait_until(Duration::from_secs(10), || server
             .stderr()
@@ -675,16 +671,10 @@ fn k_server_sigterm_drains_an_in_flight_request() {
         "the in-flight request must be answered: {answer:?}\n{}",
         server.logs()
     );
-    let mut exit = None;
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            exit = server.try_exited();
-            exit.is_some()
-        }),
-        "k_server did not exit after SIGTERM\n{}",
-        server.logs()
-    );
-    assert_eq!(exit.unwrap().code(), Some(0), "{}", server.logs());
+    let exit = server
+        .wait_exit(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("k_server did not exit after SIGTERM\n{}", server.logs()));
+    assert_eq!(exit.code(), Some(0), "{}", server.logs());
     assert!(
         server.stderr().contains("k_server stopped"),
         "{}",
@@ -698,24 +688,18 @@ fn sigterm_cancels_a_login_waiting_for_a_touch_and_exits_zero() {
     let waiting = login_in_background(&c, "alice");
     wait_for_key_operation(&proxy, 1);
     let started = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &proxy.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    proxy.signal("TERM");
     let answer = waiting.join().unwrap();
     answer.expect_json_error(503, &["shutting_down"]);
-    let exit = loop {
-        if let Some(exit) = proxy.try_exited() {
-            break exit;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "k_proxy did not exit within 5 s of SIGTERM:\n{}",
-            proxy.logs()
-        );
-        thread::sleep(Duration::from_millis(50));
-    };
+    // Within 5 s of the signal, not of this line.
+    let exit = proxy
+        .wait_exit(Duration::from_secs(5).saturating_sub(started.elapsed()))
+        .unwrap_or_else(|| {
+            panic!(
+                "k_proxy did not exit within 5 s of SIGTERM:\n{}",
+                proxy.logs()
+            )
+        });
     assert!(exit.success(), "exit status {exit:?}:\n{}", proxy.logs());
     assert!(
         started.elapsed() < Duration::from_secs(4),

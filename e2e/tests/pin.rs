@@ -72,6 +72,17 @@ impl PinRing {
         assert!(e.status.is_some_and(|s| s.success()), "{e:?}");
         e
     }
+    /// alice, `+pin`, enrolled with the right PIN from a file.
+    fn enroll_alice_with_pin(&self) -> Exited {
+        self.enroll_ok(&[
+            "enroll",
+            "--username",
+            "alice",
+            "--require-pin",
+            "--pin-file",
+            &self.pin_file(PIN),
+        ])
+    }
     /// k_proxy at assertion level on this key, logging at debug level, no throttle (the
     /// refusals here are the test, not the ban).
     fn proxy(&self) -> (Proc, Client) {
@@ -122,14 +133,7 @@ fn refused(r: &Resp, status: u16, code: &str, retries: Option<u64>) {
 fn a_pin_user_logs_in_with_the_right_pin_only_and_uv_is_verified() {
     let k = PinRing::new(8);
     // Enrolment on a key whose PIN is set, with the PIN from a file (never argv).
-    let e = k.enroll_ok(&[
-        "enroll",
-        "--username",
-        "alice",
-        "--require-pin",
-        "--pin-file",
-        &k.pin_file(PIN),
-    ]);
+    let e = k.enroll_alice_with_pin();
     assert!(e.stdout.contains("+presence+pin"), "{e:?}");
     let line = fs::read_to_string(k.creds()).unwrap();
     assert!(
@@ -168,14 +172,7 @@ fn a_pin_user_logs_in_with_the_right_pin_only_and_uv_is_verified() {
 #[test]
 fn bad_pin_values_are_a_precise_400_the_pin_is_never_logged_and_k_proxy_keeps_serving() {
     let k = PinRing::new(8);
-    k.enroll_ok(&[
-        "enroll",
-        "--username",
-        "alice",
-        "--require-pin",
-        "--pin-file",
-        &k.pin_file(PIN),
-    ]);
+    k.enroll_alice_with_pin();
     let (mut p, c) = k.proxy();
     let long = "Z".repeat(64);
     for (pin, why) in [
@@ -220,14 +217,7 @@ fn bad_pin_values_are_a_precise_400_the_pin_is_never_logged_and_k_proxy_keeps_se
 #[test]
 fn with_three_tries_left_k_proxy_does_not_try_and_a_blocked_pin_is_pin_blocked() {
     let k = PinRing::new(8);
-    k.enroll_ok(&[
-        "enroll",
-        "--username",
-        "alice",
-        "--require-pin",
-        "--pin-file",
-        &k.pin_file(PIN),
-    ]);
+    k.enroll_alice_with_pin();
     set_key_file_pin(&k.key(), PIN, 4);
     {
         let (mut p, c) = k.proxy();
@@ -301,14 +291,7 @@ fn a_key_with_a_pin_enrols_with_it_for_verification_and_without_it_for_presence(
 #[test]
 fn three_wrong_pins_in_a_row_block_pins_until_the_key_is_powered_again() {
     let k = PinRing::new(8);
-    k.enroll_ok(&[
-        "enroll",
-        "--username",
-        "alice",
-        "--require-pin",
-        "--pin-file",
-        &k.pin_file(PIN),
-    ]);
+    k.enroll_alice_with_pin();
     {
         let (mut p, c) = k.proxy();
         refused(

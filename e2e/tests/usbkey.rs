@@ -351,12 +351,15 @@ const PIN: &str = "usb-pin-4711";
 const WRONG: &str = "wrong-pin-9";
 
 /// `k_proxy enroll` over USB with `extra` flags (e.g. `--require-pin --pin-file F`).
-fn usb_enroll(usb: &UsbKeyring, user: &str, extra: &[&str]) -> Exited {
-    Spawn::k_proxy()
-        .args(["enroll", "--username", user])
-        .args(extra)
-        .args(usb.gate_flags("10"))
-        .run_to_exit(Duration::from_secs(30))
+/// An enrolment that must pass; the key's log says why when it does not.
+fn enrolled(usb: &UsbKeyring, user: &str, extra: &[&str], key: &VKey) -> Exited {
+    let e = usb.enroll(user, extra);
+    assert!(
+        e.status.is_some_and(|s| s.success()),
+        "{e:?}\n{}",
+        key.log()
+    );
+    e
 }
 
 fn pin_file(usb: &UsbKeyring, pin: &str) -> String {
@@ -393,12 +396,7 @@ fn a_pin_user_on_the_usb_key_logs_in_with_the_right_pin_and_every_pin_refusal_ha
         // A CTAP 2.1 key whose PIN is set: enrolled with the PIN (protocol 2, a token with
         // the mc permission for the relying party).
         let key = usb.vkey("key", &["--pin", PIN]);
-        let e = usb_enroll(&usb, "alice", &["--require-pin", "--pin-file", &pin]);
-        assert!(
-            e.status.is_some_and(|s| s.success()),
-            "{e:?}\n{}",
-            key.log()
-        );
+        let e = enrolled(&usb, "alice", &["--require-pin", "--pin-file", &pin], &key);
         assert!(e.stdout.contains("+presence+pin"), "{e:?}");
         assert!(
             key.log().contains("clientPIN subcommand=9"),
@@ -468,23 +466,13 @@ fn a_ctap_2_0_key_that_insists_on_its_pin_is_enrolled_with_it_and_verifies_with_
     let key = usb.vkey("key", &["--ctap20", "--pin", PIN]);
     // Without the PIN the key refuses to make a credential (CTAP2_ERR_PIN_REQUIRED), and
     // with no terminal to ask on, enroll says how to give it.
-    let e = usb_enroll(&usb, "bob", &[]);
+    let e = usb.enroll("bob", &[]);
     assert!(!e.status.is_some_and(|s| s.success()), "{e:?}");
     assert!(e.stderr.contains("--pin-file"), "{e:?}");
     assert!(key.log().contains("status=0x36"), "{}", key.log());
     // With it: a +presence credential, and a +verification one.
-    let e = usb_enroll(&usb, "bob", &["--pin-file", &pin]);
-    assert!(
-        e.status.is_some_and(|s| s.success()),
-        "{e:?}\n{}",
-        key.log()
-    );
-    let e = usb_enroll(&usb, "dave", &["--require-uv", "--pin-file", &pin]);
-    assert!(
-        e.status.is_some_and(|s| s.success()),
-        "{e:?}\n{}",
-        key.log()
-    );
+    enrolled(&usb, "bob", &["--pin-file", &pin], &key);
+    let e = enrolled(&usb, "dave", &["--require-uv", "--pin-file", &pin], &key);
     assert!(e.stdout.contains("+presence+verification"), "{e:?}");
     // CTAP 2.0: getPinToken (subcommand 5) with protocol 1; never the 2.1 command.
     assert!(
@@ -535,12 +523,7 @@ fn a_key_with_built_in_uv_verifies_a_verification_user_without_a_pin() {
     ] {
         let usb = UsbKeyring::new();
         let key = usb.vkey("key", extra);
-        let e = usb_enroll(&usb, "carol", &["--require-uv"]);
-        assert!(
-            e.status.is_some_and(|s| s.success()),
-            "{e:?}\n{}",
-            key.log()
-        );
+        let e = enrolled(&usb, "carol", &["--require-uv"], &key);
         assert!(e.stdout.contains("+presence+verification"), "{e:?}");
         let (mut proxy, c) = usb.proxy("5", &[]);
         c.login_ok("carol");
