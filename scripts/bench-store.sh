@@ -43,21 +43,15 @@ run_dir="$(mktemp -d "$out_dir/run.XXXXXX")"
 token="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export CHROMECARD_PROXY_TOKEN="$token"
 
+# shellcheck source=scripts/bench/common.sh
+. scripts/bench/common.sh
 declare -A pid port
 cleanup() {
-    for mode in "${!pid[@]}"; do
-        if kill -0 "${pid[$mode]}" 2>/dev/null; then
-            kill "${pid[$mode]}" 2>/dev/null || true
-            wait "${pid[$mode]}" 2>/dev/null || true
-        fi
-    done
+    stop_pids "${pid[@]}"
     rm -rf -- "$run_dir"
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 # Both servers run at once, each on its own data directory, and the cells alternate
 # between them round by round, so that a change in the machine's load (or the disk's

@@ -68,6 +68,8 @@ while (($# > 0)); do
     esac
 done
 
+# shellcheck source=scripts/bench/common.sh
+. "$repo/scripts/bench/common.sh"
 say() { echo "== $*" >&2; }
 # A command line as one would type it: arguments with spaces in single quotes.
 shell_join() {
@@ -124,13 +126,7 @@ done
 work="$(mktemp -d /tmp/chromecard-bench.XXXXXX)"
 pids=()
 cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do
-        if kill -0 "$pid" 2>/dev/null; then
-            kill "$pid" 2>/dev/null || true
-            wait "$pid" 2>/dev/null || true
-        fi
-    done
+    stop_pids "${pids[@]}"
     rm -rf -- "$work"
 }
 trap cleanup EXIT
@@ -139,9 +135,6 @@ trap 'exit 130' INT TERM
 raw="$repo/bench/out/bench-$stamp.log"
 : >"$raw"
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 clk_tck="$(getconf CLK_TCK)"
 # utime+stime (clock ticks) of the given pids, summed.
 cpu_ticks() {
@@ -156,16 +149,6 @@ cpu_ticks() {
     echo "$total"
 }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-wait_healthz() { # url, curl args...
-    local url="$1"
-    shift
-    for _ in $(seq 1 200); do
-        if curl -sf -o /dev/null "$@" "$url"; then return 0; fi
-        sleep 0.05
-    done
-    echo "bench.sh: $url did not answer" >&2
-    return 1
-}
 
 certs="$work/certs"
 "$repo/tls/make-certs.sh" --out "$certs" >/dev/null

@@ -50,17 +50,15 @@ for bin in "$ks_bin" "$kp_bin"; do
     [[ -x "$bin" ]] || { echo "instructions.sh: $bin is missing (cargo build --release --bins)" >&2; exit 1; }
 done
 
+# shellcheck source=scripts/bench/common.sh
+. "$repo/scripts/bench/common.sh"
+# A server under callgrind starts some 50 times slower.
+healthz_wait_s=60
 say() { echo "-- $*" >&2; }
 work="$(mktemp -d /tmp/chromecard-instr.XXXXXX)"
 pids=()
 cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do
-        if kill -0 "$pid" 2>/dev/null; then
-            kill "$pid" 2>/dev/null || true
-            wait "$pid" 2>/dev/null || true
-        fi
-    done
+    stop_pids "${pids[@]}"
     if [[ -n "$keep" ]]; then
         mkdir -p "$keep" && cp -r "$work"/. "$keep"/
     fi
@@ -69,19 +67,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_healthz() { # url, curl args...
-    local url="$1"
-    shift
-    for _ in $(seq 1 600); do
-        if curl -sf -o /dev/null "$@" "$url"; then return 0; fi
-        sleep 0.1
-    done
-    echo "instructions.sh: $url did not answer" >&2
-    return 1
-}
 # callgrind's total for every output file with this prefix (threads are summed by
 # callgrind itself; one file per process).
 total_of() {
