@@ -554,9 +554,12 @@ report="$work/report.md"
     for target in "${targets[@]}"; do
         echo "${commands_used[$target]}   # $target; -c is each of: $conns_list" | redact
     done
-    echo "RUST_LOG=info,chromecard::access=off target/release/k_proxy ...   # chain-nolog, same flags" | redact
-    echo "${commands_used[chain-nolog]}   # chain-nolog" | redact
-    echo "${commands_used[nginx-nolog]}   # nginx-nolog (access_log off)" | redact
+    # The no-log pair runs at 64 connections only: absent when --conns leaves 64 out.
+    if [[ -n "${commands_used[chain-nolog]:-}" ]]; then
+        echo "RUST_LOG=info,chromecard::access=off target/release/k_proxy ...   # chain-nolog, same flags" | redact
+        echo "${commands_used[chain-nolog]}   # chain-nolog" | redact
+        echo "${commands_used[nginx-nolog]}   # nginx-nolog (access_log off)" | redact
+    fi
     echo "$(shell_join "${login_cmd[@]}")   # login latency" | redact
     echo "WRK_LOGINS=N WRK_THREADS=2 wrk -t2 -c8 -d300s -s scripts/bench/login.lua https://127.0.0.1:PORT/session/login   # fill to $sessions_target sessions"
     echo '```'
