@@ -166,9 +166,9 @@ impl<P: Port> Channel<P> {
     /// One request and its answer. `cancelled` is asked between reads; once it
     /// says yes (or the deadline passes) CTAPHID_CANCEL is sent, repeated every
     /// poll period, and the answer is awaited for `limits.cancel_grace` more.
-    /// `on_keepalive` sees each KEEPALIVE status byte. When the answer breaks the framing the request may still be running on the device
-    /// (waiting for a touch): one CANCEL is sent, best effort, so the key does not
-    /// go on blinking for nobody.
+    /// `on_keepalive` sees each KEEPALIVE status byte. When the answer breaks the
+    /// framing, the request may still be running on the device (waiting for a touch):
+    /// one CANCEL is sent, best effort, so the key does not go on blinking for nobody.
     pub fn transact(
         &mut self,
         command: u8,
@@ -179,11 +179,16 @@ impl<P: Port> Channel<P> {
     ) -> Result<Answer, HostError> {
         let result = self.exchange(command, payload, limits, cancelled, on_keepalive);
         if let Err(HostError::Protocol(_)) = &result {
-            if let Ok(cancel) = fragment(self.cid, cmd::CANCEL, &[]) {
-                let _ = self.port.send(&cancel[0]);
+            if let Ok(cancel) = self.cancel_report() {
+                let _ = self.port.send(&cancel);
             }
         }
         result
+    }
+
+    /// This channel's CTAPHID_CANCEL (one packet, no payload).
+    fn cancel_report(&self) -> Result<[u8; PACKET_SIZE], HostError> {
+        Ok(fragment(self.cid, cmd::CANCEL, &[])?[0])
     }
 
     /// [`Channel::transact`]'s loop: send, then read until the answer, an error, or
@@ -199,7 +204,7 @@ impl<P: Port> Channel<P> {
         for r in fragment(self.cid, command, payload)? {
             self.port.send(&r)?;
         }
-        let cancel_report = fragment(self.cid, cmd::CANCEL, &[])?;
+        let cancel_report = self.cancel_report()?;
         let mut assembly: Option<Assembly> = None;
         let mut framed_as_msg = false;
         let mut asked_for_touch = false;
@@ -216,14 +221,14 @@ impl<P: Port> Channel<P> {
                         HostError::Cancelled
                     };
                     gave_up = Some((now + limits.cancel_grace, why));
-                    self.port.send(&cancel_report[0])?;
+                    self.port.send(&cancel_report)?;
                     cancels_sent += 1;
                     last_cancel = now;
                 }
                 Some((until, why)) if now >= *until => return Err(why.clone()),
                 // A key ignores a CANCEL that overtook its request: say it again.
                 Some(_) if now.duration_since(last_cancel) >= limits.poll => {
-                    self.port.send(&cancel_report[0])?;
+                    self.port.send(&cancel_report)?;
                     cancels_sent += 1;
                     last_cancel = now;
                 }
