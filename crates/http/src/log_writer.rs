@@ -11,9 +11,12 @@
 //! It never drops a line: a line is appended whole (lines from different threads never
 //! interleave, and keep the order in which they were logged); past [`MAX_PENDING`] bytes
 //! waiting, a logging thread waits for the writer instead (as it used to wait for
-//! stderr); the writer wakes as soon as a line arrives when it is idle, so a line reaches
-//! stderr within microseconds on an idle process; and [`stop`] (called by the binaries
-//! before they exit, and by the panic hook) writes out everything logged before it.
+//! stderr); an access line reaches stderr within [`GATHER`] (the writer, woken by the
+//! first line, gathers more for that long, or until [`BATCH`] bytes wait, so that under
+//! load one wake-up of the writer serves a hundred requests, not one); a line written now
+//! ([`write_lines_now`]) takes the buffered ones out with it at once; and [`stop`] (called
+//! by the binaries before they exit, and by the panic hook) writes out everything logged
+//! before it.
 
 use std::io::Write;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
@@ -21,6 +24,12 @@ use std::time::{Duration, Instant};
 
 /// Bytes waiting for the writer beyond which a logging thread waits (backpressure).
 pub const MAX_PENDING: usize = 1024 * 1024;
+
+/// How long the writer, woken by a line, waits for more before it writes them out.
+pub const GATHER: Duration = Duration::from_millis(10);
+
+/// Bytes waiting at which the writer writes them out without waiting longer.
+pub const BATCH: usize = 32 * 1024;
 
 /// How long [`stop`] waits for stderr to take what is buffered before it gives up (a
 /// reader that stopped reading must not hold the process's exit for ever).
@@ -34,6 +43,11 @@ struct State {
     pending: Vec<u8>,
     /// The writer is waiting for lines (a logger must wake it).
     idle: bool,
+    /// The writer is gathering lines for up to [`GATHER`] (a logger wakes it only with
+    /// a full batch).
+    gathering: bool,
+    /// Someone waits for the buffer to be written out: the writer must not gather.
+    urgent: bool,
     /// The writer holds lines it took and has not finished writing.
     writing: bool,
     /// After [`Sink::stop`]: loggers write themselves, in order, under the lock.
@@ -57,6 +71,8 @@ impl Sink {
             state: Mutex::new(State {
                 pending: Vec::with_capacity(64 * 1024),
                 idle: false,
+                gathering: false,
+                urgent: false,
                 writing: false,
                 stopped: false,
             }),
@@ -83,6 +99,7 @@ impl Sink {
             && !state.pending.is_empty()
             && state.pending.len() + lines.len() > MAX_PENDING
         {
+            self.hurry(&mut state);
             state = self.wait_drained(state);
         }
         if state.stopped {
@@ -92,8 +109,13 @@ impl Sink {
             return;
         }
         state.pending.extend_from_slice(lines);
-        if state.idle {
+        let wake = if state.idle {
             state.idle = false;
+            true
+        } else {
+            state.gathering && state.pending.len() >= BATCH
+        };
+        if wake {
             // Woken after the lock is released, so that the writer does not wake only to
             // wait for it.
             drop(state);
@@ -105,11 +127,21 @@ impl Sink {
     /// writes that first), then in place, under the lock, so that no line comes between.
     pub fn push_now(&self, lines: &[u8]) {
         let mut state = self.lock();
+        self.hurry(&mut state);
         while !state.pending.is_empty() || state.writing {
             state = self.wait_drained(state);
         }
         self.write_out(lines);
         drop(state);
+    }
+
+    /// Asks the writer to write out what is buffered now, without gathering more.
+    fn hurry(&self, state: &mut State) {
+        if !state.pending.is_empty() {
+            state.urgent = true;
+            state.idle = false;
+            self.wake_writer.notify_one();
+        }
     }
 
     fn wait_drained<'a>(&self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
@@ -147,6 +179,8 @@ impl Sink {
                 return;
             }
             state.idle = false;
+            state = self.gather(state);
+            state.urgent = false;
             state.writing = true;
             std::mem::swap(&mut state.pending, &mut spare);
             drop(state);
@@ -165,11 +199,31 @@ impl Sink {
         }
     }
 
+    /// Lets more lines join the first for up to [`GATHER`], unless a batch is full or
+    /// someone waits for the buffer.
+    fn gather<'a>(&self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let until = Instant::now() + GATHER;
+        state.gathering = true;
+        while !state.stopped && !state.urgent && state.pending.len() < BATCH {
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            state = self
+                .wake_writer
+                .wait_timeout(state, left)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        state.gathering = false;
+        state
+    }
+
     /// Waits until everything pushed before this call has been written (at most `wait`);
     /// true if it was.
     pub fn flush(&self, wait: Duration) -> bool {
         let deadline = Instant::now() + wait;
         let mut state = self.lock();
+        self.hurry(&mut state);
         while !state.pending.is_empty() || state.writing {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return false;
@@ -299,6 +353,7 @@ mod tests {
     struct Captured {
         bytes: Arc<Mutex<Vec<u8>>>,
         delay: Option<Duration>,
+        writes: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl Write for Captured {
@@ -306,6 +361,8 @@ mod tests {
             if let Some(delay) = self.delay {
                 std::thread::sleep(delay);
             }
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.bytes.lock().unwrap().extend_from_slice(buf);
             Ok(buf.len())
         }
@@ -366,6 +423,27 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
+        sink.stop(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn lines_logged_close_together_go_out_in_one_write() {
+        let out = Captured::default();
+        let sink = Sink::start(Box::new(out.clone())).unwrap();
+        // Let the writer go idle: the first line wakes it, the rest join it.
+        std::thread::sleep(Duration::from_millis(20));
+        for i in 0..100 {
+            sink.push(format!("access {i}\n").as_bytes());
+        }
+        let started = Instant::now();
+        while !out.text().contains("access 99\n") {
+            assert!(started.elapsed() < Duration::from_secs(2), "not written");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let writes = out.writes.load(std::sync::atomic::Ordering::Relaxed);
+        // 100 lines pushed within far less than GATHER: one write, a few if this
+        // thread was descheduled meanwhile; never one per line.
+        assert!(writes < 10, "{writes} writes for 100 lines");
         sink.stop(Duration::from_secs(1));
     }
 
