@@ -32,6 +32,11 @@ pub async fn serve_metrics(
             }
         }
     };
+    // A scrape now and then needs no threads of its own.
+    let settings = chromecard_http::ServeSettings {
+        connection_threads: 0,
+        ..settings
+    };
     chromecard_http::serve(
         listener,
         None::<chromecard_http::ReloadableTls>,

@@ -30,7 +30,7 @@ const MAX_UPSTREAM_BODY: usize = 1024 * 1024;
 /// How long an idle pooled connection to k_server is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Idle connections to k_server kept at most.
+/// Idle connections to k_server kept at most, per connection worker.
 const MAX_IDLE_CONNECTIONS: usize = 256;
 
 pub struct UpstreamSettings {
@@ -41,6 +41,9 @@ pub struct UpstreamSettings {
     pub proxy_token: ProxyToken,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// The connection worker threads (`--connection-threads`), each with its own share
+    /// of the pool.
+    pub connection_threads: usize,
 }
 
 type HopClient = Client<ConnectDeadline<HttpsConnector<HttpConnector>>, Full<Bytes>>;
@@ -109,6 +112,7 @@ impl Upstream {
         let pool = Pool::new(
             connector.clone(),
             settings.base.clone(),
+            settings.connection_threads,
             MAX_IDLE_CONNECTIONS,
             POOL_IDLE_TIMEOUT,
         );

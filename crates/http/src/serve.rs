@@ -14,11 +14,12 @@ use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::MustClose;
+use crate::workers::ConnectionWorkers;
 use crate::{DrainLimits, HttpResponse, Linger, LingerLimits, RequestBody, WriteStallLimit};
 
 /// What a handler may know about the connection a request came on.
@@ -53,6 +54,9 @@ pub struct ServeSettings {
     pub drain: DrainLimits,
     /// The lingering close after an answer that ends the connection (linger.rs).
     pub linger: LingerLimits,
+    /// Connection worker threads (workers.rs): each accepted connection lives on one of
+    /// them. 0 serves connections on the caller's runtime instead.
+    pub connection_threads: usize,
 }
 
 impl ServeSettings {
@@ -75,6 +79,7 @@ impl Default for ServeSettings {
             max_buf_size: 64 * 1024,
             drain: DrainLimits::default(),
             linger: LingerLimits::default(),
+            connection_threads: 0,
         }
     }
 }
@@ -139,6 +144,17 @@ pub async fn serve<H, F, T>(
         .max_headers(256)
         .keep_alive(true);
     let http = Arc::new(http);
+    let spawner = match settings.connection_threads {
+        0 => Spawner::Ambient,
+        threads => match ConnectionWorkers::start("conn", threads) {
+            Ok(workers) => Spawner::Workers(workers),
+            Err(err) => {
+                // Still served, on the caller's runtime: slower, not less safe.
+                tracing::warn!(error = %err, threads, "cannot start the connection worker threads; serving on the main runtime");
+                Spawner::Ambient
+            }
+        },
+    };
 
     tokio::pin!(shutdown);
     loop {
@@ -159,20 +175,20 @@ pub async fn serve<H, F, T>(
             drop(stream);
             continue;
         };
-        let _ = stream.set_nodelay(true);
-        // Under TLS too: the lingering close reads and discards raw bytes after the
-        // close_notify, below the TLS layer.
-        let stream = Linger::new(
-            WriteStallLimit::new(stream, settings.write_stall_timeout),
-            settings.linger,
-        );
         let watcher = drain_rx.clone();
         let mut stopping = stopping.clone();
         let http = http.clone();
         let handler = handler.clone();
         let tls = tls.as_ref().map(ReloadableTls::current);
-        tokio::spawn(async move {
+        spawner.spawn_connection(stream, peer, move |stream| async move {
             let _slot = slot;
+            let _ = stream.set_nodelay(true);
+            // Under TLS too: the lingering close reads and discards raw bytes after the
+            // close_notify, below the TLS layer.
+            let stream = Linger::new(
+                WriteStallLimit::new(stream, settings.write_stall_timeout),
+                settings.linger,
+            );
             match tls {
                 None => {
                     let info = Arc::new(ConnInfo {
@@ -245,6 +261,48 @@ pub async fn serve<H, F, T>(
         () = drain_tx.closed() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(settings.drain_timeout) => {
             tracing::warn!(timeout_secs = settings.drain_timeout.as_secs(), "drain timed out; closing remaining connections");
+        }
+    }
+    // With workers: what is left on them is cancelled as they stop.
+    drop(spawner);
+}
+
+/// Where an accepted connection is served.
+enum Spawner {
+    /// As a task of the runtime `serve` runs on.
+    Ambient,
+    /// On a connection worker thread, in turn.
+    Workers(ConnectionWorkers),
+}
+
+impl Spawner {
+    fn spawn_connection<S, F>(&self, stream: TcpStream, peer: SocketAddr, serve: S)
+    where
+        S: FnOnce(TcpStream) -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match self {
+            Spawner::Ambient => {
+                tokio::spawn(serve(stream));
+            }
+            Spawner::Workers(workers) => {
+                // The socket leaves this runtime's reactor and joins the worker's.
+                let stream = match stream.into_std() {
+                    Ok(stream) => stream,
+                    Err(err) => {
+                        tracing::warn!(%peer, error = %err, "cannot hand the connection to a worker; closing it");
+                        return;
+                    }
+                };
+                workers.spawn(async move {
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => serve(stream).await,
+                        Err(err) => {
+                            tracing::warn!(%peer, error = %err, "a worker cannot take the connection; closing it");
+                        }
+                    }
+                });
+            }
         }
     }
 }

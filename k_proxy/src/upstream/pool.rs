@@ -8,10 +8,14 @@
 //!
 //! * a connection idle for longer than [`Pool::idle_timeout`] is never used again (k_server
 //!   closes idle keep-alive connections after its own, longer, wait);
-//! * at most `max_idle` idle connections are kept;
+//! * at most `max_idle` idle connections are kept (per worker share, below);
 //! * a request that meets a pooled connection closing before a byte of it was written is
 //!   sent again on another connection (hyper hands it back unwritten: it cannot have
 //!   reached k_server), as hyper-util's `retry_canceled_requests` did.
+//!
+//! The idle connections are kept in one share per connection worker thread (and one for
+//! any other thread): a connection's driving task runs on the worker that opened it, so
+//! a request borrowing it from its own worker's share never wakes another CPU.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -51,7 +55,8 @@ pub struct Pool {
     connector: Connector,
     /// Where connections go (scheme, host, port of `--server-base-url`).
     base: Uri,
-    idle: Mutex<VecDeque<Idle>>,
+    /// Index 0 for threads that are no connection worker, then one per worker.
+    shares: Box<[Mutex<VecDeque<Idle>>]>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -61,21 +66,30 @@ pub struct Pool {
 /// connection is closed.
 pub struct Lease<'p> {
     pool: &'p Pool,
+    share: usize,
     sender: Sender,
 }
 
 impl Lease<'_> {
     pub fn release(self) {
-        self.pool.check_in(self.sender);
+        self.pool.check_in(self.share, self.sender);
     }
 }
 
 impl Pool {
-    pub fn new(connector: Connector, base: Uri, max_idle: usize, idle_timeout: Duration) -> Self {
+    /// `workers`: the connection worker threads (0 when connections are served on the
+    /// shared runtime).
+    pub fn new(
+        connector: Connector,
+        base: Uri,
+        workers: usize,
+        max_idle: usize,
+        idle_timeout: Duration,
+    ) -> Self {
         Self {
             connector,
             base,
-            idle: Mutex::new(VecDeque::new()),
+            shares: (0..=workers).map(|_| Mutex::default()).collect(),
             max_idle,
             idle_timeout,
         }
@@ -86,12 +100,20 @@ impl Pool {
         &self,
         mut request: Request<Full<Bytes>>,
     ) -> Result<(Response<Incoming>, Lease<'_>), PoolError> {
-        while let Some(mut sender) = self.check_out() {
+        let share = self.share();
+        while let Some(mut sender) = self.check_out(share) {
             if sender.ready().await.is_err() {
                 continue; // closed meanwhile: the next one
             }
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, Lease { pool: self, sender })),
+                Ok(response) => {
+                    let lease = Lease {
+                        pool: self,
+                        share,
+                        sender,
+                    };
+                    return Ok((response, lease));
+                }
                 Err(mut err) => match err.take_message() {
                     // Handed back unwritten: k_server never saw it; try the next one.
                     Some(unsent) => request = unsent,
@@ -101,12 +123,26 @@ impl Pool {
         }
         let mut sender = self.connect().await?;
         let response = sender.send_request(request).await?;
-        Ok((response, Lease { pool: self, sender }))
+        let lease = Lease {
+            pool: self,
+            share,
+            sender,
+        };
+        Ok((response, lease))
+    }
+
+    /// This thread's share of the idle connections.
+    fn share(&self) -> usize {
+        match chromecard_http::current_worker() {
+            Some(worker) => 1 + worker % (self.shares.len() - 1).max(1),
+            None => 0,
+        }
+        .min(self.shares.len() - 1)
     }
 
     /// The most recently used idle connection that is still open and young enough.
-    fn check_out(&self) -> Option<Sender> {
-        let mut idle = self.lock();
+    fn check_out(&self, share: usize) -> Option<Sender> {
+        let mut idle = self.lock(share);
         while let Some(entry) = idle.pop_back() {
             if entry.since.elapsed() < self.idle_timeout && !entry.sender.is_closed() {
                 return Some(entry.sender);
@@ -115,12 +151,12 @@ impl Pool {
         None
     }
 
-    fn check_in(&self, sender: Sender) {
+    fn check_in(&self, share: usize, sender: Sender) {
         if sender.is_closed() {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.lock();
+        let mut idle = self.lock(share);
         // The oldest are at the front: drop those past their time (closing them).
         while idle
             .front()
@@ -133,8 +169,8 @@ impl Pool {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
-        self.idle
+    fn lock(&self, share: usize) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        self.shares[share]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
