@@ -326,12 +326,18 @@ fn mixed_load(shape: &str, c: &Client, extra: &[String]) {
     );
 }
 
+// The two shapes also cover k_proxy's two ways of running connections: plain on the
+// shared work-stealing runtime (--connection-threads 0), TLS on three connection worker
+// threads (more than this machine may have CPUs, so that connections and their pool
+// shares spread over several workers). Every other test runs the default, one per CPU.
 #[test]
 fn mixed_load_plain_no_502_and_the_counter_matches() {
     let _one = LOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let (mut server, sport) = start_server_plain();
-    let (mut proxy, _pport, c) =
-        start_proxy_plain(&format!("http://127.0.0.1:{sport}"), &["--gate", "soft"]);
+    let (mut proxy, _pport, c) = start_proxy_plain(
+        &format!("http://127.0.0.1:{sport}"),
+        &["--gate", "soft", "--connection-threads", "0"],
+    );
     mixed_load("plain", &c, &[]);
     server.assert_running();
     proxy.assert_running();
@@ -341,7 +347,8 @@ fn mixed_load_plain_no_502_and_the_counter_matches() {
 fn mixed_load_tls_split_vm_no_502_and_the_counter_matches() {
     let _one = LOAD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let certs = Certs::generate();
-    let (mut server, _sport, mut proxy, c) = start_tls_chain(&certs);
+    let (mut server, _sport, mut proxy, c) =
+        start_tls_chain_with(&certs, &["--gate", "soft", "--connection-threads", "3"]);
     let extra = [format!("cacert = {}", quote(&s(certs.ca())))];
     mixed_load("tls", &c, &extra);
     server.assert_running();

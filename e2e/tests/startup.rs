@@ -151,6 +151,9 @@ fn k_proxy_refuses_bad_configurations() {
     k_proxy_with(&["--session-ttl=-5"])
         .run_to_exit(LIMIT)
         .assert_refused(&["--session-ttl"]);
+    k_proxy_with(&["--connection-threads", "5000"])
+        .run_to_exit(LIMIT)
+        .assert_refused(&["--connection-threads", "0..=1024"]);
     k_proxy_with(&["--bogus-flag"])
         .run_to_exit(LIMIT)
         .assert_refused(&["--bogus-flag"]);
