@@ -179,7 +179,7 @@ impl App {
         *user = Some(auth.username());
         match authed {
             Authed::Status => Ok(session_api::status(&auth)),
-            Authed::Refresh => session_api::refresh(self, &auth, conn, user),
+            Authed::Refresh => Box::pin(session_api::refresh(self, &auth, conn, user)).await,
             Authed::List => session_api::list(self, &auth),
             Authed::Logout => Box::pin(session_api::logout(self, &auth, &parts, body, conn)).await,
             Authed::Resource => forward::resource(self, &auth, &forward_target, &parts, body).await,

@@ -22,6 +22,7 @@ use zeroize::Zeroizing;
 use crate::app::App;
 use crate::log::audit_ended;
 use crate::respond::{gate_error, session_error, set_cookie, token_response};
+use crate::session_writes::changing_sessions;
 use crate::throttle::{Banned, LoginThrottle};
 
 /// `POST /session/login`: runs the gate once, then issues the session.
@@ -61,7 +62,7 @@ pub async fn login(
         tracing::info!(event = "login_refused", user = %login.username, code = err.code(), peer = %conn.peer, "audit");
         return Err(gate_error(&err));
     }
-    issue(app, login, conn, user)
+    issue(app, login, conn, user).await
 }
 
 /// The gate, with the throttle asked again when this login's turn at the key comes and
@@ -126,20 +127,20 @@ fn client_gone(app: &App, username: &str, peer: SocketAddr, key_started: Option<
 }
 
 /// The session for a login that passed the gate.
-fn issue(
+async fn issue(
     app: &App,
     login: LoginRequest,
     conn: &ConnInfo,
     user: &mut Option<Arc<str>>,
 ) -> Result<HttpResponse, ApiError> {
-    let issued = app
-        .sessions
-        .create(NewSession {
-            username: login.username.clone(),
-            client: Some(conn.peer.ip()),
-            scope: login.scope,
-            supersede_others: app.policy.supersede_on_login,
-        })
+    let new = NewSession {
+        username: login.username.clone(),
+        client: Some(conn.peer.ip()),
+        scope: login.scope,
+        supersede_others: app.policy.supersede_on_login,
+    };
+    let issued = changing_sessions(&app.sessions, move |sessions| sessions.create(new))
+        .await
         .map_err(session_error)?;
     *user = Some(issued.session.username.clone());
     for ended in &issued.superseded {

@@ -24,6 +24,7 @@ mod respond;
 mod rewrite;
 mod route;
 mod session_api;
+mod session_writes;
 mod sweeper;
 mod throttle;
 mod ui;

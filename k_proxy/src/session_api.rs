@@ -17,6 +17,7 @@ use serde_json::json;
 use crate::app::App;
 use crate::authenticate::Authenticated;
 use crate::respond::{session_error, set_cookie, token_response};
+use crate::session_writes::changing_sessions;
 
 /// `POST /session/status`.
 pub fn status(auth: &Authenticated<'_>) -> HttpResponse {
@@ -34,13 +35,16 @@ pub fn status(auth: &Authenticated<'_>) -> HttpResponse {
 }
 
 /// `POST /session/refresh`: a new token for the same session; the old one dies.
-pub fn refresh(
+pub async fn refresh(
     app: &App,
     auth: &Authenticated<'_>,
     conn: &ConnInfo,
     user: &mut Option<Arc<str>>,
 ) -> Result<HttpResponse, ApiError> {
-    let issued = app.sessions.refresh(auth.token()).map_err(session_error)?;
+    let token = auth.token().to_owned();
+    let issued = changing_sessions(&app.sessions, move |sessions| sessions.refresh(&token))
+        .await
+        .map_err(session_error)?;
     *user = Some(issued.session.username.clone());
     tracing::info!(event = "refresh", user = %issued.session.username, session = %issued.session.id, peer = %conn.peer, "audit");
     let mut response = token_response(&issued);
@@ -87,17 +91,20 @@ pub async fn logout(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body_limited(body, MAX_LOGIN_BODY, BODY_READ_TIMEOUT).await?;
     let all = parse_logout(&parts.headers, &body)?;
+    let token = auth.token().to_owned();
     let ended = if all {
-        let (_, ended) = app
-            .sessions
-            .revoke_all(auth.token())
-            .map_err(session_error)?;
+        let (_, ended) =
+            changing_sessions(&app.sessions, move |sessions| sessions.revoke_all(&token))
+                .await
+                .map_err(session_error)?;
         for session in &ended {
             tracing::info!(event = "logout", all = true, user = %session.username, session = %session.id, peer = %conn.peer, "audit");
         }
         ended.len()
     } else {
-        let session = app.sessions.revoke(auth.token()).map_err(session_error)?;
+        let session = changing_sessions(&app.sessions, move |sessions| sessions.revoke(&token))
+            .await
+            .map_err(session_error)?;
         tracing::info!(event = "logout", all = false, user = %session.username, session = %session.id, peer = %conn.peer, "audit");
         1
     };

@@ -3,6 +3,7 @@
 //! small endpoints the page needs beside the session API (`GET /ui/config.json`, the
 //! numbers it counts down from, and `POST /session/end`, ending one session by its id).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +22,7 @@ use serde_json::json;
 
 use crate::authenticate::Authenticated;
 use crate::respond::session_error;
+use crate::session_writes::changing_sessions;
 
 /// The page's policy: its own scripts, styles and connections (WebSocket included) only,
 /// no inline code, no plugins, no framing, forms post nowhere else.
@@ -137,7 +139,7 @@ pub fn secure_headers(headers: &mut http::HeaderMap) {
 /// sessions (the caller's own included). 404 `session_not_found` when the user has no
 /// live session by that id (another user's id is never found).
 pub async fn end_session(
-    sessions: &SessionStore,
+    sessions: &Arc<SessionStore>,
     auth: &Authenticated<'_>,
     parts: &Parts,
     body: RequestBody,
@@ -146,9 +148,11 @@ pub async fn end_session(
     require_json(&parts.headers)?;
     let body = read_body_limited(body, MAX_END_BODY, BODY_READ_TIMEOUT).await?;
     let id = parse_end(&body)?;
-    let (current, ended) = sessions
-        .revoke_id(auth.token(), &id)
-        .map_err(session_error)?;
+    let token = auth.token().to_owned();
+    let (current, ended) =
+        changing_sessions(sessions, move |sessions| sessions.revoke_id(&token, &id))
+            .await
+            .map_err(session_error)?;
     let Some(ended) = ended else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -304,6 +304,11 @@ impl SessionStore {
         }
     }
 
+    /// Whether changes to sessions are written to a session file (`--session-store`).
+    pub fn writes_to_disk(&self) -> bool {
+        self.persist.is_some()
+    }
+
     pub fn settings(&self) -> StoreSettings {
         self.settings
     }
