@@ -218,6 +218,10 @@ pub struct Store {
     broken: AtomicBool,
     /// When reopening was last tried, and why the store is broken.
     recovery: Mutex<Recovery>,
+    /// The counter's last committed value, so that reading it needs no transaction (and
+    /// k_server no blocking thread): raised after each commit (the counter only grows),
+    /// forgotten when the store breaks, learnt again from the next read or commit.
+    committed: Mutex<Option<u64>>,
     #[cfg(test)]
     fault: Option<backend::FaultSwitch>,
 }
@@ -268,13 +272,16 @@ impl Store {
             path,
             broken: AtomicBool::new(false),
             recovery: Mutex::new(Recovery::default()),
+            committed: Mutex::new(None),
             #[cfg(test)]
             fault,
         };
         // Create the tables now, so a store that cannot be written fails at start-up
         // and reads never have to special-case a missing table.
         store.apply(&[])?;
-        tracing::debug!(path = %store.path.display(), counter = store.counter()?, "store open");
+        // Read, not only logged: this also teaches the store its committed counter.
+        let counter = store.counter()?;
+        tracing::debug!(path = %store.path.display(), counter, "store open");
         Ok(store)
     }
 
@@ -290,6 +297,8 @@ impl Store {
                 .begin_write()
                 .map_err(|e| classify(path, "starting a write transaction", e.into()))?;
             let mut results = Vec::with_capacity(ops.len());
+            let mut counter: Option<u64> = None;
+            let mut counter_changed = false;
             {
                 let mut counters = txn
                     .open_table(COUNTERS)
@@ -297,8 +306,6 @@ impl Store {
                 let mut secrets = txn
                     .open_table(SECRETS)
                     .map_err(|e| classify(path, "opening the secrets table", e.into()))?;
-                let mut counter: Option<u64> = None;
-                let mut counter_changed = false;
                 // Secrets held per user, counted once per batch when first needed.
                 let mut held: HashMap<&str, usize> = HashMap::new();
                 for op in ops {
@@ -354,6 +361,9 @@ impl Store {
             // On any error above, dropping `txn` aborts it.
             txn.commit()
                 .map_err(|e| classify(path, "committing a write transaction", e.into()))?;
+            if let (true, Some(value)) = (counter_changed, counter) {
+                self.learn_counter(value);
+            }
             Ok(results)
         })
     }
@@ -374,13 +384,41 @@ impl Store {
 
     /// Reads the counter (0 before the first increment).
     pub fn counter(&self) -> Result<u64, StoreError> {
-        self.read_table(COUNTERS, "opening the counter table", 0, |table, path| {
+        let value = self.read_table(COUNTERS, "opening the counter table", 0, |table, path| {
             Ok(table
                 .get(COUNTER_KEY)
                 .map_err(|e| classify(path, "reading the counter", e.into()))?
                 .map(|guard| guard.value())
                 .unwrap_or(0))
-        })
+        })?;
+        self.learn_counter(value);
+        Ok(value)
+    }
+
+    /// The counter as last committed, when that is known without a transaction (no
+    /// disk, no lock held across I/O); `None` while the store is broken or has not
+    /// learnt it since it was reopened: then read it with [`Store::counter`].
+    ///
+    /// A commit raises this value before its write is answered, so a reader never sees
+    /// less than what has been acknowledged.
+    pub fn committed_counter(&self) -> Option<u64> {
+        if self.broken.load(Ordering::Acquire) {
+            return None;
+        }
+        *self
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a committed (or read) counter value. The counter only grows, so the
+    /// largest value seen is the latest, whatever order concurrent commits report in.
+    fn learn_counter(&self, value: u64) {
+        let mut committed = self
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *committed = Some(committed.map_or(value, |known| known.max(value)));
     }
 
     /// `user`'s secret `name`, if there is one.
@@ -480,6 +518,14 @@ impl Store {
         };
         let result = f(db, &self.path);
         if let Err(err) = &result {
+            if err.wants_reopen() {
+                // A failed commit may still have reached the disk: what the file holds
+                // is learnt again once it is reopened.
+                *self
+                    .committed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = None;
+            }
             if err.wants_reopen() && !self.broken.swap(true, Ordering::AcqRel) {
                 tracing::error!(path = %self.path.display(), error = %err, "the store failed; it will be reopened (at most once a second) and answers 503 until then");
             }
@@ -512,6 +558,10 @@ impl Store {
         ) {
             Ok(reopened) => {
                 *db = Some(reopened);
+                *self
+                    .committed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = None;
                 recovery.last_error = None;
                 self.broken.store(false, Ordering::Release);
                 tracing::warn!(path = %self.path.display(), "the store was reopened after an I/O error; it holds what was last committed");

@@ -20,6 +20,9 @@ fn set_counter(store: &Store, value: u64) {
             Ok(())
         })
         .unwrap();
+    // Behind the store's back: what it knew of the counter is stale.
+    *store.committed.lock().unwrap() = None;
+    assert_eq!(store.counter().unwrap(), value);
 }
 
 fn mode_of(path: &Path) -> u32 {
@@ -35,6 +38,24 @@ fn increments_are_consecutive_from_one() {
         assert_eq!(store.increment().unwrap(), expected);
     }
     assert_eq!(store.counter().unwrap(), 5);
+}
+
+#[test]
+fn the_committed_counter_is_known_without_a_read_and_follows_every_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.committed_counter(), Some(0));
+    store.increment().unwrap();
+    store
+        .apply(&[WriteOp::Increment, WriteOp::Increment])
+        .unwrap();
+    assert_eq!(store.committed_counter(), Some(3));
+    drop(store);
+    // Learnt at open from what is on disk.
+    assert_eq!(
+        Store::open(tmp.path()).unwrap().committed_counter(),
+        Some(3)
+    );
 }
 
 #[test]
@@ -190,6 +211,8 @@ fn concurrent_increments_are_distinct() {
         .collect();
     all.sort_unstable();
     assert_eq!(all, (1..=40).collect::<Vec<_>>());
+    // However the four threads' commits were reported, the latest value is kept.
+    assert_eq!(store.committed_counter(), Some(40));
 }
 
 #[test]
@@ -458,6 +481,8 @@ fn a_failed_commit_writes_nothing_and_the_store_recovers_without_reset() {
         .unwrap_err();
     assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
     assert!(err.to_string().contains("nothing was written"), "{err}");
+    // Broken: the counter is no longer known without reading the file.
+    assert_eq!(store.committed_counter(), None);
     // Until it is reopened, the store refuses rather than guessing.
     let err = store.increment().unwrap_err();
     assert!(
@@ -473,6 +498,8 @@ fn a_failed_commit_writes_nothing_and_the_store_recovers_without_reset() {
     fault.store(false, Ordering::SeqCst);
     std::thread::sleep(REOPEN_INTERVAL + Duration::from_millis(50));
     assert_eq!(store.counter().unwrap(), 2);
+    // Reopened and read: known again, and what the file holds.
+    assert_eq!(store.committed_counter(), Some(2));
     assert_eq!(
         store.secret("alice", "k").unwrap().as_deref(),
         Some(&b"v1"[..])
