@@ -208,7 +208,7 @@ pct_ms() { # text, percentile
     awk -v p="$2%" '$1 == p {
         v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
         if (u == "us") v /= 1000; else if (u == "s") v *= 1000; else if (u == "m") v *= 60000;
-        printf "%.2f", v }' <<<"$1"
+        printf "%.3f", v }' <<<"$1"
 }
 field() { awk -v k="$2" '$1 == k {print $2}' <<<"$1"; }
 login_ok() { sed -n 's/^LOGINS ok=\([0-9]*\) failed=\([0-9]*\)/\1 \2/p' <<<"$1"; }
@@ -471,7 +471,8 @@ report="$work/report.md"
     echo "$(rustc --version 2>/dev/null), $("$nginx_bin" -v 2>&1 | sed 's/.*: //'), wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'), $(openssl version | awk '{print $1, $2}')."
     echo "Load average (1, 5, 15 min) before: $load_before; after: $load_after. wrk runs on the"
     echo "same $(nproc) CPUs as the servers, with 2 threads (1 at 1 connection); nginx runs"
-    echo "\`worker_processes auto\` ($((${#ng_workers[@]})) workers), k_proxy its default tokio runtime (one worker per CPU)."
+    echo "\`worker_processes auto\` ($((${#ng_workers[@]})) workers), k_proxy its connection worker threads"
+    echo "(one per CPU unless --proxy-args says otherwise; extra k_proxy flags here: ${proxy_extra[*]:-none})."
     echo
     echo "### GET /resource/counter, $rounds rounds of $seconds s per point (the median round; its range)"
     echo
@@ -495,6 +496,12 @@ report="$work/report.md"
             "$(ratio "${cpu[chain/$conns]}" "${cpu[nginx/$conns]}")"
     done
     echo
+    if [[ -n "${p50[direct/1]:-}" ]]; then
+        added() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
+        echo "Added latency at 1 connection (p50 minus direct's p50): chain $(added "${p50[chain/1]}" "${p50[direct/1]}") ms,"
+        echo "nginx $(added "${p50[nginx/1]}" "${p50[direct/1]}") ms."
+        echo
+    fi
     echo "Without the proxies' per-request access log line (k_proxy \`RUST_LOG=info,chromecard::access=off\`,"
     echo "audit lines kept; nginx \`access_log off\`; k_server logs as before), 64 connections:"
     echo
