@@ -108,7 +108,7 @@ impl App {
         let found = match route(request.uri().path()) {
             // An upgrade (or a ticket) on a resource's events path is the WebSocket room.
             Some(Route::Authed(Authed::Resource)) if ws::is_events_request(&request) => {
-                Some(Route::Open(Open::Events))
+                Some(Route::Events)
             }
             found => found,
         };
@@ -122,14 +122,17 @@ impl App {
             require_method(request.method(), methods, allow)?;
         }
         let site = Site { hosts, addressed };
-        if route == Route::Open(Open::Events) {
-            // The upgrade needs the request whole; the ticket is its credential.
-            return Box::pin(ws::ws_events(self, request, &site, user)).await;
-        }
-        let (parts, body) = request.into_parts();
         match route {
-            Route::Open(open) => self.open(open, &parts, body, conn, user).await,
-            Route::Authed(authed) => self.authed(authed, &site, parts, body, conn, user).await,
+            // The upgrade needs the request whole; the ticket is its credential.
+            Route::Events => Box::pin(ws::ws_events(self, request, &site, user)).await,
+            Route::Open(open) => {
+                let (parts, body) = request.into_parts();
+                self.open(open, &parts, body, conn, user).await
+            }
+            Route::Authed(authed) => {
+                let (parts, body) = request.into_parts();
+                self.authed(authed, &site, parts, body, conn, user).await
+            }
         }
     }
 
@@ -145,9 +148,6 @@ impl App {
         match open {
             Open::Health => Ok(probes::health()),
             Open::Ui(page) => ui::asset(page, &parts.method, self.ui, &self.sessions),
-            Open::Events => Err(ApiError::internal(
-                "the events room takes the whole request",
-            )),
             Open::Ready => Box::pin(probes::ready(&self.upstream.get())).await,
             Open::Login => {
                 let result = Box::pin(login::login(self, parts, body, conn, user)).await;

@@ -1,10 +1,11 @@
 //! Phase 2, route: which room a path leads to, and what each room accepts.
 //!
-//! Routes come in two kinds, and the kind decides the walk: an [`Open`] route is served
+//! Routes come in three kinds, and the kind decides the walk: an [`Open`] route is served
 //! without a session (health probes, the login that makes one); every [`Authed`] route is
 //! handed an [`crate::authenticate::Authenticated`] that only
-//! [`crate::authenticate::authenticate`] can make. A new route that needs a session is a
-//! new `Authed` variant, and its handler cannot be called without one.
+//! [`crate::authenticate::authenticate`] can make; [`Route::Events`], the WebSocket
+//! upgrade, takes the whole request and is authenticated by its ticket. A new route that
+//! needs a session is a new `Authed` variant, and its handler cannot be called without one.
 
 use http::Method;
 
@@ -16,9 +17,6 @@ pub enum Open {
     Login,
     /// The browser page and its assets (ui.rs): nothing in them is the user's.
     Ui(crate::ui::UiRoute),
-    /// `GET /resource/<stream>/events?ticket=`: the single-use ticket (ws.rs) authenticates
-    /// the upgrade, since a browser cannot send `Authorization` on one.
-    Events,
 }
 
 /// Served only for a live session.
@@ -40,6 +38,9 @@ pub enum Authed {
 pub enum Route {
     Open(Open),
     Authed(Authed),
+    /// `GET /resource/<stream>/events?ticket=`: the single-use ticket (ws.rs) authenticates
+    /// the upgrade, since a browser cannot send `Authorization` on one.
+    Events,
 }
 
 impl Route {
@@ -49,7 +50,8 @@ impl Route {
         const GET: &[Method] = &[Method::GET];
         const POST: &[Method] = &[Method::POST];
         match self {
-            Route::Open(Open::Health | Open::Ready | Open::Ui(_) | Open::Events)
+            Route::Open(Open::Health | Open::Ready | Open::Ui(_))
+            | Route::Events
             | Route::Authed(Authed::List) => Some((GET, "GET")),
             Route::Open(Open::Login)
             | Route::Authed(
