@@ -10,32 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chromecard_ctaphid::keepalive;
+use chromecard_gate::ctap2::status;
 use chromecard_gate::pin_authenticator::permission;
 use chromecard_gate::pin_protocol::PinProtocol;
 use chromecard_gate::{CancelSignal, GateError, SoftAuthenticator};
 use ciborium::Value;
-
-/// CTAP status codes (CTAP 2.1 section 8.2) this key answers with.
-pub mod status {
-    pub const OK: u8 = 0x00;
-    pub const INVALID_COMMAND: u8 = 0x01;
-    pub const INVALID_PARAMETER: u8 = 0x02;
-    pub const CBOR_UNEXPECTED_TYPE: u8 = 0x11;
-    pub const INVALID_CBOR: u8 = 0x12;
-    pub const MISSING_PARAMETER: u8 = 0x14;
-    pub const CREDENTIAL_EXCLUDED: u8 = 0x19;
-    pub const UNSUPPORTED_ALGORITHM: u8 = 0x26;
-    pub const OPERATION_DENIED: u8 = 0x27;
-    pub const UNSUPPORTED_OPTION: u8 = 0x2b;
-    pub const KEEPALIVE_CANCEL: u8 = 0x2d;
-    pub const NO_CREDENTIALS: u8 = 0x2e;
-    pub const USER_ACTION_TIMEOUT: u8 = 0x2f;
-    pub const PIN_INVALID: u8 = 0x31;
-    pub const PIN_NOT_SET: u8 = 0x35;
-    /// CTAP 2.0's PIN_REQUIRED, CTAP 2.1's PUAT_REQUIRED.
-    pub const PIN_REQUIRED: u8 = 0x36;
-    pub const OTHER: u8 = 0x7f;
-}
 
 const MAKE_CREDENTIAL: u8 = 0x01;
 const GET_ASSERTION: u8 = 0x02;
