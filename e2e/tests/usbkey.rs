@@ -205,6 +205,41 @@ fn with_two_keys_attached_a_name_nobody_enrolled_is_refused_only_after_a_touch()
 
 #[test]
 #[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
+fn a_key_that_takes_one_credential_per_list_logs_in_a_user_with_three() {
+    let usb = UsbKeyring::new();
+    // Three credentials on three keys; the one she logs in with holds the second.
+    for name in ["first", "second", "third"] {
+        let _k = usb.vkey(name, &[]);
+        usb.enroll_ok("alice");
+    }
+    let (mut proxy, c) = usb.proxy("5", &["--login-max-failures", "0"]);
+    {
+        // A key whose getInfo says maxCredentialCountInList 1 and that refuses longer
+        // lists with CTAP2_ERR_LIMIT_EXCEEDED, as real keys do.
+        let key = usb.vkey("second", &["--max-creds-in-list", "1"]);
+        c.login_ok("alice");
+        let log = key.log();
+        // One credential at a time without a touch (the first: no; the second: yes),
+        // then the touch for that one alone.
+        assert!(!log.contains("status=0x15"), "{log}");
+        assert_eq!(
+            key.count("CTAP2 request command=\"authenticatorGetAssertion\""),
+            3,
+            "{log}"
+        );
+        assert_eq!(key.count("status=0x2e"), 1, "{log}");
+        assert_eq!(key.count("waiting for a touch"), 1, "{log}");
+    }
+    {
+        // A key with the same limit holding none of them: not found, not a device error.
+        let _other = usb.vkey("other", &["--max-creds-in-list", "1"]);
+        assert_refused(&c.login("alice"), 401, "credential_not_found");
+    }
+    proxy.assert_running();
+}
+
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
 fn two_devices_claiming_one_credential_are_neither_asked_for_a_touch() {
     let usb = alice_enrolled_on_a_detached_key();
     // Only one key can hold a credential id (it wraps that key's own secret): a second

@@ -43,6 +43,8 @@ pub mod status {
     pub const INVALID_CBOR: u8 = 0x12;
     /// CTAP2_ERR_MISSING_PARAMETER
     pub const MISSING_PARAMETER: u8 = 0x14;
+    /// CTAP2_ERR_LIMIT_EXCEEDED
+    pub const LIMIT_EXCEEDED: u8 = 0x15;
     /// CTAP2_ERR_CREDENTIAL_EXCLUDED
     pub const CREDENTIAL_EXCLUDED: u8 = 0x19;
     /// CTAP2_ERR_INVALID_CREDENTIAL
@@ -96,6 +98,7 @@ pub mod status {
             CBOR_UNEXPECTED_TYPE => "CTAP2_ERR_CBOR_UNEXPECTED_TYPE",
             INVALID_CBOR => "CTAP2_ERR_INVALID_CBOR",
             MISSING_PARAMETER => "CTAP2_ERR_MISSING_PARAMETER",
+            LIMIT_EXCEEDED => "CTAP2_ERR_LIMIT_EXCEEDED",
             CREDENTIAL_EXCLUDED => "CTAP2_ERR_CREDENTIAL_EXCLUDED",
             INVALID_CREDENTIAL => "CTAP2_ERR_INVALID_CREDENTIAL",
             UNSUPPORTED_ALGORITHM => "CTAP2_ERR_UNSUPPORTED_ALGORITHM",
@@ -306,6 +309,11 @@ pub struct Info {
     pub options: Vec<(String, bool)>,
     /// pinUvAuthProtocols, in the key's order of preference (empty when absent).
     pub pin_protocols: Vec<u8>,
+    /// maxCredentialCountInList: the most credentials one allow list may hold (`None`:
+    /// not said, or not a positive number).
+    pub max_creds_in_list: Option<usize>,
+    /// maxCredentialIdLength: the longest credential id the key takes (`None` as above).
+    pub max_cred_id_len: Option<usize>,
 }
 
 impl Info {
@@ -364,10 +372,20 @@ pub fn parse_info(answer: &[u8], label: &str) -> Result<Info, GateError> {
             .collect(),
         Some(_) => return Err(malformed(label, what, "pinUvAuthProtocols is not an array")),
     };
+    // A limit of zero or less limits nothing a list could obey: read as no limit.
+    let limit = |key: i64, name: &str| match field(&m, key) {
+        None => Ok(None),
+        Some(Value::Integer(i)) => Ok(usize::try_from(i128::from(*i)).ok().filter(|n| *n > 0)),
+        Some(_) => Err(malformed(label, what, &format!("{name} is not an integer"))),
+    };
+    let max_creds_in_list = limit(7, "maxCredentialCountInList")?;
+    let max_cred_id_len = limit(8, "maxCredentialIdLength")?;
     Ok(Info {
         versions,
         options,
         pin_protocols,
+        max_creds_in_list,
+        max_cred_id_len,
     })
 }
 
@@ -625,6 +643,26 @@ mod tests {
         assert_eq!(parse_get_info(&info, "k").unwrap(), vec!["FIDO_2_0"]);
         let empty = body(Value::Map(vec![(int(1), Value::Array(vec![]))]));
         assert!(parse_get_info(&empty, "k").is_err());
+        let versions = (int(1), Value::Array(vec![text("FIDO_2_1")]));
+        let limited = body(Value::Map(vec![
+            versions.clone(),
+            (int(7), int(8)),
+            (int(8), int(128)),
+        ]));
+        let i = parse_info(&limited, "k").unwrap();
+        assert_eq!(
+            (i.max_creds_in_list, i.max_cred_id_len),
+            (Some(8), Some(128))
+        );
+        let unlimited = body(Value::Map(vec![
+            versions.clone(),
+            (int(7), int(0)),
+            (int(8), int(-1)),
+        ]));
+        let i = parse_info(&unlimited, "k").unwrap();
+        assert_eq!((i.max_creds_in_list, i.max_cred_id_len), (None, None));
+        let wrong = body(Value::Map(vec![versions, (int(7), text("8"))]));
+        assert!(parse_info(&wrong, "k").is_err());
         assert!(parse_empty(&[0], "k", "selection").is_ok());
     }
 
