@@ -408,6 +408,30 @@ fn touch_by_empty_pin_auth(opened: &mut Opened, cancel: &CancelSignal) -> Result
     }
 }
 
+/// The exclude list of a makeCredential as the key takes it: the user's credentials as
+/// they are when they fit (getInfo's limits, as for allow lists). When they do not, the key
+/// is asked without a touch, chunk by chunk, which it holds: that one alone is sent (the
+/// key refuses with CTAP2_ERR_CREDENTIAL_EXCLUDED after a touch), or none when it holds
+/// none of them (the ceremony still refuses a credential id the user already has).
+fn exclude_list(
+    opened: &mut Opened,
+    request: &MakeCredentialRequest,
+    cancel: &CancelSignal,
+) -> Result<Ids, GateError> {
+    if request.exclude.is_empty() {
+        return Ok(Vec::new());
+    }
+    let limits = ListLimits::of(&opened.info(cancel)?);
+    if limits.fits(&request.exclude) {
+        return Ok(request.exclude.clone());
+    }
+    tracing::info!(device = %opened.label, credentials = request.exclude.len(), max_in_list = ?limits.count, max_id_len = ?limits.id_len, "the exclude list is longer than the key takes: asking it chunk by chunk without a touch");
+    let chunks = limits.chunks(&request.exclude);
+    Ok(opened
+        .find_held(&request.rp_id, &chunks, cancel)?
+        .unwrap_or_default())
+}
+
 /// CTAP 2.1 keys: authenticatorSelection, which returns nothing signed. CTAP 2.0
 /// keys, and devices that refuse the command (Qubes' CTAP proxy refuses 0x07-0x0D):
 /// a makeCredential for a throw-away relying party. Either way the answer is the
@@ -490,6 +514,7 @@ impl Authenticator for Fido2Key {
         cancel: &CancelSignal,
     ) -> Result<MadeCredential, GateError> {
         let mut opened = self.single(cancel)?;
+        let exclude = exclude_list(&mut opened, request, cancel)?;
         let cdh = client_data_hash(&request.challenge);
         let need = UvNeed::asked_by(request.require_uv, request.require_pin);
         let proof = opened.prove_uv(
@@ -505,7 +530,7 @@ impl Authenticator for Fido2Key {
             rp_id: &request.rp_id,
             user_id: &request.user_id,
             user_name: &request.user_name,
-            exclude: &request.exclude,
+            exclude: &exclude,
             uv: proof.uv_option(),
             pin_uv: param.as_ref().map(|(p, n)| (p.as_slice(), *n)),
         });
