@@ -55,7 +55,7 @@ if ((SMOKE)); then
     mkdir -p target
     log=target/fuzz-smoke.log
     set +e
-    CHROMECARD_FUZZ_SMOKE_SECS="$SECONDS_PER" cargo test \
+    CHROMECARD_FUZZ_SMOKE_SECS="$SECONDS_PER" cargo test --locked \
         --manifest-path fuzz/Cargo.toml --no-default-features --target-dir "$ROOT/target" \
         --test smoke -- --test-threads 2 --nocapture "${filter[@]}" 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
@@ -105,8 +105,12 @@ if [ -z "$SANITIZER" ]; then
 fi
 echo "== fuzz: ${TARGETS[*]} for ${SECONDS_PER} s each; libFuzzer via $WAY, sanitizer $SANITIZER, $TRIPLE"
 
+# fuzz/Cargo.lock is its own (fuzz/ is outside the workspace): build from it as committed,
+# never from a lock cargo quietly re-resolved.
 if [ "$WAY" = cargo-fuzz ]; then
     BIN_DIR="$ROOT/fuzz/target/$TRIPLE/release"
+    # cargo-fuzz has no --locked (rust-fuzz/cargo-fuzz#312): check the lock first.
+    cargo metadata --locked --manifest-path fuzz/Cargo.toml --format-version 1 >/dev/null
     (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build -s "$SANITIZER" --debug-assertions)
 else
     # Its own target dir, so that it and cargo-fuzz do not rebuild each other's files.
@@ -115,7 +119,7 @@ else
     bootstrap=()
     if [ "$SANITIZER" = address ]; then bootstrap=(RUSTC_BOOTSTRAP=1); fi
     env "${bootstrap[@]}" RUSTFLAGS="$(fuzz_flags "$SANITIZER")" \
-        cargo build --manifest-path fuzz/Cargo.toml --release --bins --target "$TRIPLE" \
+        cargo build --locked --manifest-path fuzz/Cargo.toml --release --bins --target "$TRIPLE" \
         --target-dir "$ROOT/fuzz/target/plain" \
         --config 'profile.release.debug="line-tables-only"'
 fi

@@ -205,6 +205,60 @@ fn with_two_keys_attached_a_name_nobody_enrolled_is_refused_only_after_a_touch()
 
 #[test]
 #[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
+fn a_key_that_takes_one_credential_per_list_enrols_and_logs_in_a_user_with_three() {
+    let usb = UsbKeyring::new();
+    for name in ["first", "second"] {
+        let _k = usb.vkey(name, &[]);
+        usb.enroll_ok("alice");
+    }
+    // Keys whose getInfo says maxCredentialCountInList 1 and that refuse longer lists
+    // with CTAP2_ERR_LIMIT_EXCEEDED, as real keys do.
+    let limited = ["--max-creds-in-list", "1"];
+    {
+        // Her third: the two credentials to exclude are asked for one at a time.
+        let key = usb.vkey("third", &limited);
+        usb.enroll_ok("alice");
+        assert!(!key.log().contains("status=0x15"), "{}", key.log());
+    }
+    {
+        // The second key again: it holds one of them and refuses after a touch.
+        let key = usb.vkey("second", &limited);
+        let e = usb.enroll("alice", &[]);
+        assert!(
+            e.status.is_some_and(|st| !st.success()) && e.stderr.contains("already holds"),
+            "{e:?}"
+        );
+        let log = key.log();
+        assert!(!log.contains("status=0x15"), "{log}");
+        assert!(log.contains("status=0x19"), "{log}");
+    }
+    let (mut proxy, c) = usb.proxy("5", &["--login-max-failures", "0"]);
+    {
+        // Her second key logs her in.
+        let key = usb.vkey("second", &limited);
+        c.login_ok("alice");
+        let log = key.log();
+        // One credential at a time without a touch (the first: no; the second: yes),
+        // then the touch for that one alone.
+        assert!(!log.contains("status=0x15"), "{log}");
+        assert_eq!(
+            key.count("CTAP2 request command=\"authenticatorGetAssertion\""),
+            3,
+            "{log}"
+        );
+        assert_eq!(key.count("status=0x2e"), 1, "{log}");
+        assert_eq!(key.count("waiting for a touch"), 1, "{log}");
+    }
+    {
+        // A key with the same limit holding none of them: not found, not a device error.
+        let _other = usb.vkey("other", &limited);
+        assert_refused(&c.login("alice"), 401, "credential_not_found");
+    }
+    proxy.assert_running();
+}
+
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
 fn two_devices_claiming_one_credential_are_neither_asked_for_a_touch() {
     let usb = alice_enrolled_on_a_detached_key();
     // Only one key can hold a credential id (it wraps that key's own secret): a second

@@ -2,6 +2,9 @@
 //! answer, with keep-alives, CANCEL and a deadline. The device is a [`Port`] that
 //! moves 64-byte reports; this module never blocks longer than one poll period
 //! without looking at the clock and the cancel signal, so no wait is unbounded.
+//! Writes keep to the same deadline: none starts after it, and one that returns after
+//! it (a hidraw write blocks, and hidapi cannot bound it) ends the transaction with
+//! the timeout rather than going on to read an answer nobody waits for.
 //!
 //! One quirk of real devices is tolerated on purpose: Qubes' CTAP proxy 2.0.7
 //! (qubes-ctap, the way Qubes keeps keys in sys-usb) answers a CTAPHID_CBOR
@@ -15,7 +18,7 @@ use crate::{cmd, err, fragment, Assembly, FrameError, Packet, BROADCAST_CID, PAC
 
 /// Moves reports to and from one HID device.
 pub trait Port {
-    /// Writes one output report.
+    /// Writes one output report (it may block; the caller checks the clock around it).
     fn send(&mut self, report: &[u8; PACKET_SIZE]) -> Result<(), HostError>;
     /// Reads one input report, or `None` when `wait` passed without one.
     fn recv(&mut self, wait: Duration) -> Result<Option<[u8; PACKET_SIZE]>, HostError>;
@@ -104,7 +107,7 @@ impl<P: Port> Channel<P> {
     /// fresh random bytes; answers carrying another nonce are someone else's.
     pub fn open(mut port: P, nonce: [u8; 8], deadline: Instant) -> Result<Self, HostError> {
         for r in fragment(BROADCAST_CID, cmd::INIT, &nonce)? {
-            port.send(&r)?;
+            send_by(&mut port, &r, deadline, HostError::Timeout)?;
         }
         loop {
             let now = Instant::now();
@@ -180,7 +183,8 @@ impl<P: Port> Channel<P> {
         let result = self.exchange(command, payload, limits, cancelled, on_keepalive);
         if let Err(HostError::Protocol(_)) = &result {
             if let Ok(cancel) = self.cancel_report() {
-                let _ = self.port.send(&cancel);
+                let until = limits.deadline + limits.cancel_grace;
+                let _ = cancel_by(&mut self.port, &cancel, until, HostError::Timeout);
             }
         }
         result
@@ -202,7 +206,7 @@ impl<P: Port> Channel<P> {
         on_keepalive: &mut dyn FnMut(u8),
     ) -> Result<Answer, HostError> {
         for r in fragment(self.cid, command, payload)? {
-            self.port.send(&r)?;
+            send_by(&mut self.port, &r, limits.deadline, HostError::Timeout)?;
         }
         let cancel_report = self.cancel_report()?;
         let mut assembly: Option<Assembly> = None;
@@ -220,15 +224,16 @@ impl<P: Port> Channel<P> {
                     } else {
                         HostError::Cancelled
                     };
-                    gave_up = Some((now + limits.cancel_grace, why));
-                    self.port.send(&cancel_report)?;
+                    let until = now + limits.cancel_grace;
+                    gave_up = Some((until, why.clone()));
+                    cancel_by(&mut self.port, &cancel_report, until, why)?;
                     cancels_sent += 1;
                     last_cancel = now;
                 }
                 Some((until, why)) if now >= *until => return Err(why.clone()),
                 // A key ignores a CANCEL that overtook its request: say it again.
-                Some(_) if now.duration_since(last_cancel) >= limits.poll => {
-                    self.port.send(&cancel_report)?;
+                Some((until, why)) if now.duration_since(last_cancel) >= limits.poll => {
+                    cancel_by(&mut self.port, &cancel_report, *until, why.clone())?;
                     cancels_sent += 1;
                     last_cancel = now;
                 }
@@ -291,21 +296,58 @@ impl<P: Port> Channel<P> {
     }
 }
 
+/// Writes `report` unless `until` has passed, and fails with `late` if the write
+/// returned only after it: the same bound as the reads, so a write that blocked past
+/// the deadline ends the transaction instead of going on.
+fn send_by<P: Port>(
+    port: &mut P,
+    report: &[u8; PACKET_SIZE],
+    until: Instant,
+    late: HostError,
+) -> Result<(), HostError> {
+    if Instant::now() >= until {
+        return Err(late);
+    }
+    port.send(report)?;
+    if Instant::now() >= until {
+        return Err(late);
+    }
+    Ok(())
+}
+
+/// A CANCEL goes out past the deadline (that is what it is for), but a write of it
+/// that returns only after `until` (the end of the grace) ends the transaction with `late`.
+fn cancel_by<P: Port>(
+    port: &mut P,
+    report: &[u8; PACKET_SIZE],
+    until: Instant,
+    late: HostError,
+) -> Result<(), HostError> {
+    port.send(report)?;
+    if Instant::now() >= until {
+        return Err(late);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::keepalive;
     use std::collections::VecDeque;
 
-    /// A scripted device: reports to hand out, and what was written.
+    /// A scripted device: reports to hand out, what was written, and how long each
+    /// write blocks (a device that does not take its reports).
     #[derive(Default)]
     struct Script {
         to_host: VecDeque<Option<[u8; PACKET_SIZE]>>,
         written: Vec<[u8; PACKET_SIZE]>,
+        write_blocks: Duration,
     }
 
     impl Port for Script {
         fn send(&mut self, report: &[u8; PACKET_SIZE]) -> Result<(), HostError> {
+            std::thread::sleep(self.write_blocks);
             self.written.push(*report);
             Ok(())
         }
@@ -426,6 +468,78 @@ mod tests {
         assert_eq!(e, HostError::Cancelled);
     }
 
+    fn is_cancel(r: &[u8; PACKET_SIZE]) -> bool {
+        r[..5] == [0, 0, 0, 9, 0x80 | cmd::CANCEL]
+    }
+
+    #[test]
+    fn no_request_is_written_after_the_deadline() {
+        let mut ch = opened(Script::default());
+        // The answer is there, but the deadline passed before the request went out.
+        push(&mut ch, 9, cmd::CBOR, &[0]);
+        let past = Limits {
+            deadline: Instant::now(),
+            ..limits(0)
+        };
+        let e = ch
+            .transact(cmd::CBOR, &[4], &past, &|| false, &mut |_| {})
+            .unwrap_err();
+        assert_eq!(e, HostError::Timeout);
+        assert!(ch.port.written.iter().all(|r| r[4] != 0x80 | cmd::CBOR));
+        assert_eq!(ch.port.to_host.len(), 1, "nothing read");
+    }
+
+    #[test]
+    fn a_request_write_that_blocks_past_the_deadline_is_a_timeout() {
+        let mut ch = opened(Script::default());
+        ch.port.write_blocks = Duration::from_millis(40);
+        push(&mut ch, 9, cmd::CBOR, &[0]);
+        let e = ch
+            .transact(cmd::CBOR, &[4], &limits(10), &|| false, &mut |_| {})
+            .unwrap_err();
+        assert_eq!(e, HostError::Timeout);
+        assert_eq!(ch.port.to_host.len(), 1, "nothing read");
+        // Within the deadline the same slow writes are fine.
+        let a = ch
+            .transact(cmd::CBOR, &[4], &limits(1000), &|| false, &mut |_| {})
+            .unwrap();
+        assert_eq!(a.payload, vec![0]);
+    }
+
+    #[test]
+    fn a_cancel_write_that_blocks_past_the_grace_ends_the_request() {
+        let mut ch = opened(Script::default());
+        // Each write blocks longer than the grace (50 ms): the CANCEL's too.
+        ch.port.write_blocks = Duration::from_millis(80);
+        push(&mut ch, 9, cmd::CBOR, &[0x2d]);
+        let e = ch
+            .transact(cmd::CBOR, &[2], &limits(10_000), &|| true, &mut |_| {})
+            .unwrap_err();
+        assert_eq!(e, HostError::Cancelled);
+        assert_eq!(ch.port.written.iter().filter(|r| is_cancel(r)).count(), 1);
+        assert_eq!(ch.port.to_host.len(), 1, "nothing read");
+    }
+
+    /// (The INIT loop's clock check before its first read caught this already; the
+    /// write's own check keeps it so whatever comes after the write.)
+    #[test]
+    fn an_init_write_that_blocks_past_the_deadline_is_a_timeout() {
+        let nonce = [5; 8];
+        let mut answer = nonce.to_vec();
+        answer.extend_from_slice(&[0, 0, 0, 9, 2, 0, 1, 0, 4]);
+        let mut script = Script {
+            write_blocks: Duration::from_millis(40),
+            ..Script::default()
+        };
+        script.to_host.push_back(Some(
+            fragment(BROADCAST_CID, cmd::INIT, &answer).unwrap()[0],
+        ));
+        let e = Channel::open(script, nonce, Instant::now() + Duration::from_millis(10))
+            .err()
+            .expect("the INIT write ended after the deadline");
+        assert_eq!(e, HostError::Timeout);
+    }
+
     #[test]
     fn another_ctaphid_version_is_refused_at_init() {
         let mut script = Script::default();
@@ -446,7 +560,6 @@ mod tests {
 
     #[test]
     fn a_broken_answer_cancels_the_request_but_a_device_error_does_not() {
-        let is_cancel = |r: &[u8; PACKET_SIZE]| r[..5] == [0, 0, 0, 9, 0x80 | cmd::CANCEL];
         let mut ch = opened(Script::default());
         push(&mut ch, 9, cmd::ERROR, &[err::INVALID_PAR]);
         let _ = ch.transact(cmd::CBOR, &[4], &limits(1000), &|| false, &mut |_| {});

@@ -26,55 +26,130 @@ pub mod command {
 const ALG_ES256: i64 = -7;
 const ALG_EDDSA: i64 = -8;
 
-/// The name of a CTAP status code, for logs.
-pub fn status_name(code: u8) -> &'static str {
-    match code {
-        0x00 => "CTAP2_OK",
-        0x01 => "CTAP1_ERR_INVALID_COMMAND",
-        0x02 => "CTAP1_ERR_INVALID_PARAMETER",
-        0x03 => "CTAP1_ERR_INVALID_LENGTH",
-        0x11 => "CTAP2_ERR_CBOR_UNEXPECTED_TYPE",
-        0x12 => "CTAP2_ERR_INVALID_CBOR",
-        0x14 => "CTAP2_ERR_MISSING_PARAMETER",
-        0x19 => "CTAP2_ERR_CREDENTIAL_EXCLUDED",
-        0x22 => "CTAP2_ERR_INVALID_CREDENTIAL",
-        0x26 => "CTAP2_ERR_UNSUPPORTED_ALGORITHM",
-        0x27 => "CTAP2_ERR_OPERATION_DENIED",
-        0x2b => "CTAP2_ERR_UNSUPPORTED_OPTION",
-        0x2c => "CTAP2_ERR_INVALID_OPTION",
-        0x2d => "CTAP2_ERR_KEEPALIVE_CANCEL",
-        0x2e => "CTAP2_ERR_NO_CREDENTIALS",
-        0x2f => "CTAP2_ERR_USER_ACTION_TIMEOUT",
-        0x31 => "CTAP2_ERR_PIN_INVALID",
-        0x32 => "CTAP2_ERR_PIN_BLOCKED",
-        0x33 => "CTAP2_ERR_PIN_AUTH_INVALID",
-        0x34 => "CTAP2_ERR_PIN_AUTH_BLOCKED",
-        0x35 => "CTAP2_ERR_PIN_NOT_SET",
-        0x36 => "CTAP2_ERR_PUAT_REQUIRED",
-        0x3c => "CTAP2_ERR_UP_REQUIRED",
-        0x3d => "CTAP2_ERR_UV_BLOCKED",
-        0x37 => "CTAP2_ERR_PIN_POLICY_VIOLATION",
-        0x3f => "CTAP2_ERR_UV_INVALID",
-        0x40 => "CTAP2_ERR_UNAUTHORIZED_PERMISSION",
-        _ => "other CTAP error",
+/// CTAP status codes (CTAP 2.1 section 8.2): the one table k_proxy's client and the
+/// virtual key (`chromecard-vkey`) both use.
+pub mod status {
+    /// CTAP2_OK
+    pub const OK: u8 = 0x00;
+    /// CTAP1_ERR_INVALID_COMMAND
+    pub const INVALID_COMMAND: u8 = 0x01;
+    /// CTAP1_ERR_INVALID_PARAMETER
+    pub const INVALID_PARAMETER: u8 = 0x02;
+    /// CTAP1_ERR_INVALID_LENGTH
+    pub const INVALID_LENGTH: u8 = 0x03;
+    /// CTAP2_ERR_CBOR_UNEXPECTED_TYPE
+    pub const CBOR_UNEXPECTED_TYPE: u8 = 0x11;
+    /// CTAP2_ERR_INVALID_CBOR
+    pub const INVALID_CBOR: u8 = 0x12;
+    /// CTAP2_ERR_MISSING_PARAMETER
+    pub const MISSING_PARAMETER: u8 = 0x14;
+    /// CTAP2_ERR_LIMIT_EXCEEDED
+    pub const LIMIT_EXCEEDED: u8 = 0x15;
+    /// CTAP2_ERR_CREDENTIAL_EXCLUDED
+    pub const CREDENTIAL_EXCLUDED: u8 = 0x19;
+    /// CTAP2_ERR_INVALID_CREDENTIAL
+    pub const INVALID_CREDENTIAL: u8 = 0x22;
+    /// CTAP2_ERR_UNSUPPORTED_ALGORITHM
+    pub const UNSUPPORTED_ALGORITHM: u8 = 0x26;
+    /// CTAP2_ERR_OPERATION_DENIED
+    pub const OPERATION_DENIED: u8 = 0x27;
+    /// CTAP2_ERR_UNSUPPORTED_OPTION
+    pub const UNSUPPORTED_OPTION: u8 = 0x2b;
+    /// CTAP2_ERR_INVALID_OPTION
+    pub const INVALID_OPTION: u8 = 0x2c;
+    /// CTAP2_ERR_KEEPALIVE_CANCEL
+    pub const KEEPALIVE_CANCEL: u8 = 0x2d;
+    /// CTAP2_ERR_NO_CREDENTIALS
+    pub const NO_CREDENTIALS: u8 = 0x2e;
+    /// CTAP2_ERR_USER_ACTION_TIMEOUT
+    pub const USER_ACTION_TIMEOUT: u8 = 0x2f;
+    /// CTAP2_ERR_PIN_INVALID
+    pub const PIN_INVALID: u8 = 0x31;
+    /// CTAP2_ERR_PIN_BLOCKED
+    pub const PIN_BLOCKED: u8 = 0x32;
+    /// CTAP2_ERR_PIN_AUTH_INVALID
+    pub const PIN_AUTH_INVALID: u8 = 0x33;
+    /// CTAP2_ERR_PIN_AUTH_BLOCKED
+    pub const PIN_AUTH_BLOCKED: u8 = 0x34;
+    /// CTAP2_ERR_PIN_NOT_SET
+    pub const PIN_NOT_SET: u8 = 0x35;
+    /// CTAP 2.0's CTAP2_ERR_PIN_REQUIRED, CTAP 2.1's CTAP2_ERR_PUAT_REQUIRED.
+    pub const PIN_REQUIRED: u8 = 0x36;
+    /// CTAP2_ERR_PIN_POLICY_VIOLATION
+    pub const PIN_POLICY_VIOLATION: u8 = 0x37;
+    /// CTAP2_ERR_UP_REQUIRED
+    pub const UP_REQUIRED: u8 = 0x3c;
+    /// CTAP2_ERR_UV_BLOCKED
+    pub const UV_BLOCKED: u8 = 0x3d;
+    /// CTAP2_ERR_UV_INVALID
+    pub const UV_INVALID: u8 = 0x3f;
+    /// CTAP2_ERR_UNAUTHORIZED_PERMISSION
+    pub const UNAUTHORIZED_PERMISSION: u8 = 0x40;
+    /// CTAP1_ERR_OTHER
+    pub const OTHER: u8 = 0x7f;
+
+    /// The name of a status code, for logs.
+    pub fn name(code: u8) -> &'static str {
+        match code {
+            OK => "CTAP2_OK",
+            INVALID_COMMAND => "CTAP1_ERR_INVALID_COMMAND",
+            INVALID_PARAMETER => "CTAP1_ERR_INVALID_PARAMETER",
+            INVALID_LENGTH => "CTAP1_ERR_INVALID_LENGTH",
+            CBOR_UNEXPECTED_TYPE => "CTAP2_ERR_CBOR_UNEXPECTED_TYPE",
+            INVALID_CBOR => "CTAP2_ERR_INVALID_CBOR",
+            MISSING_PARAMETER => "CTAP2_ERR_MISSING_PARAMETER",
+            LIMIT_EXCEEDED => "CTAP2_ERR_LIMIT_EXCEEDED",
+            CREDENTIAL_EXCLUDED => "CTAP2_ERR_CREDENTIAL_EXCLUDED",
+            INVALID_CREDENTIAL => "CTAP2_ERR_INVALID_CREDENTIAL",
+            UNSUPPORTED_ALGORITHM => "CTAP2_ERR_UNSUPPORTED_ALGORITHM",
+            OPERATION_DENIED => "CTAP2_ERR_OPERATION_DENIED",
+            UNSUPPORTED_OPTION => "CTAP2_ERR_UNSUPPORTED_OPTION",
+            INVALID_OPTION => "CTAP2_ERR_INVALID_OPTION",
+            KEEPALIVE_CANCEL => "CTAP2_ERR_KEEPALIVE_CANCEL",
+            NO_CREDENTIALS => "CTAP2_ERR_NO_CREDENTIALS",
+            USER_ACTION_TIMEOUT => "CTAP2_ERR_USER_ACTION_TIMEOUT",
+            PIN_INVALID => "CTAP2_ERR_PIN_INVALID",
+            PIN_BLOCKED => "CTAP2_ERR_PIN_BLOCKED",
+            PIN_AUTH_INVALID => "CTAP2_ERR_PIN_AUTH_INVALID",
+            PIN_AUTH_BLOCKED => "CTAP2_ERR_PIN_AUTH_BLOCKED",
+            PIN_NOT_SET => "CTAP2_ERR_PIN_NOT_SET",
+            PIN_REQUIRED => "CTAP2_ERR_PUAT_REQUIRED",
+            PIN_POLICY_VIOLATION => "CTAP2_ERR_PIN_POLICY_VIOLATION",
+            UP_REQUIRED => "CTAP2_ERR_UP_REQUIRED",
+            UV_BLOCKED => "CTAP2_ERR_UV_BLOCKED",
+            UV_INVALID => "CTAP2_ERR_UV_INVALID",
+            UNAUTHORIZED_PERMISSION => "CTAP2_ERR_UNAUTHORIZED_PERMISSION",
+            // CTAP1_ERR_OTHER among them.
+            _ => "other CTAP error",
+        }
     }
+}
+
+/// The name of a CTAP status code, for logs ([`status::name`]).
+pub fn status_name(code: u8) -> &'static str {
+    status::name(code)
 }
 
 /// Maps a CTAP status other than OK to the gate's refusal.
 pub fn status_error(code: u8, label: &str, what: &str) -> GateError {
+    use status::*;
     let detail = format!("{label}: {what}: {code:#04x} {}", status_name(code));
     match code {
-        0x2d => GateError::Cancelled,
-        0x2e | 0x22 => GateError::NoCredential,
-        0x19 => GateError::AlreadyEnrolled,
-        0x27 | 0x2f => GateError::Refused { detail },
-        0x31 => GateError::PinInvalid { retries: None },
-        0x32 => GateError::PinBlocked,
-        0x34 => GateError::PinAuthBlocked,
-        0x35 => GateError::PinNotSet,
+        KEEPALIVE_CANCEL => GateError::Cancelled,
+        NO_CREDENTIALS | INVALID_CREDENTIAL => GateError::NoCredential,
+        CREDENTIAL_EXCLUDED => GateError::AlreadyEnrolled,
+        OPERATION_DENIED | USER_ACTION_TIMEOUT => GateError::Refused { detail },
+        PIN_INVALID => GateError::PinInvalid { retries: None },
+        PIN_BLOCKED => GateError::PinBlocked,
+        PIN_AUTH_BLOCKED => GateError::PinAuthBlocked,
+        PIN_NOT_SET => GateError::PinNotSet,
         // CTAP 2.0's PIN_REQUIRED, CTAP 2.1's PUAT_REQUIRED: the key wants a PIN for this.
-        0x36 => GateError::PinRequired,
-        0x01 | 0x26 | 0x2b | 0x2c | 0x31..=0x3f => GateError::Unsupported { detail },
+        PIN_REQUIRED => GateError::PinRequired,
+        INVALID_COMMAND
+        | UNSUPPORTED_ALGORITHM
+        | UNSUPPORTED_OPTION
+        | INVALID_OPTION
+        | 0x31..=0x3f => GateError::Unsupported { detail },
         _ => GateError::Device { detail },
     }
 }
@@ -234,6 +309,11 @@ pub struct Info {
     pub options: Vec<(String, bool)>,
     /// pinUvAuthProtocols, in the key's order of preference (empty when absent).
     pub pin_protocols: Vec<u8>,
+    /// maxCredentialCountInList: the most credentials one allow list may hold (`None`:
+    /// not said, or not a positive number).
+    pub max_creds_in_list: Option<usize>,
+    /// maxCredentialIdLength: the longest credential id the key takes (`None` as above).
+    pub max_cred_id_len: Option<usize>,
 }
 
 impl Info {
@@ -292,10 +372,20 @@ pub fn parse_info(answer: &[u8], label: &str) -> Result<Info, GateError> {
             .collect(),
         Some(_) => return Err(malformed(label, what, "pinUvAuthProtocols is not an array")),
     };
+    // A limit of zero or less limits nothing a list could obey: read as no limit.
+    let limit = |key: i64, name: &str| match field(&m, key) {
+        None => Ok(None),
+        Some(Value::Integer(i)) => Ok(usize::try_from(i128::from(*i)).ok().filter(|n| *n > 0)),
+        Some(_) => Err(malformed(label, what, &format!("{name} is not an integer"))),
+    };
+    let max_creds_in_list = limit(7, "maxCredentialCountInList")?;
+    let max_cred_id_len = limit(8, "maxCredentialIdLength")?;
     Ok(Info {
         versions,
         options,
         pin_protocols,
+        max_creds_in_list,
+        max_cred_id_len,
     })
 }
 
@@ -553,6 +643,26 @@ mod tests {
         assert_eq!(parse_get_info(&info, "k").unwrap(), vec!["FIDO_2_0"]);
         let empty = body(Value::Map(vec![(int(1), Value::Array(vec![]))]));
         assert!(parse_get_info(&empty, "k").is_err());
+        let versions = (int(1), Value::Array(vec![text("FIDO_2_1")]));
+        let limited = body(Value::Map(vec![
+            versions.clone(),
+            (int(7), int(8)),
+            (int(8), int(128)),
+        ]));
+        let i = parse_info(&limited, "k").unwrap();
+        assert_eq!(
+            (i.max_creds_in_list, i.max_cred_id_len),
+            (Some(8), Some(128))
+        );
+        let unlimited = body(Value::Map(vec![
+            versions.clone(),
+            (int(7), int(0)),
+            (int(8), int(-1)),
+        ]));
+        let i = parse_info(&unlimited, "k").unwrap();
+        assert_eq!((i.max_creds_in_list, i.max_cred_id_len), (None, None));
+        let wrong = body(Value::Map(vec![versions, (int(7), text("8"))]));
+        assert!(parse_info(&wrong, "k").is_err());
         assert!(parse_empty(&[0], "k", "selection").is_ok());
     }
 

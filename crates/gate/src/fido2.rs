@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use chromecard_ctaphid::host::{Answer, Channel, HostError, Limits};
 use chromecard_ctaphid::{cmd, keepalive};
 
+use crate::allow_list::{self, Ids, ListLimits};
 use crate::ctap2;
 use crate::hid::{self, HidPort};
 use crate::pin_authenticator::permission;
@@ -221,6 +222,20 @@ impl Opened {
         ctap2::parse_info(&answer, &self.label)
     }
 
+    /// Which of `allow` this key holds, asked without a touch in chunks it takes
+    /// ([`crate::allow_list`]): the list to ask the touch with, or `None`.
+    fn find_held(
+        &mut self,
+        rp_id: &str,
+        chunks: &[Ids],
+        cancel: &CancelSignal,
+    ) -> Result<Option<Ids>, GateError> {
+        let label = self.label.clone();
+        allow_list::find_held(rp_id, &random()?, chunks, &label, &mut |r, what, touch| {
+            self.cbor(r, what, touch, cancel)
+        })
+    }
+
     /// User verification for one request, when it needs it (see [`crate::pin_client`]).
     fn prove_uv(
         &mut self,
@@ -256,18 +271,20 @@ impl Fido2Key {
 
     /// The device for a getAssertion: the `--device` one, the only one, or the one
     /// that holds one of `allow` (every device asked without a touch, `up: false`;
-    /// refused when more than one claims it).
+    /// refused when more than one claims it). With the device, the allow list to ask
+    /// its touch with when the probe found it already.
     fn holding(
         &self,
         request: &GetAssertionRequest,
         cancel: &CancelSignal,
-    ) -> Result<Opened, GateError> {
+    ) -> Result<(Opened, Option<Ids>), GateError> {
         let found = candidates(cancel)?;
         if self.device_path.is_some() || found.len() <= 1 {
-            return open(select(found, self.device_path.as_deref())?, cancel);
+            let opened = open(select(found, self.device_path.as_deref())?, cancel)?;
+            return Ok((opened, None));
         }
         let count = found.len();
-        let mut claimants: Vec<Opened> = Vec::new();
+        let mut claimants: Vec<(Opened, Ids)> = Vec::new();
         for cand in found {
             let label = cand.label();
             let mut opened = match open(cand, cancel) {
@@ -278,21 +295,19 @@ impl Fido2Key {
                     continue;
                 }
             };
-            let probe = ctap2::get_assertion(
-                &request.rp_id,
-                &random()?,
-                &request.allow,
-                false,
-                false,
-                None,
-            );
-            let outcome = opened
-                .cbor(&probe, "getAssertion probe", false, cancel)
-                .and_then(|a| ctap2::parse_get_assertion(&a, &label).map(|_| ()));
+            // In the chunks this key takes (one, unless the user has more credentials
+            // than it takes in a list).
+            let outcome = opened.info(cancel).and_then(|info| {
+                let chunks = ListLimits::of(&info).chunks(&request.allow);
+                opened.find_held(&request.rp_id, &chunks, cancel)
+            });
             match outcome {
-                Ok(()) => {
+                Ok(Some(list)) => {
                     tracing::info!(device = %opened.label, "this key holds the user's credential");
-                    claimants.push(opened);
+                    claimants.push((opened, list));
+                }
+                Ok(None) => {
+                    tracing::info!(device = %opened.label, "this key does not hold the user's credential")
                 }
                 Err(GateError::Cancelled) => return Err(GateError::Cancelled),
                 Err(e) => {
@@ -311,9 +326,12 @@ impl Fido2Key {
                 );
                 Err(GateError::NoCredential)
             }
-            1 => Ok(claimants.remove(0)),
+            1 => {
+                let (opened, list) = claimants.remove(0);
+                Ok((opened, Some(list)))
+            }
             n => {
-                let labels: Vec<&str> = claimants.iter().map(|o| o.label.as_str()).collect();
+                let labels: Vec<&str> = claimants.iter().map(|(o, _)| o.label.as_str()).collect();
                 tracing::warn!(devices = ?labels, "several FIDO2 devices claim the same credential; one is not what it says");
                 Err(GateError::Device {
                     detail: format!(
@@ -388,6 +406,30 @@ fn touch_by_empty_pin_auth(opened: &mut Opened, cancel: &CancelSignal) -> Result
             })
         }
     }
+}
+
+/// The exclude list of a makeCredential as the key takes it: the user's credentials as
+/// they are when they fit (getInfo's limits, as for allow lists). When they do not, the key
+/// is asked without a touch, chunk by chunk, which it holds: that one alone is sent (the
+/// key refuses with CTAP2_ERR_CREDENTIAL_EXCLUDED after a touch), or none when it holds
+/// none of them (the ceremony still refuses a credential id the user already has).
+fn exclude_list(
+    opened: &mut Opened,
+    request: &MakeCredentialRequest,
+    cancel: &CancelSignal,
+) -> Result<Ids, GateError> {
+    if request.exclude.is_empty() {
+        return Ok(Vec::new());
+    }
+    let limits = ListLimits::of(&opened.info(cancel)?);
+    if limits.fits(&request.exclude) {
+        return Ok(request.exclude.clone());
+    }
+    tracing::info!(device = %opened.label, credentials = request.exclude.len(), max_in_list = ?limits.count, max_id_len = ?limits.id_len, "the exclude list is longer than the key takes: asking it chunk by chunk without a touch");
+    let chunks = limits.chunks(&request.exclude);
+    Ok(opened
+        .find_held(&request.rp_id, &chunks, cancel)?
+        .unwrap_or_default())
 }
 
 /// CTAP 2.1 keys: authenticatorSelection, which returns nothing signed. CTAP 2.0
@@ -472,6 +514,7 @@ impl Authenticator for Fido2Key {
         cancel: &CancelSignal,
     ) -> Result<MadeCredential, GateError> {
         let mut opened = self.single(cancel)?;
+        let exclude = exclude_list(&mut opened, request, cancel)?;
         let cdh = client_data_hash(&request.challenge);
         let need = UvNeed::asked_by(request.require_uv, request.require_pin);
         let proof = opened.prove_uv(
@@ -487,7 +530,7 @@ impl Authenticator for Fido2Key {
             rp_id: &request.rp_id,
             user_id: &request.user_id,
             user_name: &request.user_name,
-            exclude: &request.exclude,
+            exclude: &exclude,
             uv: proof.uv_option(),
             pin_uv: param.as_ref().map(|(p, n)| (p.as_slice(), *n)),
         });
@@ -505,7 +548,31 @@ impl Authenticator for Fido2Key {
         request: &GetAssertionRequest,
         cancel: &CancelSignal,
     ) -> Result<AssertionResponse, GateError> {
-        let mut opened = self.holding(request, cancel)?;
+        let (mut opened, held) = self.holding(request, cancel)?;
+        let allow = match held {
+            Some(list) => list,
+            None => {
+                // A key takes only so many credentials in one list (getInfo); a user may
+                // have more. Asked without a touch chunk by chunk, then touched for the one.
+                let limits = ListLimits::of(&opened.info(cancel)?);
+                if limits.fits(&request.allow) {
+                    request.allow.clone()
+                } else {
+                    let chunks = limits.chunks(&request.allow);
+                    let Some(first) = chunks.first().cloned() else {
+                        // No id this key could take: none is its. Refused after a touch, as
+                        // a key refuses a credential it does not hold.
+                        touch(opened, cancel)?;
+                        return Err(GateError::NoCredential);
+                    };
+                    tracing::info!(device = %opened.label, credentials = request.allow.len(), max_in_list = ?limits.count, max_id_len = ?limits.id_len, "the allow list is longer than the key takes: asking it chunk by chunk without a touch");
+                    // None held: the first chunk, whose refusal comes as the key gives it.
+                    opened
+                        .find_held(&request.rp_id, &chunks, cancel)?
+                        .unwrap_or(first)
+                }
+            }
+        };
         let cdh = client_data_hash(&request.challenge);
         let need = UvNeed::asked_by(request.require_uv, request.require_pin);
         let proof = opened.prove_uv(
@@ -519,15 +586,23 @@ impl Authenticator for Fido2Key {
         let message = ctap2::get_assertion(
             &request.rp_id,
             &cdh,
-            &request.allow,
+            &allow,
             true,
             proof.uv_option(),
             param.as_ref().map(|(p, n)| (p.as_slice(), *n)),
         );
         let answer = opened.cbor(&message, "authenticatorGetAssertion", true, cancel)?;
         let a = ctap2::parse_get_assertion(&answer, &opened.label)?;
+        // A key may leave out the credential of a one-entry list (CTAP 2.1 section 6.2.2):
+        // when the list sent was narrowed to one, the ceremony's list is longer, so say
+        // which it was (the signature still has to verify with that credential's key).
+        let named = a.credential_id.filter(|id| !id.is_empty());
+        let credential_id = match (named, allow.as_slice()) {
+            (None, [only]) => Some(only.clone()),
+            (named, _) => named,
+        };
         Ok(AssertionResponse {
-            credential_id: a.credential_id.filter(|id| !id.is_empty()),
+            credential_id,
             auth_data: a.auth_data,
             signature: a.signature,
             device: opened.label,

@@ -23,6 +23,7 @@
 //!   client goes away, a fresh random challenge per login, and the ceremony that
 //!   ties these together.
 
+mod allow_list;
 pub mod attestation;
 mod cancel;
 mod cbor;

@@ -10,32 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chromecard_ctaphid::keepalive;
+use chromecard_gate::ctap2::status;
 use chromecard_gate::pin_authenticator::permission;
 use chromecard_gate::pin_protocol::PinProtocol;
 use chromecard_gate::{CancelSignal, GateError, SoftAuthenticator};
 use ciborium::Value;
-
-/// CTAP status codes (CTAP 2.1 section 8.2) this key answers with.
-pub mod status {
-    pub const OK: u8 = 0x00;
-    pub const INVALID_COMMAND: u8 = 0x01;
-    pub const INVALID_PARAMETER: u8 = 0x02;
-    pub const CBOR_UNEXPECTED_TYPE: u8 = 0x11;
-    pub const INVALID_CBOR: u8 = 0x12;
-    pub const MISSING_PARAMETER: u8 = 0x14;
-    pub const CREDENTIAL_EXCLUDED: u8 = 0x19;
-    pub const UNSUPPORTED_ALGORITHM: u8 = 0x26;
-    pub const OPERATION_DENIED: u8 = 0x27;
-    pub const UNSUPPORTED_OPTION: u8 = 0x2b;
-    pub const KEEPALIVE_CANCEL: u8 = 0x2d;
-    pub const NO_CREDENTIALS: u8 = 0x2e;
-    pub const USER_ACTION_TIMEOUT: u8 = 0x2f;
-    pub const PIN_INVALID: u8 = 0x31;
-    pub const PIN_NOT_SET: u8 = 0x35;
-    /// CTAP 2.0's PIN_REQUIRED, CTAP 2.1's PUAT_REQUIRED.
-    pub const PIN_REQUIRED: u8 = 0x36;
-    pub const OTHER: u8 = 0x7f;
-}
 
 const MAKE_CREDENTIAL: u8 = 0x01;
 const GET_ASSERTION: u8 = 0x02;
@@ -77,6 +56,9 @@ pub struct KeyConfig {
     pub qubes_ctap_proxy: bool,
     /// Touch waits (counted from 1) that nobody touches, whatever `touch` says.
     pub untouched: Vec<u32>,
+    /// getInfo's maxCredentialCountInList: a longer allow or exclude list is refused
+    /// with CTAP2_ERR_LIMIT_EXCEEDED, as real keys refuse it (`None`: not said, no limit).
+    pub max_creds_in_list: Option<usize>,
 }
 
 /// The authenticator: key material, configuration, and the keep-alive status
@@ -320,6 +302,10 @@ impl Key {
         let Value::Map(mut info) = self.soft.get_info_value() else {
             return None;
         };
+        if let Some(n) = self.config.max_creds_in_list {
+            // Canonical order: after the software authenticator's keys (up to 6).
+            info.push((int(7), int(i128::try_from(n).unwrap_or(i128::MAX))));
+        }
         info.push((int(9), Value::Array(vec![text("usb")])));
         info.push((
             int(10),
@@ -391,6 +377,7 @@ impl Key {
             return Err(status::UNSUPPORTED_ALGORITHM);
         }
         let exclude = descriptor_ids(get(m, 5))?;
+        self.within_list_limit(&exclude)?;
         if option(m, 7, "rk", false)? {
             return Err(status::UNSUPPORTED_OPTION);
         }
@@ -430,6 +417,7 @@ impl Key {
         let rp_id = as_text(get(m, 1).ok_or(status::MISSING_PARAMETER)?)?;
         let cdh = client_data_hash(m, 2)?;
         let allow = descriptor_ids(get(m, 3))?;
+        self.within_list_limit(&allow)?;
         let up = option(m, 5, "up", true)?;
         if option(m, 5, "rk", false)? {
             return Err(status::UNSUPPORTED_OPTION);
@@ -459,6 +447,21 @@ impl Key {
             (int(2), Value::Bytes(a.auth_data)),
             (int(3), Value::Bytes(a.signature)),
         ])))
+    }
+
+    /// A list no longer than getInfo's maxCredentialCountInList says, or LIMIT_EXCEEDED.
+    fn within_list_limit(&self, ids: &[Vec<u8>]) -> Result<(), Status> {
+        match self.config.max_creds_in_list {
+            Some(n) if ids.len() > n => {
+                tracing::info!(
+                    credentials = ids.len(),
+                    max = n,
+                    "list longer than maxCredentialCountInList"
+                );
+                Err(status::LIMIT_EXCEEDED)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The `uv` option (key `options_key` of the request): only a key with built-in UV
@@ -538,6 +541,7 @@ mod tests {
             builtin_uv: false,
             qubes_ctap_proxy: false,
             untouched: Vec::new(),
+            max_creds_in_list: None,
         }
     }
 
@@ -749,6 +753,82 @@ mod tests {
             vec![status::INVALID_CBOR]
         );
         assert_eq!(k.handle_cbor(&[], &cancel), vec![status::INVALID_COMMAND]);
+    }
+
+    fn descriptors(ids: &[Vec<u8>]) -> Value {
+        Value::Array(
+            ids.iter()
+                .map(|id| {
+                    Value::Map(vec![
+                        (text("id"), Value::Bytes(id.clone())),
+                        (text("type"), text("public-key")),
+                    ])
+                })
+                .collect(),
+        )
+    }
+
+    fn get_assertion_of(ids: &[Vec<u8>]) -> Vec<u8> {
+        req(
+            GET_ASSERTION,
+            Value::Map(vec![
+                (int(1), text("rp")),
+                (int(2), Value::Bytes(vec![9; 32])),
+                (int(3), descriptors(ids)),
+            ]),
+        )
+    }
+
+    #[test]
+    fn a_list_longer_than_max_creds_in_list_is_refused_with_limit_exceeded() {
+        let cancel = CancelSignal::new();
+        let k = key(KeyConfig {
+            max_creds_in_list: Some(1),
+            ..config()
+        });
+        let (_, info) = decode(&k.handle_cbor(&[GET_INFO], &cancel));
+        let info = info.unwrap();
+        assert_eq!(get(&info, 7), Some(&int(1)));
+        let keys: Vec<i128> = info
+            .iter()
+            .map(|(k, _)| match k {
+                Value::Integer(i) => i128::from(*i),
+                _ => panic!(),
+            })
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+        let (st, body) = decode(&k.handle_cbor(&req(MAKE_CREDENTIAL, make("rp")), &cancel));
+        assert_eq!(st, status::OK);
+        let ad = as_bytes(get(&body.unwrap(), 2).unwrap()).unwrap().to_vec();
+        let mine = verify_new_credential(&ad, &rp_id_hash("rp"), false)
+            .unwrap()
+            .credential_id;
+        let two = [vec![7; 32], mine.clone()];
+        assert_eq!(
+            k.handle_cbor(&get_assertion_of(&two), &cancel),
+            vec![status::LIMIT_EXCEEDED]
+        );
+        assert_eq!(
+            decode(&k.handle_cbor(&get_assertion_of(std::slice::from_ref(&mine)), &cancel)).0,
+            status::OK
+        );
+        // An exclude list too.
+        let Value::Map(mut mc) = make("rp") else {
+            unreachable!()
+        };
+        mc.push((int(5), descriptors(&two)));
+        assert_eq!(
+            k.handle_cbor(&req(MAKE_CREDENTIAL, Value::Map(mc)), &cancel),
+            vec![status::LIMIT_EXCEEDED]
+        );
+        // Without the limit, getInfo says none and the list is taken.
+        let k = key(config());
+        let (_, info) = decode(&k.handle_cbor(&[GET_INFO], &cancel));
+        assert_eq!(get(&info.unwrap(), 7), None);
+        assert_eq!(
+            k.handle_cbor(&get_assertion_of(&two), &cancel),
+            vec![status::NO_CREDENTIALS]
+        );
     }
 
     #[test]

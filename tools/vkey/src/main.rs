@@ -94,6 +94,11 @@ struct Args {
     #[arg(long)]
     qubes_ctap_proxy: bool,
 
+    /// getInfo's maxCredentialCountInList: allow and exclude lists longer than N are
+    /// refused with CTAP2_ERR_LIMIT_EXCEEDED, as a real key with that limit refuses them.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    max_creds_in_list: Option<u16>,
+
     /// The product name the device reports.
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -211,6 +216,7 @@ fn main() -> anyhow::Result<()> {
             builtin_uv: args.builtin_uv,
             qubes_ctap_proxy: args.qubes_ctap_proxy,
             untouched: args.untouched.clone(),
+            max_creds_in_list: args.max_creds_in_list.map(usize::from),
         },
         on_touch_wait,
     ));
@@ -356,6 +362,7 @@ fn main() -> anyhow::Result<()> {
         always_uv = args.always_uv,
         builtin_uv = args.builtin_uv,
         qubes_ctap_proxy = args.qubes_ctap_proxy,
+        max_creds_in_list = ?args.max_creds_in_list,
         "virtual FIDO2 key ready (SIMULATED touches: tests only)"
     );
     match reader_thread.join() {
