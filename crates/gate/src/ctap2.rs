@@ -183,7 +183,8 @@ fn options(up: Option<bool>, uv: bool) -> Option<Value> {
     (!m.is_empty()).then_some(Value::Map(m))
 }
 
-fn descriptors(ids: &[Vec<u8>]) -> Value {
+/// An allowList or excludeList: one public-key credential descriptor per id.
+pub fn descriptors(ids: &[Vec<u8>]) -> Value {
     Value::Array(
         ids.iter()
             .map(|id| {

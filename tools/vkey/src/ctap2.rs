@@ -520,6 +520,7 @@ fn command_name(c: u8) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chromecard_gate::ctap2::descriptors;
     use chromecard_gate::verify::{parse_auth_data, rp_id_hash, verify_new_credential, PublicKey};
     use chromecard_gate::SoftBehavior;
 
@@ -665,14 +666,7 @@ mod tests {
         );
         assert_eq!(text_get(options, "alwaysUv"), Some(&Value::Bool(false)));
         assert_eq!(get(&info, 6), Some(&Value::Array(vec![int(2), int(1)])));
-        let keys: Vec<i128> = info
-            .iter()
-            .map(|(k, _)| match k {
-                Value::Integer(i) => i128::from(*i),
-                _ => panic!(),
-            })
-            .collect();
-        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+        assert_keys_ascending(&info);
         // A CTAP 2.0 key: protocol 1 only, no 2.1 options.
         let k = key(KeyConfig {
             ctap20: true,
@@ -755,17 +749,16 @@ mod tests {
         assert_eq!(k.handle_cbor(&[], &cancel), vec![status::INVALID_COMMAND]);
     }
 
-    fn descriptors(ids: &[Vec<u8>]) -> Value {
-        Value::Array(
-            ids.iter()
-                .map(|id| {
-                    Value::Map(vec![
-                        (text("id"), Value::Bytes(id.clone())),
-                        (text("type"), text("public-key")),
-                    ])
-                })
-                .collect(),
-        )
+    /// CTAP2's canonical CBOR: a map's integer keys in ascending order.
+    fn assert_keys_ascending(info: &[(Value, Value)]) {
+        let keys: Vec<i128> = info
+            .iter()
+            .map(|(k, _)| match k {
+                Value::Integer(i) => i128::from(*i),
+                _ => panic!("a key that is no integer: {k:?}"),
+            })
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
     }
 
     fn get_assertion_of(ids: &[Vec<u8>]) -> Vec<u8> {
@@ -789,14 +782,7 @@ mod tests {
         let (_, info) = decode(&k.handle_cbor(&[GET_INFO], &cancel));
         let info = info.unwrap();
         assert_eq!(get(&info, 7), Some(&int(1)));
-        let keys: Vec<i128> = info
-            .iter()
-            .map(|(k, _)| match k {
-                Value::Integer(i) => i128::from(*i),
-                _ => panic!(),
-            })
-            .collect();
-        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+        assert_keys_ascending(&info);
         let (st, body) = decode(&k.handle_cbor(&req(MAKE_CREDENTIAL, make("rp")), &cancel));
         assert_eq!(st, status::OK);
         let ad = as_bytes(get(&body.unwrap(), 2).unwrap()).unwrap().to_vec();
