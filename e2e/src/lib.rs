@@ -74,7 +74,67 @@ pub fn bin_path(name: &str) -> PathBuf {
             p.display()
         );
     }
+    refuse_stale(&p);
     p
+}
+
+/// Panics when a source file the binary was built from changed after it was built:
+/// `cargo test -p chromecard-e2e` does not rebuild the binaries it starts, and a stale
+/// one would test old code. Cargo's dep-info file beside the binary (`k_proxy.d`) lists
+/// those sources; without one there is nothing to compare. Checked once per binary.
+fn refuse_stale(bin: &Path) {
+    static CHECKED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+    let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+    if !checked
+        .get_or_insert_with(HashSet::new)
+        .insert(bin.to_path_buf())
+    {
+        return;
+    }
+    let modified = |path: &Path| fs::metadata(path).and_then(|m| m.modified()).ok();
+    let (Some(built), Ok(dep_info)) = (modified(bin), fs::read_to_string(bin.with_extension("d")))
+    else {
+        return;
+    };
+    let first_rule = dep_info.lines().next().unwrap_or("");
+    let sources = first_rule.split_once(": ").map_or("", |(_, deps)| deps);
+    if let Some(newer) = dep_info_paths(sources)
+        .into_iter()
+        .find(|source| modified(source).is_some_and(|at| at > built))
+    {
+        panic!(
+            "{} is older than {}, a source it is built from: run `cargo build --workspace \
+             --bins` first (scripts/test.sh does), or the tests run old code",
+            bin.display(),
+            newer.display()
+        );
+    }
+}
+
+/// The paths of a make-style dependency list: separated by spaces, a space inside a path
+/// escaped as `\ `.
+fn dep_info_paths(list: &str) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    let mut current = String::new();
+    let mut chars = list.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&' ') => {
+                current.push(' ');
+                chars.next();
+            }
+            ' ' => {
+                if !current.is_empty() {
+                    paths.push(PathBuf::from(std::mem::take(&mut current)));
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        paths.push(PathBuf::from(current));
+    }
+    paths
 }
 
 /// A file under the workspace root that the tests need (a script); panics if missing.
@@ -1477,6 +1537,42 @@ pub fn proxy_headers(user: &str) -> [String; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dep_info_paths_keep_escaped_spaces() {
+        assert_eq!(
+            dep_info_paths("/a/b.rs /c\\ d/e.rs  /f.rs"),
+            [
+                PathBuf::from("/a/b.rs"),
+                PathBuf::from("/c d/e.rs"),
+                PathBuf::from("/f.rs")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_binary_older_than_a_source_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("main.rs");
+        let bin = dir.path().join("tool");
+        fs::write(&bin, "").unwrap();
+        fs::write(&source, "").unwrap();
+        let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        fs::File::options()
+            .write(true)
+            .open(&bin)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        fs::write(
+            dir.path().join("tool.d"),
+            format!("{}: {}\n", bin.display(), source.display()),
+        )
+        .unwrap();
+        let refused = std::panic::catch_unwind(|| refuse_stale(&bin)).unwrap_err();
+        let message = refused.downcast_ref::<String>().unwrap();
+        assert!(message.contains("cargo build --workspace"), "{message}");
+    }
 
     #[test]
     fn parses_last_header_block() {
