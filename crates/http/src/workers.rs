@@ -47,21 +47,35 @@ impl ConnectionWorkers {
         let mut handles = Vec::with_capacity(count);
         let mut stops = Vec::with_capacity(count);
         for index in 0..count {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            handles.push(runtime.handle().clone());
             let (stop, stopped) = oneshot::channel::<()>();
-            stops.push(stop);
+            let (started, handle) = std::sync::mpsc::sync_channel(1);
+            // The runtime is built and dropped on its own thread: dropping one inside the
+            // caller's runtime (as a failed spawn would) panics.
             std::thread::Builder::new()
                 .name(format!("{name}-{index}"))
                 .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(err) => {
+                            let _ = started.send(Err(err));
+                            return;
+                        }
+                    };
+                    let _ = started.send(Ok(runtime.handle().clone()));
                     WORKER.with(|worker| worker.set(Some(index)));
                     runtime.block_on(async {
                         let _ = stopped.await;
                     });
                     runtime.shutdown_timeout(WORKER_SHUTDOWN);
                 })?;
+            let handle = handle
+                .recv()
+                .map_err(|_| std::io::Error::other("a connection worker ended as it started"))??;
+            handles.push(handle);
+            stops.push(stop);
         }
         Ok(Self {
             handles,
