@@ -14,9 +14,10 @@
 //! stderr); an access line reaches stderr within [`GATHER`] (the writer, woken by the
 //! first line, gathers more for that long, or until [`BATCH`] bytes wait, so that under
 //! load one wake-up of the writer serves a hundred requests, not one); a line written now
-//! ([`write_lines_now`]) takes the buffered ones out with it at once; and [`stop`] (called
-//! by the binaries before they exit, and by the panic hook) writes out everything logged
-//! before it.
+//! ([`write_lines_now`]) joins the buffer and its logger waits until the writer, which
+//! does not gather while anyone waits, has written it and everything before it; and
+//! [`stop`] (called by the binaries before they exit, and by the panic hook) writes out
+//! everything logged before it.
 
 use std::io::Write;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
@@ -41,13 +42,18 @@ type Output = Box<dyn Write + Send>;
 struct State {
     /// Appended by loggers, taken whole by the writer.
     pending: Vec<u8>,
+    /// Bytes ever appended to `pending`, and of those, bytes the writer has written (or
+    /// tried to): a line written now waits until `written` reaches the end of its line.
+    appended: u64,
+    written: u64,
     /// The writer is waiting for lines (a logger must wake it).
     idle: bool,
-    /// The writer is gathering lines for up to [`GATHER`] (a logger wakes it only with
-    /// a full batch).
+    /// The writer is gathering lines for up to its gather time (a logger wakes it only
+    /// with a full batch).
     gathering: bool,
-    /// Someone waits for the buffer to be written out: the writer must not gather.
-    urgent: bool,
+    /// Threads waiting for the writer (a line written now, a flush, a logger held back by
+    /// [`MAX_PENDING`]): while there are any, the writer does not gather.
+    waiters: usize,
     /// The writer holds lines it took and has not finished writing.
     writing: bool,
     /// After [`Sink::stop`]: loggers write themselves, in order, under the lock.
@@ -57,28 +63,37 @@ struct State {
 /// The buffer and its writer thread.
 pub struct Sink {
     state: Mutex<State>,
-    /// Wakes the writer (a line arrived, or stop).
+    /// Wakes the writer (a line arrived, someone waits, or stop).
     wake_writer: Condvar,
-    /// Wakes loggers waiting for room, and [`Sink::flush`] waiting for the writer.
+    /// Wakes threads waiting for the writer: for room, or for their lines written.
     drained: Condvar,
     output: Mutex<Output>,
+    /// How long the writer gathers lines ([`GATHER`]; longer in tests).
+    gather: Duration,
 }
 
 impl Sink {
     /// A sink writing to `output`, with its writer thread started.
     pub fn start(output: Output) -> std::io::Result<&'static Sink> {
+        Self::start_gathering(output, GATHER)
+    }
+
+    fn start_gathering(output: Output, gather: Duration) -> std::io::Result<&'static Sink> {
         let sink: &'static Sink = Box::leak(Box::new(Sink {
             state: Mutex::new(State {
                 pending: Vec::with_capacity(64 * 1024),
+                appended: 0,
+                written: 0,
                 idle: false,
                 gathering: false,
-                urgent: false,
+                waiters: 0,
                 writing: false,
                 stopped: false,
             }),
             wake_writer: Condvar::new(),
             drained: Condvar::new(),
             output: Mutex::new(output),
+            gather,
         }));
         std::thread::Builder::new()
             .name("log-writer".into())
@@ -99,8 +114,7 @@ impl Sink {
             && !state.pending.is_empty()
             && state.pending.len() + lines.len() > MAX_PENDING
         {
-            self.hurry(&mut state);
-            state = self.wait_drained(state);
+            state = self.wait_for_writer(state);
         }
         if state.stopped {
             // After stop: written in place, in order.
@@ -109,13 +123,10 @@ impl Sink {
             return;
         }
         state.pending.extend_from_slice(lines);
-        let wake = if state.idle {
-            state.idle = false;
-            true
-        } else {
-            state.gathering && state.pending.len() >= BATCH
-        };
+        state.appended += lines.len() as u64;
+        let wake = state.idle || (state.gathering && state.pending.len() >= BATCH);
         if wake {
+            state.idle = false;
             // Woken after the lock is released, so that the writer does not wake only to
             // wait for it.
             drop(state);
@@ -123,31 +134,41 @@ impl Sink {
         }
     }
 
-    /// Writes whole lines before returning: behind whatever is buffered (the writer
-    /// writes that first), then in place, under the lock, so that no line comes between.
+    /// Writes whole lines before returning, behind everything logged before them: they
+    /// join the buffer, and the writer (told not to gather) writes them out at once.
     pub fn push_now(&self, lines: &[u8]) {
         let mut state = self.lock();
-        self.hurry(&mut state);
-        while !state.pending.is_empty() || state.writing {
-            state = self.wait_drained(state);
+        if state.stopped {
+            // No writer to rely on: wait for it to finish what it has, then write in
+            // place, under the lock, so that no line comes between.
+            while !state.pending.is_empty() || state.writing {
+                state = self.wait_for_writer(state);
+            }
+            self.write_out(lines);
+            return;
         }
-        self.write_out(lines);
-        drop(state);
+        state.pending.extend_from_slice(lines);
+        state.appended += lines.len() as u64;
+        let mine = state.appended;
+        while state.written < mine {
+            state = self.wait_for_writer(state);
+        }
     }
 
-    /// Asks the writer to write out what is buffered now, without gathering more.
-    fn hurry(&self, state: &mut State) {
-        if !state.pending.is_empty() {
-            state.urgent = true;
+    /// Waits on `drained` as one of the writer's waiters: the writer is woken if it is
+    /// idle or gathering, and does not gather while anyone waits.
+    fn wait_for_writer<'a>(&self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        state.waiters += 1;
+        if state.idle || state.gathering {
             state.idle = false;
             self.wake_writer.notify_one();
         }
-    }
-
-    fn wait_drained<'a>(&self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        self.drained
+        let mut state = self
+            .drained
             .wait(state)
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.waiters -= 1;
+        state
     }
 
     fn write_out(&self, bytes: &[u8]) {
@@ -180,12 +201,13 @@ impl Sink {
             }
             state.idle = false;
             state = self.gather(state);
-            state.urgent = false;
             state.writing = true;
             std::mem::swap(&mut state.pending, &mut spare);
             drop(state);
+            // Room for loggers held back by MAX_PENDING.
             self.drained.notify_all();
             self.write_out(&spare);
+            let taken = spare.len() as u64;
             // Keep a moderate buffer, not the largest burst ever seen.
             if spare.capacity() > 4 * MAX_PENDING {
                 spare = Vec::with_capacity(64 * 1024);
@@ -193,18 +215,17 @@ impl Sink {
             spare.clear();
             state = self.lock();
             state.writing = false;
-            if state.pending.is_empty() {
-                self.drained.notify_all();
-            }
+            state.written += taken;
+            self.drained.notify_all();
         }
     }
 
-    /// Lets more lines join the first for up to [`GATHER`], unless a batch is full or
-    /// someone waits for the buffer.
+    /// Lets more lines join the first for up to the gather time, unless a batch is full,
+    /// someone waits for the writer, or the sink stops.
     fn gather<'a>(&self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        let until = Instant::now() + GATHER;
+        let until = Instant::now() + self.gather;
         state.gathering = true;
-        while !state.stopped && !state.urgent && state.pending.len() < BATCH {
+        while !state.stopped && state.waiters == 0 && state.pending.len() < BATCH {
             let Some(left) = until.checked_duration_since(Instant::now()) else {
                 break;
             };
@@ -223,10 +244,15 @@ impl Sink {
     pub fn flush(&self, wait: Duration) -> bool {
         let deadline = Instant::now() + wait;
         let mut state = self.lock();
-        self.hurry(&mut state);
-        while !state.pending.is_empty() || state.writing {
+        let all = state.appended;
+        state.waiters += 1;
+        if state.idle || state.gathering {
+            state.idle = false;
+            self.wake_writer.notify_one();
+        }
+        while state.written < all {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return false;
+                break;
             };
             state = self
                 .drained
@@ -234,7 +260,8 @@ impl Sink {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
         }
-        true
+        state.waiters -= 1;
+        state.written >= all
     }
 
     /// Writes out what is buffered; from then on every line is written by the thread
@@ -445,6 +472,59 @@ mod tests {
         // thread was descheduled meanwhile; never one per line.
         assert!(writes < 10, "{writes} writes for 100 lines");
         sink.stop(Duration::from_secs(1));
+    }
+
+    /// Runs `f` on a thread; panics if it has not returned within 10 s (the sinks below
+    /// gather for 60 s, so a line that waited for the gather would miss it).
+    fn within_bound(f: impl FnOnce() + Send + 'static) {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            f();
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(Duration::from_secs(10))
+            .expect("waited for the writer's gather");
+    }
+
+    #[test]
+    fn a_line_written_now_does_not_wait_for_the_gather() {
+        let out = Captured::default();
+        let sink = Sink::start_gathering(Box::new(out.clone()), Duration::from_secs(60)).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        sink.push(b"access\n");
+        within_bound(move || sink.push_now(b"audit\n"));
+        assert_eq!(out.text(), "access\naudit\n");
+        within_bound(move || assert!(sink.flush(Duration::from_secs(5))));
+    }
+
+    #[test]
+    fn lines_written_now_are_not_starved_by_a_steady_stream_of_access_lines() {
+        let out = Captured {
+            delay: Some(Duration::from_millis(2)),
+            ..Captured::default()
+        };
+        let sink = Sink::start_gathering(Box::new(out.clone()), Duration::from_secs(60)).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stream = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    sink.push(format!("access {i}\n").as_bytes());
+                    i += 1;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            })
+        };
+        within_bound(move || {
+            for round in 0..20 {
+                sink.push_now(format!("audit {round}\n").as_bytes());
+                assert!(out.text().contains(&format!("audit {round}\n")));
+            }
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stream.join().unwrap();
     }
 
     #[test]
