@@ -221,7 +221,7 @@ pub struct Store {
     /// The counter's last committed value, so that reading it needs no transaction (and
     /// k_server no blocking thread): raised after each commit (the counter only grows),
     /// forgotten when the store breaks, learnt again from the next read or commit.
-    committed: Mutex<Option<u64>>,
+    committed: CommittedCounter,
     #[cfg(test)]
     fault: Option<backend::FaultSwitch>,
 }
@@ -272,7 +272,7 @@ impl Store {
             path,
             broken: AtomicBool::new(false),
             recovery: Mutex::new(Recovery::default()),
-            committed: Mutex::new(None),
+            committed: CommittedCounter::default(),
             #[cfg(test)]
             fault,
         };
@@ -291,6 +291,7 @@ impl Store {
     /// the whole transaction: nothing of the batch was written.
     pub fn apply(&self, ops: &[WriteOp]) -> Result<Vec<Result<WriteOutcome, Refused>>, StoreError> {
         self.with_db(|db, path| {
+            let generation = self.committed.generation();
             // Durability::Immediate is redb's default for a write transaction; it is
             // not changed here on purpose.
             let txn = db
@@ -362,7 +363,7 @@ impl Store {
             txn.commit()
                 .map_err(|e| classify(path, "committing a write transaction", e.into()))?;
             if let (true, Some(value)) = (counter_changed, counter) {
-                self.learn_counter(value);
+                self.committed.learn(generation, value);
             }
             Ok(results)
         })
@@ -384,14 +385,19 @@ impl Store {
 
     /// Reads the counter (0 before the first increment).
     pub fn counter(&self) -> Result<u64, StoreError> {
+        // Taken with the database held (after any reopen, before the value is read).
+        let mut generation = None;
         let value = self.read_table(COUNTERS, "opening the counter table", 0, |table, path| {
+            generation = Some(self.committed.generation());
             Ok(table
                 .get(COUNTER_KEY)
                 .map_err(|e| classify(path, "reading the counter", e.into()))?
                 .map(|guard| guard.value())
                 .unwrap_or(0))
         })?;
-        self.learn_counter(value);
+        if let Some(generation) = generation {
+            self.committed.learn(generation, value);
+        }
         Ok(value)
     }
 
@@ -405,20 +411,7 @@ impl Store {
         if self.broken.load(Ordering::Acquire) {
             return None;
         }
-        *self
-            .committed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records a committed (or read) counter value. The counter only grows, so the
-    /// largest value seen is the latest, whatever order concurrent commits report in.
-    fn learn_counter(&self, value: u64) {
-        let mut committed = self
-            .committed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        *committed = Some(committed.map_or(value, |known| known.max(value)));
+        self.committed.get()
     }
 
     /// `user`'s secret `name`, if there is one.
@@ -519,15 +512,14 @@ impl Store {
         let result = f(db, &self.path);
         if let Err(err) = &result {
             if err.wants_reopen() {
-                // A failed commit may still have reached the disk: what the file holds
-                // is learnt again once it is reopened.
-                *self
-                    .committed
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = None;
-            }
-            if err.wants_reopen() && !self.broken.swap(true, Ordering::AcqRel) {
-                tracing::error!(path = %self.path.display(), error = %err, "the store failed; it will be reopened (at most once a second) and answers 503 until then");
+                let first = !self.broken.swap(true, Ordering::AcqRel);
+                // Broken first, so that no reader takes the value from here on. A failed
+                // commit may still have reached the disk: what the file holds is learnt
+                // again once it is reopened.
+                self.committed.forget();
+                if first {
+                    tracing::error!(path = %self.path.display(), error = %err, "the store failed; it will be reopened (at most once a second) and answers 503 until then");
+                }
             }
         }
         result
@@ -558,10 +550,7 @@ impl Store {
         ) {
             Ok(reopened) => {
                 *db = Some(reopened);
-                *self
-                    .committed
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = None;
+                self.committed.forget();
                 recovery.last_error = None;
                 self.broken.store(false, Ordering::Release);
                 tracing::warn!(path = %self.path.display(), "the store was reopened after an I/O error; it holds what was last committed");
@@ -571,6 +560,49 @@ impl Store {
                 recovery.last_error = Some(err.to_string());
             }
         }
+    }
+}
+
+/// The counter's last committed value, and how many times it was forgotten: a value read
+/// or committed before the store broke (or was reopened) must not be learnt after it,
+/// so each learner names the generation it started in.
+#[derive(Default)]
+struct CommittedCounter(Mutex<KnownCounter>);
+
+#[derive(Default)]
+struct KnownCounter {
+    value: Option<u64>,
+    generation: u64,
+}
+
+impl CommittedCounter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, KnownCounter> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self) -> Option<u64> {
+        self.lock().value
+    }
+
+    /// Taken before a read or a write transaction starts.
+    fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Records a value read or committed in `generation`, unless the value was forgotten
+    /// since. The counter only grows, so the largest value seen is the latest, whatever
+    /// order concurrent commits report in.
+    fn learn(&self, generation: u64, value: u64) {
+        let mut known = self.lock();
+        if known.generation == generation {
+            known.value = Some(known.value.map_or(value, |old| old.max(value)));
+        }
+    }
+
+    fn forget(&self) {
+        let mut known = self.lock();
+        known.value = None;
+        known.generation += 1;
     }
 }
 

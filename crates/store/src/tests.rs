@@ -21,7 +21,7 @@ fn set_counter(store: &Store, value: u64) {
         })
         .unwrap();
     // Behind the store's back: what it knew of the counter is stale.
-    *store.committed.lock().unwrap() = None;
+    store.committed.forget();
     assert_eq!(store.counter().unwrap(), value);
 }
 
@@ -56,6 +56,25 @@ fn the_committed_counter_is_known_without_a_read_and_follows_every_commit() {
         Store::open(tmp.path()).unwrap().committed_counter(),
         Some(3)
     );
+}
+
+#[test]
+fn a_value_read_before_the_store_broke_is_not_learnt_after() {
+    let counter = CommittedCounter::default();
+    let before = counter.generation();
+    counter.learn(before, 6);
+    assert_eq!(counter.get(), Some(6));
+    // A read of 5 starts, the store breaks (forget), and then the read reports.
+    let reading = counter.generation();
+    counter.forget();
+    counter.learn(reading, 5);
+    assert_eq!(counter.get(), None);
+    // A read that started after the break teaches it again; an older commit's report
+    // arriving late never lowers it.
+    let now = counter.generation();
+    counter.learn(now, 6);
+    counter.learn(now, 4);
+    assert_eq!(counter.get(), Some(6));
 }
 
 #[test]
