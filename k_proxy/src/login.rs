@@ -139,21 +139,26 @@ async fn issue(
         scope: login.scope,
         supersede_others: app.policy.supersede_on_login,
     };
-    let issued = changing_sessions(&app.sessions, move |sessions| sessions.create(new))
-        .await
-        .map_err(session_error)?;
+    let peer = conn.peer;
+    let issued = changing_sessions(&app.sessions, move |sessions| {
+        let issued = sessions.create(new)?;
+        // Logged with the change (session_writes.rs).
+        for ended in &issued.superseded {
+            audit_ended(ended);
+        }
+        tracing::info!(
+            event = "login",
+            user = %issued.session.username,
+            session = %issued.session.id,
+            scope = ?issued.session.scope.as_deref(),
+            peer = %peer,
+            "audit"
+        );
+        Ok(issued)
+    })
+    .await
+    .map_err(session_error)?;
     *user = Some(issued.session.username.clone());
-    for ended in &issued.superseded {
-        audit_ended(ended);
-    }
-    tracing::info!(
-        event = "login",
-        user = %login.username,
-        session = %issued.session.id,
-        scope = ?issued.session.scope.as_deref(),
-        peer = %conn.peer,
-        "audit"
-    );
     let mut response = token_response(&issued);
     if login.cookie {
         set_cookie(

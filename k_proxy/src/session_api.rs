@@ -42,11 +42,15 @@ pub async fn refresh(
     user: &mut Option<Arc<str>>,
 ) -> Result<HttpResponse, ApiError> {
     let token = auth.token().to_owned();
-    let issued = changing_sessions(&app.sessions, move |sessions| sessions.refresh(&token))
-        .await
-        .map_err(session_error)?;
+    let peer = conn.peer;
+    let issued = changing_sessions(&app.sessions, move |sessions| {
+        let issued = sessions.refresh(&token)?;
+        tracing::info!(event = "refresh", user = %issued.session.username, session = %issued.session.id, peer = %peer, "audit");
+        Ok(issued)
+    })
+    .await
+    .map_err(session_error)?;
     *user = Some(issued.session.username.clone());
-    tracing::info!(event = "refresh", user = %issued.session.username, session = %issued.session.id, peer = %conn.peer, "audit");
     let mut response = token_response(&issued);
     if auth.source() == CredentialSource::Cookie {
         set_cookie(
@@ -92,21 +96,26 @@ pub async fn logout(
     let body = read_body_limited(body, MAX_LOGIN_BODY, BODY_READ_TIMEOUT).await?;
     let all = parse_logout(&parts.headers, &body)?;
     let token = auth.token().to_owned();
+    let peer = conn.peer;
+    // The audit lines are logged with the change (session_writes.rs).
     let ended = if all {
-        let (_, ended) =
-            changing_sessions(&app.sessions, move |sessions| sessions.revoke_all(&token))
-                .await
-                .map_err(session_error)?;
-        for session in &ended {
-            tracing::info!(event = "logout", all = true, user = %session.username, session = %session.id, peer = %conn.peer, "audit");
-        }
-        ended.len()
+        changing_sessions(&app.sessions, move |sessions| {
+            let (_, ended) = sessions.revoke_all(&token)?;
+            for session in &ended {
+                tracing::info!(event = "logout", all = true, user = %session.username, session = %session.id, peer = %peer, "audit");
+            }
+            Ok(ended.len())
+        })
+        .await
+        .map_err(session_error)?
     } else {
-        let session = changing_sessions(&app.sessions, move |sessions| sessions.revoke(&token))
-            .await
-            .map_err(session_error)?;
-        tracing::info!(event = "logout", all = false, user = %session.username, session = %session.id, peer = %conn.peer, "audit");
-        1
+        changing_sessions(&app.sessions, move |sessions| {
+            let session = sessions.revoke(&token)?;
+            tracing::info!(event = "logout", all = false, user = %session.username, session = %session.id, peer = %peer, "audit");
+            Ok(1)
+        })
+        .await
+        .map_err(session_error)?
     };
     let mut response = json_response(
         StatusCode::OK,

@@ -2,6 +2,10 @@
 //! disk: with `--session-store`, each commits a transaction with an fsync. A connection
 //! worker (one thread serving many connections) must not wait for a disk, so those calls
 //! go to a blocking thread; without a session file they stay in place (memory only).
+//!
+//! A call on a blocking thread finishes even if the request that asked for it is dropped
+//! meanwhile (the client hung up, or the drain ran out). So its audit line belongs inside
+//! `call`, right after the change, never after the await: no session changes unrecorded.
 
 use std::sync::Arc;
 

@@ -149,10 +149,17 @@ pub async fn end_session(
     let body = read_body_limited(body, MAX_END_BODY, BODY_READ_TIMEOUT).await?;
     let id = parse_end(&body)?;
     let token = auth.token().to_owned();
-    let (current, ended) =
-        changing_sessions(sessions, move |sessions| sessions.revoke_id(&token, &id))
-            .await
-            .map_err(session_error)?;
+    let peer = conn.peer;
+    let (current, ended) = changing_sessions(sessions, move |sessions| {
+        let (current, ended) = sessions.revoke_id(&token, &id)?;
+        // Logged with the change (session_writes.rs).
+        if let Some(ended) = &ended {
+            tracing::info!(event = "logout", all = false, user = %ended.username, session = %ended.id, by = %current.id, peer = %peer, "audit");
+        }
+        Ok((current, ended))
+    })
+    .await
+    .map_err(session_error)?;
     let Some(ended) = ended else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -160,7 +167,6 @@ pub async fn end_session(
             "You have no live session with that id; list them with GET /session/list.",
         ));
     };
-    tracing::info!(event = "logout", all = false, user = %ended.username, session = %ended.id, by = %current.id, peer = %conn.peer, "audit");
     Ok(json_response(
         StatusCode::OK,
         &json!({"ended": true, "session_id": ended.id, "current": ended.id == current.id}),
