@@ -134,8 +134,9 @@ impl Sink {
         }
     }
 
-    /// Writes whole lines before returning, behind everything logged before them: they
-    /// join the buffer, and the writer (told not to gather) writes them out at once.
+    /// Writes whole lines before returning, behind everything logged before them: in
+    /// place when nothing is buffered, else they join the buffer and the writer (told not
+    /// to gather) writes them out at once.
     pub fn push_now(&self, lines: &[u8]) {
         let mut state = self.lock();
         if state.stopped {
@@ -144,6 +145,12 @@ impl Sink {
             while !state.pending.is_empty() || state.writing {
                 state = self.wait_for_writer(state);
             }
+            self.write_out(lines);
+            return;
+        }
+        if state.pending.is_empty() && !state.writing {
+            // Nothing ahead of these lines: written in place, under the lock (no hop to
+            // the writer thread and back).
             self.write_out(lines);
             return;
         }
