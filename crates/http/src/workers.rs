@@ -32,12 +32,14 @@ pub fn current_worker() -> Option<usize> {
 /// before its runtime is dropped.
 const WORKER_SHUTDOWN: Duration = Duration::from_secs(1);
 
-/// The workers; dropping this stops them (each cancels what it still runs).
+/// The workers; dropping this stops them (each cancels what it still runs) and waits
+/// for their threads to end (at most about [`WORKER_SHUTDOWN`]: they stop together).
 pub struct ConnectionWorkers {
     handles: Vec<Handle>,
     next: AtomicUsize,
-    // Dropped with `self`: each worker's `block_on` then returns.
-    _stops: Vec<oneshot::Sender<()>>,
+    /// Dropped first: each worker's `block_on` then returns.
+    stops: Vec<oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl ConnectionWorkers {
@@ -46,12 +48,13 @@ impl ConnectionWorkers {
         let count = count.max(1);
         let mut handles = Vec::with_capacity(count);
         let mut stops = Vec::with_capacity(count);
+        let mut threads = Vec::with_capacity(count);
         for index in 0..count {
             let (stop, stopped) = oneshot::channel::<()>();
             let (started, handle) = std::sync::mpsc::sync_channel(1);
             // The runtime is built and dropped on its own thread: dropping one inside the
             // caller's runtime (as a failed spawn would) panics.
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name(format!("{name}-{index}"))
                 .spawn(move || {
                     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -76,11 +79,13 @@ impl ConnectionWorkers {
                 .map_err(|_| std::io::Error::other("a connection worker ended as it started"))??;
             handles.push(handle);
             stops.push(stop);
+            threads.push(thread);
         }
         Ok(Self {
             handles,
             next: AtomicUsize::new(0),
-            _stops: stops,
+            stops,
+            threads,
         })
     }
 
@@ -95,6 +100,15 @@ impl ConnectionWorkers {
     {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
         self.handles[index].spawn(task);
+    }
+}
+
+impl Drop for ConnectionWorkers {
+    fn drop(&mut self) {
+        self.stops.clear();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
     }
 }
 
