@@ -31,12 +31,12 @@
 # Usage: scripts/bench.sh [--seconds N] [--rounds N] [--conns "1 64 256"] [--sessions N]
 #                         [--no-build] [--no-profile] [--results FILE]
 #                         [--instructions-only] [--no-instructions] [--instr-requests N]
-#                         [--proxy-workers N] [--proxy-args "FLAGS"]
+#                         [--proxy-args "FLAGS"]
 #
-# --proxy-workers N: k_proxy's tokio worker threads (TOKIO_WORKER_THREADS in its
-# environment only; k_server keeps one per CPU), to compare runtimes on the same run.
 # --proxy-args "FLAGS": more k_proxy flags for the chain (and chain-nolog), e.g.
-# "--connection-threads 0" to measure the shared runtime against the default workers.
+# "--connection-threads 0" to measure the shared runtime against the default workers, or
+# "--connection-threads 1" for one worker. (The former --proxy-workers N set
+# TOKIO_WORKER_THREADS, which no longer decides where connections are served.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$(pwd -P)"
@@ -47,7 +47,6 @@ conns_list="1 64 256"
 sessions_target=100000
 build=1
 profile=1
-proxy_workers=""
 proxy_extra=()
 results="bench/RESULTS.md"
 instructions=1
@@ -61,13 +60,15 @@ while (($# > 0)); do
         --sessions) sessions_target="$2"; shift 2 ;;
         --no-build) build=0; shift ;;
         --no-profile) profile=0; shift ;;
-        --proxy-workers) proxy_workers="$2"; shift 2 ;;
+        --proxy-workers)
+            echo "bench.sh: --proxy-workers is gone: use --proxy-args \"--connection-threads $2\"" >&2
+            exit 2 ;;
         --proxy-args) read -ra proxy_extra <<<"$2"; shift 2 ;;
         --results) results="$2"; shift 2 ;;
         --instructions-only) instructions_only=1; shift ;;
         --no-instructions) instructions=0; shift ;;
         --instr-requests) instr_requests="$2"; shift 2 ;;
-        -h | --help) sed -n '2,39p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,40p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -252,8 +253,6 @@ wait "$mem_pid" 2>/dev/null || true
 # ---------------------------------------------------------------- the three targets
 kp_port="$(free_port)"
 kp_cmd=("$kp_bin" --port "$kp_port" "${kp_common[@]}" --max-connections 4096 "${proxy_extra[@]}")
-# env execs k_proxy in place: the PID (and its CPU accounting) is k_proxy's.
-if [[ -n "$proxy_workers" ]]; then kp_cmd=(env "TOKIO_WORKER_THREADS=$proxy_workers" "${kp_cmd[@]}"); fi
 "${kp_cmd[@]}" 2>"$work/k_proxy.log" &
 kp_pid=$!
 pids+=("$kp_pid")
