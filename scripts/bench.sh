@@ -68,7 +68,7 @@ while (($# > 0)); do
         --instructions-only) instructions_only=1; shift ;;
         --no-instructions) instructions=0; shift ;;
         --instr-requests) instr_requests="$2"; shift 2 ;;
-        -h | --help) sed -n '2,40p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,39p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
