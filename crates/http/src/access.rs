@@ -27,44 +27,45 @@ pub fn access_line(
     if !tracing::enabled!(target: "chromecard::access", tracing::Level::INFO) {
         return;
     }
-    let micros = took.as_micros() as u64;
-    let user = user.unwrap_or("-");
+    let served = Served {
+        peer,
+        method,
+        path,
+        status,
+        user: user.unwrap_or("-"),
+        micros: took.as_micros() as u64,
+    };
     if crate::telemetry::plain_text() {
-        let mut line = Vec::with_capacity(128 + path.len() + user.len());
-        format_line(
-            &mut line,
-            SystemTime::now(),
-            peer,
-            method,
-            path,
-            status,
-            user,
-            micros,
-        );
+        let mut line = Vec::with_capacity(128 + path.len() + served.user.len());
+        format_line(&mut line, SystemTime::now(), &served);
         crate::log_writer::write_lines(&line);
         return;
     }
-    access_event(peer, method, path, status, user, micros);
+    access_event(&served);
+}
+
+/// What the access line says of one request.
+struct Served<'a> {
+    peer: SocketAddr,
+    method: &'a Method,
+    path: &'a str,
+    status: StatusCode,
+    /// `-` when no user is known.
+    user: &'a str,
+    micros: u64,
 }
 
 /// The access line as an ordinary tracing event: where our plain-text writer is not in
 /// use, and the reference its direct formatting is tested against.
-fn access_event(
-    peer: SocketAddr,
-    method: &Method,
-    path: &str,
-    status: StatusCode,
-    user: &str,
-    micros: u64,
-) {
+fn access_event(served: &Served<'_>) {
     tracing::info!(
         target: "chromecard::access",
-        peer = %peer,
-        %method,
-        path = %path,
-        status = status.as_u16(),
-        user = user,
-        micros = micros,
+        peer = %served.peer,
+        method = %served.method,
+        path = %served.path,
+        status = served.status.as_u16(),
+        user = served.user,
+        micros = served.micros,
         "request"
     );
 }
@@ -72,17 +73,15 @@ fn access_event(
 /// The line tracing-subscriber's default format gives the event above (no target, no
 /// colours): `<RFC 3339 time, microseconds>  INFO request peer=.. method=.. path=..
 /// status=.. user=".." micros=..`, the user as `Debug` (quoted).
-#[allow(clippy::too_many_arguments)]
-fn format_line(
-    line: &mut Vec<u8>,
-    now: SystemTime,
-    peer: SocketAddr,
-    method: &Method,
-    path: &str,
-    status: StatusCode,
-    user: &str,
-    micros: u64,
-) {
+fn format_line(line: &mut Vec<u8>, now: SystemTime, served: &Served<'_>) {
+    let &Served {
+        peer,
+        method,
+        path,
+        status,
+        user,
+        micros,
+    } = served;
     push_time(line, now);
     line.extend_from_slice(b"  INFO request peer=");
     push_peer(line, peer);
@@ -220,14 +219,7 @@ mod tests {
 
     /// The line tracing-subscriber writes for the event, with the settings of
     /// `init_tracing` (no target, no colours).
-    fn through_tracing(
-        peer: SocketAddr,
-        method: &Method,
-        path: &str,
-        status: StatusCode,
-        user: &str,
-        micros: u64,
-    ) -> String {
+    fn through_tracing(served: &Served<'_>) -> String {
         let buffer = Buffer::default();
         let writer = buffer.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -235,9 +227,7 @@ mod tests {
             .with_target(false)
             .with_ansi(false)
             .finish();
-        tracing::subscriber::with_default(subscriber, || {
-            access_event(peer, method, path, status, user, micros)
-        });
+        tracing::subscriber::with_default(subscriber, || access_event(served));
         let bytes = buffer.0.lock().unwrap().clone();
         String::from_utf8(bytes).unwrap()
     }
@@ -272,18 +262,17 @@ mod tests {
             let peer: SocketAddr = peer.parse().unwrap();
             let method = Method::from_bytes(method.as_bytes()).unwrap();
             let status = StatusCode::from_u16(status).unwrap();
-            let theirs = through_tracing(peer, &method, path, status, user, micros);
-            let mut ours = Vec::new();
-            format_line(
-                &mut ours,
-                SystemTime::now(),
+            let served = Served {
                 peer,
-                &method,
+                method: &method,
                 path,
                 status,
                 user,
                 micros,
-            );
+            };
+            let theirs = through_tracing(&served);
+            let mut ours = Vec::new();
+            format_line(&mut ours, SystemTime::now(), &served);
             let ours = String::from_utf8(ours).unwrap();
             // The times differ (two clocks read); the shape is checked below.
             let strip = |line: &str| line.split_once(' ').unwrap().1.to_owned();
