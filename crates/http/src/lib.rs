@@ -30,5 +30,5 @@ pub use limits::{body_too_large, check_header_limits, read_body_limited, HeaderL
 pub use serve::{serve, shutdown_signal, ConnInfo, ReloadableTls, ServeSettings};
 pub use slot::Slot;
 pub use telemetry::{describe_error, init_tracing};
-pub use workers::{current_worker, ConnectionWorkers};
+pub use workers::current_worker;
 pub use write_stall::WriteStallLimit;

@@ -114,7 +114,7 @@ impl Sink {
             && !state.pending.is_empty()
             && state.pending.len() + lines.len() > MAX_PENDING
         {
-            state = self.wait_for_writer(state);
+            state = self.wait_for_writer(state, None);
         }
         if state.stopped {
             // After stop: written in place, in order.
@@ -143,7 +143,7 @@ impl Sink {
             // No writer to rely on: wait for it to finish what it has, then write in
             // place, under the lock, so that no line comes between.
             while !state.pending.is_empty() || state.writing {
-                state = self.wait_for_writer(state);
+                state = self.wait_for_writer(state, None);
             }
             self.write_out(lines);
             return;
@@ -158,22 +158,34 @@ impl Sink {
         state.appended += lines.len() as u64;
         let mine = state.appended;
         while state.written < mine {
-            state = self.wait_for_writer(state);
+            state = self.wait_for_writer(state, None);
         }
     }
 
-    /// Waits on `drained` as one of the writer's waiters: the writer is woken if it is
-    /// idle or gathering, and does not gather while anyone waits.
-    fn wait_for_writer<'a>(&self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+    /// Waits on `drained` (at most until `until`) as one of the writer's waiters: the
+    /// writer is woken if it is idle or gathering, and does not gather while anyone waits.
+    fn wait_for_writer<'a>(
+        &self,
+        mut state: MutexGuard<'a, State>,
+        until: Option<Instant>,
+    ) -> MutexGuard<'a, State> {
         state.waiters += 1;
         if state.idle || state.gathering {
             state.idle = false;
             self.wake_writer.notify_one();
         }
-        let mut state = self
-            .drained
-            .wait(state)
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = match until {
+            None => self
+                .drained
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            Some(until) => {
+                self.drained
+                    .wait_timeout(state, until.saturating_duration_since(Instant::now()))
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .0
+            }
+        };
         state.waiters -= 1;
         state
     }
@@ -252,22 +264,9 @@ impl Sink {
         let deadline = Instant::now() + wait;
         let mut state = self.lock();
         let all = state.appended;
-        state.waiters += 1;
-        if state.idle || state.gathering {
-            state.idle = false;
-            self.wake_writer.notify_one();
+        while state.written < all && Instant::now() < deadline {
+            state = self.wait_for_writer(state, Some(deadline));
         }
-        while state.written < all {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                break;
-            };
-            state = self
-                .drained
-                .wait_timeout(state, left)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
-        }
-        state.waiters -= 1;
         state.written >= all
     }
 

@@ -89,10 +89,6 @@ impl ConnectionWorkers {
         })
     }
 
-    pub fn count(&self) -> usize {
-        self.handles.len()
-    }
-
     /// Runs `task` on the next worker in turn.
     pub fn spawn<F>(&self, task: F)
     where
@@ -119,7 +115,7 @@ mod tests {
     #[tokio::test]
     async fn tasks_go_to_the_workers_in_turn_and_stay_on_their_thread() {
         let workers = ConnectionWorkers::start("test-worker", 2).unwrap();
-        assert_eq!(workers.count(), 2);
+        assert_eq!(workers.handles.len(), 2);
         assert_eq!(current_worker(), None);
         let mut seen = Vec::new();
         for _ in 0..4 {
