@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use chromecard_gate::SoftBehavior;
 use clap::{Parser, ValueEnum};
 
+use crate::upstream::UpstreamHttp2;
+
 /// Which authenticator stands at the gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum GateKind {
@@ -181,6 +183,14 @@ pub struct Args {
     /// together; then 502.
     #[arg(long, value_name = "SECS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub upstream_connect_timeout: u64,
+
+    /// When forwarded requests go to k_server over HTTP/2, which k_server offers by ALPN
+    /// (https --server-base-url only): `concurrent` sends a request that is alone in
+    /// flight from its thread over HTTP/1.1, the quickest for one, and the others over one
+    /// HTTP/2 connection per thread, which costs less CPU per request under load;
+    /// `always` sends every request over HTTP/2; `never` keeps to HTTP/1.1.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = UpstreamHttp2::Concurrent)]
+    pub upstream_http2: UpstreamHttp2,
 
     /// Largest request body forwarded to k_server, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(0..=16_777_216))]

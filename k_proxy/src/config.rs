@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::args::{Args, OnNewLogin};
 use crate::host_allow::AllowedHosts;
 use crate::throttle::ThrottleSettings;
-use crate::upstream::UpstreamSettings;
+use crate::upstream::{UpstreamHttp2, UpstreamSettings};
 
 pub struct Config {
     pub listen: SocketAddr,
@@ -215,6 +215,9 @@ fn make_upstream(args: &Args, proxy_token: ProxyToken) -> anyhow::Result<Upstrea
             if args.server_ca_file.is_some() {
                 tracing::warn!("--server-ca-file is ignored: --server-base-url is plain http");
             }
+            if args.upstream_http2 == UpstreamHttp2::Always {
+                bail!("--upstream-http2 always needs an https:// --server-base-url (HTTP/2 is agreed on in the TLS handshake); use --upstream-http2 never with plain http");
+            }
             tracing::warn!("forwarding to k_server over plain HTTP (same-VM quickstart only): no mutual TLS on this hop");
             None
         }
@@ -232,6 +235,7 @@ fn make_upstream(args: &Args, proxy_token: ProxyToken) -> anyhow::Result<Upstrea
         connect_timeout: Duration::from_secs(args.upstream_connect_timeout),
         response_timeout: Duration::from_secs(args.upstream_timeout),
         connection_threads: args.connection_threads(),
+        http2: args.upstream_http2,
     })
 }
 

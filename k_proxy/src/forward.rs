@@ -35,9 +35,19 @@ pub async fn resource(
         .await;
     app.metrics.upstream_latency.observe(started.elapsed());
     let status = match &result {
-        Ok(response) => response.status(),
+        Ok(response) => {
+            app.metrics.upstream_protocol.inc(match response.version() {
+                http::Version::HTTP_2 => "h2",
+                _ => "http/1.1",
+            });
+            response.status()
+        }
         Err(err) => err.status,
     };
     app.metrics.forwarded.inc(status.as_str());
-    result
+    result.map(|mut response| {
+        // The client's hop is HTTP/1.1 whatever k_server's was.
+        *response.version_mut() = http::Version::HTTP_11;
+        response
+    })
 }

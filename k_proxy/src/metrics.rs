@@ -11,6 +11,8 @@ pub struct ProxyMetrics {
     pub logins: Arc<LabeledCounter>,
     /// Forwarded /resource requests by the status the client got.
     pub forwarded: Arc<LabeledCounter>,
+    /// Requests k_server answered, by the protocol of the hop (`--upstream-http2`).
+    pub upstream_protocol: Arc<LabeledCounter>,
     pub upstream_latency: Arc<Histogram>,
     pub gate_latency: Arc<Histogram>,
     /// Requests refused before routing for their Host, by error code.
@@ -35,6 +37,11 @@ impl ProxyMetrics {
             "Requests to /resource/* by the HTTP status returned to the client.",
             "status",
         );
+        let upstream_protocol = registry.labeled_counter(
+            "chromecard_upstream_requests_total",
+            "Forwarded requests k_server answered, by the protocol they went over (http/1.1, h2).",
+            "protocol",
+        );
         let upstream_latency = registry.histogram(
             "chromecard_upstream_latency_seconds",
             "Time from forwarding a request to k_server to having its whole answer.",
@@ -54,6 +61,7 @@ impl ProxyMetrics {
             registry,
             logins,
             forwarded,
+            upstream_protocol,
             upstream_latency,
             gate_latency,
             host_refused,

@@ -22,7 +22,8 @@ mod pool;
 
 use crate::connect_deadline::ConnectDeadline;
 use crate::rewrite::{rewrite_request_headers, strip_hop_by_hop};
-use pool::{Pool, PoolError};
+pub use pool::UpstreamHttp2;
+use pool::{Multiplexing, Pool, PoolError};
 
 /// k_server's answers are small JSON; a larger one is a fault, not something to relay.
 const MAX_UPSTREAM_BODY: usize = 1024 * 1024;
@@ -44,6 +45,8 @@ pub struct UpstreamSettings {
     /// The connection worker threads (`--connection-threads`), each with its own share
     /// of the pool.
     pub connection_threads: usize,
+    /// `--upstream-http2`: when requests share an HTTP/2 connection (TLS only).
+    pub http2: UpstreamHttp2,
 }
 
 type HopClient = Client<ConnectDeadline<HttpsConnector<HttpConnector>>, Full<Bytes>>;
@@ -68,24 +71,26 @@ impl Upstream {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(settings.connect_timeout));
-        let connector = match settings.tls {
+        let server_name = || {
+            ServerName::try_from(settings.server_name.clone()).map_err(|_| {
+                anyhow::anyhow!(
+                    "--server-name {:?} is not a valid DNS name or IP address",
+                    settings.server_name
+                )
+            })
+        };
+        let connector = match &settings.tls {
             Some(tls) => {
-                let name = ServerName::try_from(settings.server_name.clone()).map_err(|_| {
-                    anyhow::anyhow!(
-                        "--server-name {:?} is not a valid DNS name or IP address",
-                        settings.server_name
-                    )
-                })?;
                 // hyper-rustls sets ALPN itself from enable_http1() and refuses a
                 // config that already names protocols.
-                let mut tls = (*tls).clone();
+                let mut tls = (**tls).clone();
                 tls.alpn_protocols.clear();
                 HttpsConnectorBuilder::new()
                     .with_tls_config(tls)
                     .https_only()
-                    .with_server_name_resolver(FixedServerNameResolver::new(name))
+                    .with_server_name_resolver(FixedServerNameResolver::new(server_name()?))
                     .enable_http1()
-                    .wrap_connector(http)
+                    .wrap_connector(http.clone())
             }
             // The connector needs *some* TLS config even when every URL is http://; this
             // one trusts nothing, so it can never complete a handshake.
@@ -100,7 +105,33 @@ impl Upstream {
                 )
                 .https_or_http()
                 .enable_http1()
-                .wrap_connector(http),
+                .wrap_connector(http.clone()),
+        };
+        // HTTP/2 is chosen by ALPN, so only over TLS; its connector offers h2 first.
+        let multiplexing = match (&settings.tls, settings.http2) {
+            (Some(_), UpstreamHttp2::Never) | (None, _) => None,
+            (Some(tls), when) => {
+                let mut tls = (**tls).clone();
+                tls.alpn_protocols.clear();
+                let connector = HttpsConnectorBuilder::new()
+                    .with_tls_config(tls)
+                    .https_only()
+                    .with_server_name_resolver(FixedServerNameResolver::new(server_name()?))
+                    .enable_all_versions()
+                    .wrap_connector(http);
+                Some(Multiplexing {
+                    when,
+                    connector: ConnectDeadline::new(connector, settings.connect_timeout),
+                    scheme: settings
+                        .base
+                        .scheme()
+                        .cloned()
+                        .unwrap_or(http::uri::Scheme::HTTPS),
+                    authority: settings.base.authority().cloned().ok_or_else(|| {
+                        anyhow::anyhow!("--server-base-url {} names no host", settings.base)
+                    })?,
+                })
+            }
         };
         let connector = ConnectDeadline::new(connector, settings.connect_timeout);
         // The idle timeout is below k_server's keep-alive wait (its
@@ -115,6 +146,7 @@ impl Upstream {
             settings.connection_threads,
             MAX_IDLE_CONNECTIONS,
             POOL_IDLE_TIMEOUT,
+            multiplexing,
         );
         let fresh = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
@@ -344,10 +376,12 @@ fn host_header(base: &Uri) -> Option<HeaderValue> {
 /// Why a failed exchange may be sent once more, on a new connection; `None` when it may not.
 ///
 /// * `unsent`: hyper handed the request back unwritten (the connection closed before a
-///   byte of it went out), so k_server cannot have acted on it: any method.
-/// * `idempotent`: the connection failed before an answer (closed, reset, broken pipe)
-///   and the method is idempotent (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT,
-///   DELETE), so acting on it twice is the same as once.
+///   byte of it went out), or k_server refused its HTTP/2 stream with `REFUSED_STREAM`
+///   (RFC 9113 §8.7: closed before any processing), so k_server cannot have acted on it:
+///   any method.
+/// * `idempotent`: the connection failed before an answer (closed, reset, broken pipe,
+///   or an HTTP/2 GOAWAY) and the method is idempotent (RFC 9110 §9.2.2: GET, HEAD,
+///   OPTIONS, TRACE, PUT, DELETE), so acting on it twice is the same as once.
 ///
 /// A POST that may have been written is never resent (an increment could count twice),
 /// and a failure to connect is not retried either: it happened on a new connection
@@ -356,7 +390,15 @@ fn retry_reason(method: &Method, err: &PoolError) -> Option<&'static str> {
     let PoolError::Http(hyper_err) = err else {
         return None;
     };
-    if hyper_err.is_canceled() {
+    let causes = || {
+        std::iter::successors(Some(hyper_err as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        })
+    };
+    let h2_error = causes().find_map(|e| e.downcast_ref::<h2::Error>());
+    if hyper_err.is_canceled()
+        || h2_error.is_some_and(|e| e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM))
+    {
         return Some("unsent");
     }
     let idempotent = matches!(
@@ -366,10 +408,8 @@ fn retry_reason(method: &Method, err: &PoolError) -> Option<&'static str> {
     let connection_failed = hyper_err.is_incomplete_message()
         || hyper_err.is_closed()
         || hyper_err.is_body_write_aborted()
-        || std::iter::successors(Some(hyper_err as &(dyn std::error::Error + 'static)), |e| {
-            e.source()
-        })
-        .any(|e| e.is::<std::io::Error>());
+        || h2_error.is_some_and(|e| e.is_go_away() || e.is_io())
+        || causes().any(|e| e.is::<std::io::Error>());
     (idempotent && connection_failed && !hyper_err.is_timeout()).then_some("idempotent")
 }
 

@@ -54,6 +54,12 @@ pub struct Args {
     /// Connections served at once; more are closed at accept.
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
+
+    /// Offer only HTTP/1.1 on the TLS listener. By default it also offers HTTP/2 (by ALPN),
+    /// which k_proxy uses to carry concurrent requests on one connection
+    /// (its --upstream-http2); either way a client certificate comes first.
+    #[arg(long)]
+    pub no_http2: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -106,7 +106,12 @@ pub struct Reloadable {
 pub fn load_reloadable(args: &Args) -> anyhow::Result<Reloadable> {
     let proxy_token = args.shared.load_proxy_token()?;
     let tls = match (&args.shared.tls_certfile, &args.shared.tls_keyfile) {
-        (Some(cert), Some(key)) => Some(make_tls(cert, key, args.client_ca_file.as_deref())?),
+        (Some(cert), Some(key)) => Some(make_tls(
+            cert,
+            key,
+            args.client_ca_file.as_deref(),
+            !args.no_http2,
+        )?),
         (None, None) => None,
         _ => bail!("--tls-certfile and --tls-keyfile go together; give both or neither"),
     };
@@ -114,10 +119,12 @@ pub fn load_reloadable(args: &Args) -> anyhow::Result<Reloadable> {
 }
 
 /// TLS always with required client certificates: k_server has no anonymous clients.
+/// HTTP/2 is offered unless `--no-http2`.
 fn make_tls(
     cert: &std::path::Path,
     key: &std::path::Path,
     client_ca: Option<&std::path::Path>,
+    http2: bool,
 ) -> anyhow::Result<TlsAcceptor> {
     let ca_file = match client_ca {
         Some(path) => path.to_path_buf(),
@@ -145,6 +152,11 @@ fn make_tls(
         },
     )
     .context("the TLS listener (--tls-certfile, --tls-keyfile, --client-ca-file)")?;
-    tracing::info!(ca = %summary, "mutual TLS: client certificates must chain to this CA");
+    let server_config = if http2 {
+        chromecard_tls::offer_http2(&server_config)
+    } else {
+        server_config
+    };
+    tracing::info!(ca = %summary, http2, "mutual TLS: client certificates must chain to this CA");
     Ok(TlsAcceptor::from(server_config))
 }

@@ -1,5 +1,6 @@
-//! The accept loop: TLS (when configured), HTTP/1.1 with bounded waits, a cap on open
-//! connections, and a graceful drain when the shutdown future resolves.
+//! The accept loop: TLS (when configured), HTTP/1.1 with bounded waits (or HTTP/2 where
+//! the TLS configuration offers it and the client chose it), a cap on open connections,
+//! and a graceful drain when the shutdown future resolves.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::Request;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,6 +22,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::body::MustClose;
 use crate::workers::ConnectionWorkers;
 use crate::{DrainLimits, HttpResponse, Linger, LingerLimits, RequestBody, WriteStallLimit};
+
+/// The ALPN name of HTTP/2: a TLS connection that chose it is served as HTTP/2.
+const ALPN_H2: &[u8] = b"h2";
 
 /// What a handler may know about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -57,6 +61,9 @@ pub struct ServeSettings {
     /// Connection worker threads (workers.rs): each accepted connection lives on one of
     /// them. 0 serves connections on the caller's runtime instead.
     pub connection_threads: usize,
+    /// Requests one HTTP/2 connection may have in flight at once (served only where the
+    /// TLS configuration offers `h2`: k_server's listener). More wait in the client.
+    pub http2_max_streams: u32,
 }
 
 impl ServeSettings {
@@ -80,6 +87,7 @@ impl Default for ServeSettings {
             drain: DrainLimits::default(),
             linger: LingerLimits::default(),
             connection_threads: 0,
+            http2_max_streams: 256,
         }
     }
 }
@@ -238,6 +246,11 @@ pub async fn serve<H, F, T>(
                         tls: true,
                         client_cert,
                     });
+                    if stream.get_ref().1.alpn_protocol() == Some(ALPN_H2) {
+                        serve_connection_h2(&settings, watcher, stopping, stream, info, handler)
+                            .await;
+                        return;
+                    }
                     serve_connection(
                         &http,
                         watcher,
@@ -368,6 +381,56 @@ async fn serve_connection<IO, H, F>(
     if let Err(err) = result {
         // Timeouts and resets by clients are routine; they are not our errors.
         tracing::debug!(%peer, error = %err, "connection ended with an error");
+    }
+}
+
+/// One HTTP/2 connection (k_server's listener, where only a peer with a client
+/// certificate from the chain CA gets this far: k_proxy multiplexing its requests).
+///
+/// The same handler and request body bounds as HTTP/1.1. What differs: at most
+/// `http2_max_streams` requests at once; a head (all header fields) no larger than
+/// HTTP/1.1's read buffer; a peer that stops answering pings is dropped; and the drain
+/// sends GOAWAY, lets the streams already open finish, and refuses new ones (k_proxy
+/// sends those again on another connection: they were never processed). An unread
+/// request body ends its own stream, not the connection, so no `Connection: close` here.
+async fn serve_connection_h2<IO, H, F>(
+    settings: &ServeSettings,
+    // Held until the connection ends: the drain waits for it.
+    _watcher: watch::Receiver<()>,
+    mut stopping: watch::Receiver<bool>,
+    io: IO,
+    info: Arc<ConnInfo>,
+    handler: H,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<RequestBody>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = HttpResponse> + Send + 'static,
+{
+    let peer = info.peer;
+    let drain = settings.drain;
+    let service = service_fn(move |request: Request<Incoming>| {
+        let (parts, body) = request.into_parts();
+        let body = RequestBody::new(body, &parts.headers, drain, Arc::default());
+        let response = Box::pin(handler(Request::from_parts(parts, body), info.clone()));
+        async move { Ok::<_, std::convert::Infallible>(response.await) }
+    });
+    let mut http = http2::Builder::new(TokioExecutor::new());
+    http.timer(TokioTimer::new())
+        .max_concurrent_streams(settings.http2_max_streams)
+        .max_header_list_size(u32::try_from(settings.max_buf_size).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(settings.header_read_timeout))
+        .keep_alive_timeout(settings.header_read_timeout);
+    let connection = http.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = &mut connection => result,
+        () = stopped(&mut stopping) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(%peer, error = %err, "HTTP/2 connection ended with an error");
     }
 }
 

@@ -2,7 +2,8 @@
 //! TLS plumbing shared by `k_proxy` and `k_server`: PEM loading and rustls configurations.
 //!
 //! Why a crate of its own: both binaries must agree on exactly one TLS policy (TLS 1.3 only,
-//! ALPN `http/1.1`, trust only the chain CA, never the system roots), and the one decision
+//! ALPN `http/1.1`, plus `h2` on k_server's mutual-TLS listener only (see [`offer_http2`]),
+//! trust only the chain CA, never the system roots), and the one decision
 //! that matters most — whether a listener demands a client certificate — must be spelled out
 //! by the caller ([`ClientAuth`]), never fall out of a default.
 //!
@@ -30,8 +31,23 @@ mod validity;
 pub use names::{certificate_names, SubjectName};
 pub use validity::{check_certificate_file, CertificateStatus, EXPIRY_WARNING_DAYS};
 
-/// The only application protocol either side offers or accepts.
+/// The application protocol every listener and client offers.
 const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// HTTP/2, offered only on top of `http/1.1` where both ends are ours (the hop to k_server).
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// The same server configuration, also offering HTTP/2 by ALPN (preferred over `http/1.1`
+/// when the client offers both).
+///
+/// For k_server's listener, which demands a client certificate: only k_proxy gets as far
+/// as choosing a protocol, and it multiplexes concurrent requests on one connection.
+/// k_proxy's client-facing listener never offers it.
+pub fn offer_http2(config: &ServerConfig) -> Arc<ServerConfig> {
+    let mut config = config.clone();
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+    Arc::new(config)
+}
 
 /// Whether a TLS listener demands a client certificate.
 ///

@@ -1,5 +1,6 @@
-//! The keep-alive connections to k_server that forwarded requests take turns on: a stack
-//! of idle HTTP/1.1 connections, most recently used first.
+//! The connections to k_server that forwarded requests take turns on: a stack of idle
+//! HTTP/1.1 keep-alive connections, most recently used first, and (over TLS, when k_server
+//! offers it) one multiplexed HTTP/2 connection, per connection worker thread.
 //!
 //! There is one k_server, so none of hyper-util's pool machinery is needed: its map
 //! keyed by (scheme, authority) hashed with SipHash three times per request, its waiter
@@ -13,27 +14,58 @@
 //!   sent again on another connection (hyper hands it back unwritten: it cannot have
 //!   reached k_server), as hyper-util's `retry_canceled_requests` did.
 //!
-//! The idle connections are kept in one share per connection worker thread (and one for
-//! any other thread): a connection's driving task runs on the worker that opened it, so
-//! a request borrowing it from its own worker's share never wakes another CPU.
+//! **Which protocol** (`--upstream-http2`): with `concurrent`, the default, a request
+//! that is alone in flight from its worker goes on an HTTP/1.1 connection, and one that
+//! finds others in flight joins them on the worker's HTTP/2 connection. Measured
+//! (bench/RESULTS.md): HTTP/2 carries many requests per system call and TLS record under
+//! load, so the chain spends less CPU per request, but a lone request waits longer on it
+//! than on HTTP/1.1. `always` puts every request on HTTP/2, `never` none. The HTTP/2
+//! connection is opened offering both protocols; a k_server that picks HTTP/1.1 gets that
+//! connection used as HTTP/1.1, so an older k_server (or one run with `--no-http2`) is
+//! served as before.
+//!
+//! The connections are kept in one share per connection worker thread (and one for any
+//! other thread): a connection's driving task runs on the worker that opened it, so a
+//! request borrowing it from its own worker's share never wakes another CPU.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
 use crate::connect_deadline::ConnectDeadline;
 
 pub type Connector = ConnectDeadline<HttpsConnector<HttpConnector>>;
 type Sender = http1::SendRequest<Full<Bytes>>;
+type MultiplexedSender = http2::SendRequest<Full<Bytes>>;
+
+/// How often an HTTP/2 connection with requests in flight pings k_server, and how long
+/// the answer may take: a k_server that stopped answering fails those requests at once
+/// (and the next ones get a new connection) instead of each waiting for its own timeout.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// When forwarded requests use HTTP/2 (`--upstream-http2`, over TLS only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpstreamHttp2 {
+    /// Requests that find others from their worker in flight share one HTTP/2
+    /// connection; a lone request takes HTTP/1.1.
+    Concurrent,
+    /// Every request goes on the worker's HTTP/2 connection.
+    Always,
+    /// HTTP/1.1 connections only.
+    Never,
+}
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +76,9 @@ pub enum PoolError {
     /// The exchange on a connection failed.
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// The request's target could not be made absolute for HTTP/2.
+    #[error("the request target cannot be sent over HTTP/2: {0}")]
+    Target(#[from] http::uri::InvalidUriParts),
 }
 
 struct Idle {
@@ -51,67 +86,145 @@ struct Idle {
     since: Instant,
 }
 
+/// One worker's connections.
+#[derive(Default)]
+struct Share {
+    idle: Mutex<VecDeque<Idle>>,
+    /// Requests from this worker between [`Pool::send`] and the end of their lease.
+    in_flight: AtomicUsize,
+    /// The HTTP/2 connection; locked across its connect, so that a burst of requests
+    /// opens one connection, not one each.
+    multiplexed: tokio::sync::Mutex<MultiplexedSlot>,
+}
+
+#[derive(Default)]
+enum MultiplexedSlot {
+    #[default]
+    None,
+    Open(MultiplexedSender),
+    /// k_server chose HTTP/1.1 when HTTP/2 was offered: asked again only after
+    /// [`ASK_AGAIN_FOR_H2`] (it may be restarted without `--no-http2`), not per request.
+    Refused(Instant),
+}
+
+/// How long HTTP/1.1 is used without asking again after k_server declined HTTP/2.
+const ASK_AGAIN_FOR_H2: Duration = Duration::from_secs(60);
+
+/// What HTTP/2 needs: its own connector (ALPN `h2` and `http/1.1`; the pool's offers only
+/// the latter), and the scheme and authority HTTP/2 sends as pseudo-header fields.
+pub struct Multiplexing {
+    pub when: UpstreamHttp2,
+    pub connector: Connector,
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
 pub struct Pool {
     connector: Connector,
     /// Where connections go (scheme, host, port of `--server-base-url`).
     base: Uri,
     /// Index 0 for threads that are no connection worker, then one per worker.
-    shares: Box<[Mutex<VecDeque<Idle>>]>,
+    shares: Box<[Share]>,
     max_idle: usize,
     idle_timeout: Duration,
+    multiplexing: Option<Multiplexing>,
 }
 
 /// A connection lent to one exchange; [`Lease::release`] returns it once the answer has
 /// been read whole. Dropped instead (an exchange that failed or was abandoned), the
-/// connection is closed.
+/// connection is closed. Either way the request stops counting as in flight.
 pub struct Lease<'p> {
     pool: &'p Pool,
     share: usize,
-    sender: Sender,
+    /// None for a request on the HTTP/2 connection, which is shared rather than lent.
+    sender: Option<Sender>,
 }
 
 impl Lease<'_> {
-    pub fn release(self) {
-        self.pool.check_in(self.share, self.sender);
+    pub fn release(mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.pool.check_in(self.share, sender);
+        }
     }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.pool.shares[self.share]
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A new connection, as k_server chose by ALPN.
+enum Connected {
+    Http1(Sender),
+    Http2(MultiplexedSender),
+}
+
+/// How a request offered to the HTTP/2 connection fared.
+enum Multiplexed {
+    Answered(Response<Incoming>),
+    /// Not sent (the connection closed first, or k_server declined HTTP/2 a moment
+    /// ago): send it on HTTP/1.1.
+    Unsent(Request<Full<Bytes>>),
+    /// k_server chose HTTP/1.1 for the new connection: send it there.
+    Http1(Sender, Request<Full<Bytes>>),
 }
 
 impl Pool {
     /// `workers`: the connection worker threads (0 when connections are served on the
-    /// shared runtime).
+    /// shared runtime). `multiplexing`: None for HTTP/1.1 only.
     pub fn new(
         connector: Connector,
         base: Uri,
         workers: usize,
         max_idle: usize,
         idle_timeout: Duration,
+        multiplexing: Option<Multiplexing>,
     ) -> Self {
         Self {
             connector,
             base,
-            shares: (0..=workers).map(|_| Mutex::default()).collect(),
+            shares: (0..=workers).map(|_| Share::default()).collect(),
             max_idle,
             idle_timeout,
+            multiplexing: multiplexing.filter(|m| m.when != UpstreamHttp2::Never),
         }
     }
 
-    /// Sends `request` (origin-form target, Host set) on an idle connection, or a new one.
+    /// Sends `request` (origin-form target, Host set) on the HTTP/2 connection, an idle
+    /// HTTP/1.1 connection, or a new one.
     pub async fn send(
         &self,
         mut request: Request<Full<Bytes>>,
     ) -> Result<(Response<Incoming>, Lease<'_>), PoolError> {
         let share = self.share();
+        let others = self.shares[share].in_flight.fetch_add(1, Ordering::Relaxed);
+        // From here the lease (or this guard's drop on an early return) ends the count.
+        let mut lease = Lease {
+            pool: self,
+            share,
+            sender: None,
+        };
+        if let Some(multiplexing) = self.multiplexing_for(others) {
+            match self.send_multiplexed(multiplexing, share, request).await? {
+                Multiplexed::Answered(response) => return Ok((response, lease)),
+                Multiplexed::Unsent(unsent) => request = unsent,
+                Multiplexed::Http1(mut sender, unsent) => {
+                    let response = sender.send_request(unsent).await?;
+                    lease.sender = Some(sender);
+                    return Ok((response, lease));
+                }
+            }
+        }
         while let Some(mut sender) = self.check_out(share) {
             if sender.ready().await.is_err() {
                 continue; // closed meanwhile: the next one
             }
             match sender.try_send_request(request).await {
                 Ok(response) => {
-                    let lease = Lease {
-                        pool: self,
-                        share,
-                        sender,
-                    };
+                    lease.sender = Some(sender);
                     return Ok((response, lease));
                 }
                 Err(mut err) => match err.take_message() {
@@ -121,17 +234,68 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        let mut sender = self.connect_http1().await?;
         let response = sender.send_request(request).await?;
-        let lease = Lease {
-            pool: self,
-            share,
-            sender,
-        };
+        lease.sender = Some(sender);
         Ok((response, lease))
     }
 
-    /// This thread's share of the idle connections.
+    /// The HTTP/2 settings, when a request with `others` in flight beside it should use
+    /// them.
+    fn multiplexing_for(&self, others: usize) -> Option<&Multiplexing> {
+        self.multiplexing
+            .as_ref()
+            .filter(|m| m.when == UpstreamHttp2::Always || others > 0)
+    }
+
+    async fn send_multiplexed(
+        &self,
+        multiplexing: &Multiplexing,
+        share: usize,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Multiplexed, PoolError> {
+        let mut sender = {
+            let mut slot = self.shares[share].multiplexed.lock().await;
+            match &*slot {
+                MultiplexedSlot::Open(sender) if !sender.is_closed() => sender.clone(),
+                MultiplexedSlot::Refused(when) if when.elapsed() < ASK_AGAIN_FOR_H2 => {
+                    return Ok(Multiplexed::Unsent(request));
+                }
+                _ => match self.connect(&multiplexing.connector).await? {
+                    Connected::Http2(sender) => {
+                        *slot = MultiplexedSlot::Open(sender.clone());
+                        sender
+                    }
+                    Connected::Http1(sender) => {
+                        tracing::info!("k_server declined HTTP/2 (it offers only HTTP/1.1); forwarding over HTTP/1.1");
+                        *slot = MultiplexedSlot::Refused(Instant::now());
+                        return Ok(Multiplexed::Http1(sender, request));
+                    }
+                },
+            }
+        };
+        let (mut parts, body) = request.into_parts();
+        // HTTP/2 sends the scheme and authority as fields of their own (the Host header,
+        // the same authority, stays).
+        let origin = parts.uri;
+        parts.uri = absolute(&origin, multiplexing)?;
+        match sender
+            .try_send_request(Request::from_parts(parts, body))
+            .await
+        {
+            Ok(response) => Ok(Multiplexed::Answered(response)),
+            Err(mut err) => match err.take_message() {
+                Some(unsent) => {
+                    let (mut parts, body) = unsent.into_parts();
+                    parts.uri = origin;
+                    Ok(Multiplexed::Unsent(Request::from_parts(parts, body)))
+                }
+                None => Err(err.into_error().into()),
+            },
+        }
+    }
+
+    /// This thread's share of the connections.
     fn share(&self) -> usize {
         match chromecard_http::current_worker() {
             Some(worker) => 1 + worker % (self.shares.len() - 1).max(1),
@@ -171,19 +335,44 @@ impl Pool {
 
     fn lock(&self, share: usize) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
         self.shares[share]
+            .idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A new connection (TCP and, for https, TLS within the connect deadline), with its
-    /// driving task spawned.
-    async fn connect(&self) -> Result<Sender, PoolError> {
-        let io = self
-            .connector
+    async fn connect_http1(&self) -> Result<Sender, PoolError> {
+        match self.connect(&self.connector).await? {
+            Connected::Http1(sender) => Ok(sender),
+            // The pool's own connector offers only http/1.1.
+            Connected::Http2(_) => Err(PoolError::Connect(
+                "k_server chose HTTP/2 although only HTTP/1.1 was offered".into(),
+            )),
+        }
+    }
+
+    /// A new connection through `connector` (TCP and, for https, TLS within the connect
+    /// deadline) in the protocol k_server chose, with its driving task spawned.
+    async fn connect(&self, connector: &Connector) -> Result<Connected, PoolError> {
+        let io = connector
             .clone()
             .call(self.base.clone())
             .await
             .map_err(PoolError::Connect)?;
+        if io.connected().is_negotiated_h2() {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(H2_PING_INTERVAL)
+                .keep_alive_timeout(H2_PING_INTERVAL)
+                .handshake(io)
+                .await
+                .map_err(|err| PoolError::Connect(err.into()))?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %err, "HTTP/2 connection to k_server ended with an error");
+                }
+            });
+            return Ok(Connected::Http2(sender));
+        }
         let (sender, connection) = http1::Builder::new()
             .handshake(io)
             .await
@@ -193,6 +382,15 @@ impl Pool {
                 tracing::debug!(error = %err, "connection to k_server ended with an error");
             }
         });
-        Ok(sender)
+        Ok(Connected::Http1(sender))
     }
+}
+
+/// `origin` (a path and query) as an absolute URI on k_server.
+fn absolute(origin: &Uri, multiplexing: &Multiplexing) -> Result<Uri, PoolError> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(multiplexing.scheme.clone());
+    parts.authority = Some(multiplexing.authority.clone());
+    parts.path_and_query = origin.path_and_query().cloned();
+    Ok(Uri::from_parts(parts)?)
 }
