@@ -1204,6 +1204,26 @@ pub fn login_and_count(c: &Client) -> u64 {
     counter_of(&c.counter_post(&tok))
 }
 
+/// `GET /metrics` from k_proxy's admin listener on `port` (Prometheus text, checked).
+pub fn scrape_metrics(port: u16) -> String {
+    let r = curl([format!("http://127.0.0.1:{port}/metrics")]);
+    assert_eq!(r.status, 200, "{}", r.ctx());
+    assert!(
+        r.header("content-type")
+            .unwrap_or("")
+            .starts_with("text/plain"),
+        "{}",
+        r.ctx()
+    );
+    r.body
+}
+
+/// The value of one series (name with labels, as printed) in scraped metrics.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
 // ---------------------------------------------------------------------------
 // Common set-ups
 // ---------------------------------------------------------------------------

@@ -7,24 +7,6 @@ use std::time::{Duration, Instant};
 
 use chromecard_e2e::*;
 
-fn scrape(port: u16) -> String {
-    let r = curl([format!("http://127.0.0.1:{port}/metrics")]);
-    assert_eq!(r.status, 200, "{}", r.ctx());
-    assert!(
-        r.header("content-type")
-            .unwrap_or("")
-            .starts_with("text/plain"),
-        "{}",
-        r.ctx()
-    );
-    r.body
-}
-
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-}
-
 /// k_proxy with a software key nobody ever touches (every key operation runs until
 /// `--touch-timeout`), plus `extra` flags.
 fn start_untouched_proxy(extra: &[&str]) -> (Proc, u16, Client) {
@@ -80,9 +62,9 @@ fn metrics_move_as_the_test_drives_them_and_readyz_follows_k_server() {
             &format!("127.0.0.1:{admin}"),
         ],
     );
-    let before = scrape(admin);
+    let before = scrape_metrics(admin);
     assert_eq!(
-        metric(&before, "chromecard_sessions_live"),
+        metric_value(&before, "chromecard_sessions_live"),
         Some(0.0),
         "{before}"
     );
@@ -94,14 +76,14 @@ fn metrics_move_as_the_test_drives_them_and_readyz_follows_k_server() {
         .expect_json_error(404, &["not_found"]);
     c.login("bad name").expect_error(400, "invalid_username");
 
-    let after = scrape(admin);
+    let after = scrape_metrics(admin);
     assert_eq!(
-        metric(&after, "chromecard_logins_total{outcome=\"ok\"}"),
+        metric_value(&after, "chromecard_logins_total{outcome=\"ok\"}"),
         Some(1.0),
         "{after}"
     );
     assert_eq!(
-        metric(
+        metric_value(
             &after,
             "chromecard_logins_total{outcome=\"invalid_username\"}"
         ),
@@ -109,12 +91,12 @@ fn metrics_move_as_the_test_drives_them_and_readyz_follows_k_server() {
         "{after}"
     );
     assert_eq!(
-        metric(&after, "chromecard_sessions_live"),
+        metric_value(&after, "chromecard_sessions_live"),
         Some(1.0),
         "{after}"
     );
     assert_eq!(
-        metric(
+        metric_value(
             &after,
             "chromecard_forwarded_requests_total{status=\"200\"}"
         ),
@@ -122,7 +104,7 @@ fn metrics_move_as_the_test_drives_them_and_readyz_follows_k_server() {
         "{after}"
     );
     assert_eq!(
-        metric(
+        metric_value(
             &after,
             "chromecard_forwarded_requests_total{status=\"404\"}"
         ),
@@ -130,12 +112,12 @@ fn metrics_move_as_the_test_drives_them_and_readyz_follows_k_server() {
         "{after}"
     );
     assert_eq!(
-        metric(&after, "chromecard_upstream_latency_seconds_count"),
+        metric_value(&after, "chromecard_upstream_latency_seconds_count"),
         Some(3.0),
         "{after}"
     );
     assert_eq!(
-        metric(&after, "chromecard_gate_latency_seconds_count"),
+        metric_value(&after, "chromecard_gate_latency_seconds_count"),
         Some(1.0),
         "{after}"
     );
@@ -155,9 +137,9 @@ fn metrics_move_as_the_test_drives_them_and_readyz_follows_k_server() {
     c.healthz().expect(200);
     c.counter_post(&tok)
         .expect_json_error(502, &["upstream_unavailable"]);
-    let down = scrape(admin);
+    let down = scrape_metrics(admin);
     assert_eq!(
-        metric(&down, "chromecard_forwarded_requests_total{status=\"502\"}"),
+        metric_value(&down, "chromecard_forwarded_requests_total{status=\"502\"}"),
         Some(1.0),
         "{down}"
     );

@@ -1,0 +1,264 @@
+//! HTTP/2 on the hop to k_server: k_server offers it only behind mutual TLS, k_proxy's
+//! `--upstream-http2` decides which requests use it, and a k_server without it (or one
+//! that restarts) is still served.
+
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use chromecard_e2e::*;
+
+/// curl straight to k_server (client certificate and proxy token unless `anonymous`),
+/// asking for HTTP/2 by ALPN; returns (status, HTTP version) as curl reports them.
+fn direct_with_http2(sport: u16, certs: &Certs, anonymous: bool) -> (String, Ran) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--http2", "--max-time", "10", "-o", "/dev/null"])
+        .args(["-w", "%{http_code} %{http_version}"])
+        .args(["--cacert", &s(certs.ca())]);
+    if !anonymous {
+        cmd.args([
+            "--cert",
+            &s(certs.proxy_crt()),
+            "--key",
+            &s(certs.proxy_key()),
+        ])
+        .args(["-H", &format!("X-Proxy-Token: {PROXY_TOKEN}")])
+        .args(["-H", "X-Chromecard-User: alice"]);
+    }
+    cmd.arg(format!("https://127.0.0.1:{sport}/resource/counter"));
+    let ran = run(&mut cmd, None, Duration::from_secs(20));
+    (ran.stdout.trim().to_owned(), ran)
+}
+
+#[test]
+fn k_server_offers_http2_only_to_a_client_with_a_certificate() {
+    let certs = Certs::generate();
+    let (_server, sport) = start_server_tls(&certs);
+    let (answer, ran) = direct_with_http2(sport, &certs, false);
+    assert_eq!(
+        answer, "200 2",
+        "k_proxy's certificate, h2 offered: {ran:?}"
+    );
+
+    // Without a certificate the handshake fails before any protocol is spoken.
+    let (answer, ran) = direct_with_http2(sport, &certs, true);
+    assert!(
+        !ran.success() && answer.starts_with("000"),
+        "no client certificate must mean no HTTP at all: {ran:?}"
+    );
+
+    // openssl names what was agreed.
+    let ran = run(
+        Command::new("openssl").args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{sport}"),
+            "-alpn",
+            "h2,http/1.1",
+            "-CAfile",
+            &s(certs.ca()),
+            "-cert",
+            &s(certs.proxy_crt()),
+            "-key",
+            &s(certs.proxy_key()),
+        ]),
+        Some(b""),
+        Duration::from_secs(20),
+    );
+    assert!(
+        ran.stdout.contains("ALPN protocol: h2"),
+        "openssl s_client -alpn h2,http/1.1: {ran:?}"
+    );
+}
+
+#[test]
+fn k_server_with_no_http2_answers_http1_to_a_client_asking_for_h2() {
+    let certs = Certs::generate();
+    let sport = free_port();
+    let _server = k_server_tls(&certs, sport).arg("--no-http2").start(sport);
+    let (answer, ran) = direct_with_http2(sport, &certs, false);
+    assert_eq!(answer, "200 1.1", "{ran:?}");
+}
+
+/// k_proxy (plain towards the test, mutual TLS to k_server at `sport`) with the metrics
+/// listener, plus `extra`. Returns the process, a client and the admin port.
+fn proxy_with_metrics(certs: &Certs, sport: u16, extra: &[&str]) -> (Proc, Client, u16) {
+    let admin = free_port();
+    let admin_addr = format!("127.0.0.1:{admin}");
+    let mut args = vec!["--admin-listen", admin_addr.as_str()];
+    args.extend_from_slice(extra);
+    let (p, _port, c) = start_proxy_plain_to_tls(certs, sport, &args);
+    (p, c, admin)
+}
+
+/// (requests over HTTP/2, requests over HTTP/1.1) that k_server answered, per k_proxy.
+fn by_protocol(admin: u16) -> (f64, f64) {
+    let text = scrape_metrics(admin);
+    let count = |protocol: &str| {
+        metric_value(
+            &text,
+            &format!("chromecard_upstream_requests_total{{protocol=\"{protocol}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    (count("h2"), count("http/1.1"))
+}
+
+/// `n` increments at once (curl --parallel, one connection each); every answer must be
+/// 200 and carry a distinct counter.
+fn increments_at_once(c: &Client, tok: &str, n: usize) -> Vec<u64> {
+    let url = c.url("/resource/counter");
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--parallel",
+        "--parallel-immediate",
+        "--parallel-max",
+    ])
+    .arg(n.to_string())
+    .args(["--max-time", "20", "-X", "POST"])
+    .args(["-H", &Client::bearer(tok)])
+    .args(["-w", "|%{http_code}|"]);
+    for _ in 0..n {
+        cmd.arg(&url);
+    }
+    let ran = run(&mut cmd, None, Duration::from_secs(60));
+    assert!(ran.success(), "{ran:?}");
+    // Answers and statuses may interleave in parallel output: count each on its own.
+    assert_eq!(ran.stdout.matches("|200|").count(), n, "{ran:?}");
+    let mut counters: Vec<u64> = ran
+        .stdout
+        .split("\"counter\":")
+        .skip(1)
+        .map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().expect("a counter in each answer")
+        })
+        .collect();
+    counters.sort_unstable();
+    counters.dedup();
+    assert_eq!(counters.len(), n, "{n} distinct counters expected: {ran:?}");
+    counters
+}
+
+#[test]
+fn always_sends_every_forwarded_request_over_http2() {
+    let certs = Certs::generate();
+    let (_server, sport) = start_server_tls(&certs);
+    let (mut p, c, admin) = proxy_with_metrics(&certs, sport, &["--upstream-http2", "always"]);
+    let tok = c.login_ok("alice");
+    for expected in 1..=3 {
+        assert_eq!(counter_of(&c.counter_post(&tok)), expected);
+    }
+    assert_eq!(counter_of(&c.counter_get(&tok)), 3);
+    // The header rewrite holds on HTTP/2 too: k_server sees the session's user, not ours.
+    let r = c.req(
+        "GET",
+        "/resource/counter",
+        &[&Client::bearer(&tok), "X-Chromecard-User: mallory"],
+        &[],
+    );
+    assert_eq!(r.expect(200)["user"], "alice", "{}", r.ctx());
+    increments_at_once(&c, &tok, 16);
+    assert_eq!(by_protocol(admin), (21.0, 0.0));
+    p.assert_running();
+}
+
+#[test]
+fn concurrent_keeps_a_lone_request_on_http1_and_multiplexes_a_burst() {
+    let certs = Certs::generate();
+    let (_server, sport) = start_server_tls(&certs);
+    // One worker: every request of the burst is in flight from the same thread.
+    let (mut p, c, admin) = proxy_with_metrics(&certs, sport, &["--connection-threads", "1"]);
+    let tok = c.login_ok("alice");
+    for _ in 0..3 {
+        c.counter_post(&tok).expect(200);
+    }
+    assert_eq!(by_protocol(admin), (0.0, 3.0), "one at a time: HTTP/1.1");
+    let counters = increments_at_once(&c, &tok, 32);
+    assert_eq!(counters, (4..=35).collect::<Vec<_>>());
+    let (h2, h1) = by_protocol(admin);
+    assert_eq!(h2 + h1, 35.0);
+    assert!(
+        h2 > 0.0,
+        "32 increments at once: some must have found others in flight (h2 {h2}, http/1.1 {h1})"
+    );
+    p.assert_running();
+}
+
+#[test]
+fn never_keeps_to_http1() {
+    let certs = Certs::generate();
+    let (_server, sport) = start_server_tls(&certs);
+    let (_p, c, admin) = proxy_with_metrics(
+        &certs,
+        sport,
+        &["--upstream-http2", "never", "--connection-threads", "1"],
+    );
+    let tok = c.login_ok("alice");
+    increments_at_once(&c, &tok, 16);
+    assert_eq!(by_protocol(admin), (0.0, 16.0));
+}
+
+#[test]
+fn a_k_server_without_http2_is_served_over_http1() {
+    let certs = Certs::generate();
+    let sport = free_port();
+    let _server = k_server_tls(&certs, sport).arg("--no-http2").start(sport);
+    let (mut p, c, admin) = proxy_with_metrics(&certs, sport, &["--upstream-http2", "always"]);
+    let tok = c.login_ok("alice");
+    for expected in 1..=3 {
+        assert_eq!(counter_of(&c.counter_post(&tok)), expected);
+    }
+    increments_at_once(&c, &tok, 8);
+    assert_eq!(by_protocol(admin), (0.0, 11.0));
+    wait_for_log(&p, "k_server declined HTTP/2", 1);
+    p.assert_running();
+}
+
+#[test]
+fn a_restarted_k_server_gets_a_new_http2_connection() {
+    let certs = Certs::generate();
+    let (mut server, sport) = start_server_tls(&certs);
+    let (mut p, c, admin) = proxy_with_metrics(&certs, sport, &["--upstream-http2", "always"]);
+    let tok = c.login_ok("alice");
+    assert_eq!(counter_of(&c.counter_post(&tok)), 1);
+
+    // SIGTERM: k_server drains (GOAWAY on the HTTP/2 connection) and stops.
+    let state = server.state_home().to_path_buf();
+    server.signal("TERM");
+    assert!(
+        server.wait_exit(Duration::from_secs(15)).is_some(),
+        "k_server did not stop on SIGTERM"
+    );
+    c.counter_post(&tok)
+        .expect_error(502, "upstream_unavailable");
+
+    let _server2 = k_server_tls(&certs, sport).state_home(&state).start(sport);
+    // The old connection is gone; the next request opens a new one and is answered.
+    let after = c.counter_post(&tok);
+    assert_eq!(counter_of(&after), 2, "{}", after.ctx());
+    thread::sleep(Duration::from_millis(50));
+    let (h2, h1) = by_protocol(admin);
+    assert_eq!((h2, h1), (2.0, 0.0));
+    p.assert_running();
+}
+
+#[test]
+fn always_refuses_a_plain_http_k_server_url() {
+    Spawn::k_proxy()
+        .args([
+            "--port",
+            &free_port().to_string(),
+            "--server-base-url",
+            "http://127.0.0.1:9",
+            "--proxy-token",
+            PROXY_TOKEN,
+            "--gate",
+            "soft",
+            "--upstream-http2",
+            "always",
+        ])
+        .run_to_exit(Duration::from_secs(20))
+        .assert_refused(&["--upstream-http2", "https://", "never"]);
+}
