@@ -244,25 +244,9 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
 
-    /// Threads that serve connections, each keeping its connections, and their
-    /// connections to k_server, to itself. Default: one per CPU. 0 serves them on the
-    /// shared work-stealing runtime instead.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=1024))]
-    pub connection_threads: Option<u16>,
-
     /// `enroll`: manage the enrolment file instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
-}
-
-impl Args {
-    /// `--connection-threads`, or one per CPU.
-    pub fn connection_threads(&self) -> usize {
-        match self.connection_threads {
-            Some(threads) => usize::from(threads),
-            None => std::thread::available_parallelism().map_or(1, usize::from),
-        }
-    }
 }
 
 /// k_proxy's subcommands (without one, k_proxy serves).

@@ -79,7 +79,7 @@ pub fn make_config(args: &Args) -> anyhow::Result<Config> {
             header_read_timeout: Duration::from_secs(args.header_read_timeout),
             write_stall_timeout: Duration::from_secs(args.write_timeout),
             max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
-            connection_threads: args.connection_threads(),
+            connection_threads: args.shared.connection_threads(),
             ..ServeSettings::default()
         }
         .with_header_limit(header_limits.max_total_bytes),
@@ -234,7 +234,7 @@ fn make_upstream(args: &Args, proxy_token: ProxyToken) -> anyhow::Result<Upstrea
         proxy_token,
         connect_timeout: Duration::from_secs(args.upstream_connect_timeout),
         response_timeout: Duration::from_secs(args.upstream_timeout),
-        connection_threads: args.connection_threads(),
+        connection_threads: args.shared.connection_threads(),
         http2: args.upstream_http2,
     })
 }

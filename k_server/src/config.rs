@@ -80,6 +80,7 @@ pub fn make_config(args: &Args) -> anyhow::Result<Config> {
         header_read_timeout: Duration::from_secs(args.header_read_timeout),
         write_stall_timeout: Duration::from_secs(args.write_timeout),
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        connection_threads: args.shared.connection_threads(),
         ..ServeSettings::default()
     };
     Ok(Config {

@@ -31,9 +31,23 @@ pub struct SharedArgs {
     /// Private key for --tls-certfile (PEM, PKCS#8 or SEC1).
     #[arg(long, value_name = "PATH", requires = "tls_certfile")]
     pub tls_keyfile: Option<PathBuf>,
+
+    /// Threads that serve connections, each keeping its connections (and, in k_proxy, the
+    /// connections to k_server they use) to itself. Default: one per CPU. 0 serves them
+    /// on the shared work-stealing runtime instead.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub connection_threads: Option<u16>,
 }
 
 impl SharedArgs {
+    /// `--connection-threads`, or one per CPU.
+    pub fn connection_threads(&self) -> usize {
+        match self.connection_threads {
+            Some(threads) => usize::from(threads),
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        }
+    }
+
     /// The proxy token from the file, the environment or the flag (in that order of
     /// preference), with a log line naming where it came from (never the token).
     pub fn load_proxy_token(&self) -> Result<ProxyToken, ProxyTokenError> {
