@@ -18,6 +18,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
 
 mod events;
+#[cfg(test)]
+mod h2_retry_tests;
 mod pool;
 
 use crate::connect_deadline::ConnectDeadline;
@@ -397,7 +399,11 @@ fn retry_reason(method: &Method, err: &PoolError) -> Option<&'static str> {
     };
     let h2_error = causes().find_map(|e| e.downcast_ref::<h2::Error>());
     if hyper_err.is_canceled()
-        || h2_error.is_some_and(|e| e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM))
+        || h2_error.is_some_and(|e| {
+            // A stream reset by k_server, not a GOAWAY with that code (which would cover
+            // streams it may have processed).
+            e.is_reset() && e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM)
+        })
     {
         return Some("unsent");
     }

@@ -390,9 +390,10 @@ async fn serve_connection<IO, H, F>(
 /// The same handler and request body bounds as HTTP/1.1. What differs: at most
 /// `http2_max_streams` requests at once; a head (all header fields) no larger than
 /// HTTP/1.1's read buffer; a peer that stops answering pings is dropped; and the drain
-/// sends GOAWAY, lets the streams already open finish, and refuses new ones (k_proxy
-/// sends those again on another connection: they were never processed). An unread
-/// request body ends its own stream, not the connection, so no `Connection: close` here.
+/// sends GOAWAY, lets the streams already open finish and ignores new ones (k_proxy's
+/// client, on the GOAWAY, hands back what it had not sent yet, which then goes over
+/// HTTP/1.1). An unread request body ends its own stream, not the connection, so no
+/// `Connection: close` here.
 async fn serve_connection_h2<IO, H, F>(
     settings: &ServeSettings,
     // Held until the connection ends: the drain waits for it.

@@ -40,9 +40,11 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// The same server configuration, also offering HTTP/2 by ALPN (preferred over `http/1.1`
 /// when the client offers both).
 ///
-/// For k_server's listener, which demands a client certificate: only k_proxy gets as far
-/// as choosing a protocol, and it multiplexes concurrent requests on one connection.
-/// k_proxy's client-facing listener never offers it.
+/// For k_server's listener, which demands a client certificate: TLS 1.3 names the
+/// protocol before the client's certificate arrives, but no byte of HTTP/2 is read until
+/// the handshake, certificate check included, has completed, so the only HTTP/2 client
+/// is k_proxy, which multiplexes concurrent requests on one connection. k_proxy's
+/// client-facing listener never offers it.
 pub fn offer_http2(config: &ServerConfig) -> Arc<ServerConfig> {
     let mut config = config.clone();
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];

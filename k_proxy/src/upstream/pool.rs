@@ -105,7 +105,14 @@ enum MultiplexedSlot {
     /// k_server chose HTTP/1.1 when HTTP/2 was offered: asked again only after
     /// [`ASK_AGAIN_FOR_H2`] (it may be restarted without `--no-http2`), not per request.
     Refused(Instant),
+    /// The last connect failed: for [`AFTER_FAILED_CONNECT`] requests go the HTTP/1.1
+    /// way (each connecting on its own) instead of queueing here behind one connect
+    /// after another, each up to `--upstream-connect-timeout`.
+    Failed(Instant),
 }
+
+/// How long requests skip HTTP/2 after a failed connect.
+const AFTER_FAILED_CONNECT: Duration = Duration::from_secs(1);
 
 /// How long HTTP/1.1 is used without asking again after k_server declined HTTP/2.
 const ASK_AGAIN_FOR_H2: Duration = Duration::from_secs(60);
@@ -165,8 +172,8 @@ enum Connected {
 /// How a request offered to the HTTP/2 connection fared.
 enum Multiplexed {
     Answered(Response<Incoming>),
-    /// Not sent (the connection closed first, or k_server declined HTTP/2 a moment
-    /// ago): send it on HTTP/1.1.
+    /// Not sent (the connection closed first, k_server declined HTTP/2 a moment ago, or
+    /// the connect failed): send it on HTTP/1.1.
     Unsent(Request<Full<Bytes>>),
     /// k_server chose HTTP/1.1 for the new connection: send it there.
     Http1(Sender, Request<Full<Bytes>>),
@@ -261,15 +268,23 @@ impl Pool {
                 MultiplexedSlot::Refused(when) if when.elapsed() < ASK_AGAIN_FOR_H2 => {
                     return Ok(Multiplexed::Unsent(request));
                 }
-                _ => match self.connect(&multiplexing.connector).await? {
-                    Connected::Http2(sender) => {
+                MultiplexedSlot::Failed(when) if when.elapsed() < AFTER_FAILED_CONNECT => {
+                    return Ok(Multiplexed::Unsent(request));
+                }
+                _ => match self.connect(&multiplexing.connector).await {
+                    Ok(Connected::Http2(sender)) => {
                         *slot = MultiplexedSlot::Open(sender.clone());
                         sender
                     }
-                    Connected::Http1(sender) => {
+                    Ok(Connected::Http1(sender)) => {
                         tracing::info!("k_server declined HTTP/2 (it offers only HTTP/1.1); forwarding over HTTP/1.1");
                         *slot = MultiplexedSlot::Refused(Instant::now());
                         return Ok(Multiplexed::Http1(sender, request));
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %chromecard_http::describe_error(&err), "cannot open the HTTP/2 connection to k_server; this request tries HTTP/1.1");
+                        *slot = MultiplexedSlot::Failed(Instant::now());
+                        return Ok(Multiplexed::Unsent(request));
                     }
                 },
             }
