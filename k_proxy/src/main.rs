@@ -39,6 +39,12 @@ use anyhow::Context;
 use chromecard_session::{SessionStore, SystemClock};
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: each request allocates and frees buffers of
+/// several KiB (hyper's header arrays, TLS records), which sends glibc's allocator into
+/// `malloc_consolidate` over and over (bench/RESULTS.md, 2026-12-07).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     chromecard_http::init_tracing();
     let mut args = args::Args::parse();

@@ -14,6 +14,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: each request allocates and frees buffers of
+/// several KiB (hyper's header arrays, TLS records), which sends glibc's allocator into
+/// `malloc_consolidate` over and over (bench/RESULTS.md, 2026-12-07).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     chromecard_http::init_tracing();
     let args = args::Args::parse();
