@@ -4,8 +4,9 @@
 # Wall-clock figures on a shared 2-CPU machine move by ±15% from run to run; instruction
 # counts do not. For each target this runs the servers under
 # `valgrind --tool=callgrind` twice, once for 1 request and once for 1 + REQUESTS, all on
-# one keep-alive TLS connection (curl, GET /resource/counter, no User-Agent or Accept: the
-# same head as wrk's), stops them with SIGTERM, and reports
+# one keep-alive TLS connection (curl --http1.1, GET /resource/counter, no User-Agent or
+# Accept: the same protocol and head as wrk's; k_server also offers HTTP/2, which curl
+# would otherwise choose for direct), stops them with SIGTERM, and reports
 #
 #     (instructions of the long run - instructions of the short run) / REQUESTS
 #
@@ -107,7 +108,7 @@ send() {
     local cfg="$work/curl.cfg"
     for _ in $(seq 1 "$count"); do printf 'url = "%s"\noutput = "/dev/null"\n' "$url"; done >"$cfg"
     local answers
-    answers="$(curl -sS -K "$cfg" -w '%{http_code} %{num_connects}\n' \
+    answers="$(curl -sS --http1.1 -K "$cfg" -w '%{http_code} %{num_connects}\n' \
         -H 'User-Agent:' -H 'Accept:' "$@")"
     # Every answer a 200, and one connection made in all (the rest reused it).
     if [[ "$(grep -c '^200 ' <<<"$answers")" != "$count" ||

@@ -271,7 +271,7 @@ impl Pool {
                 MultiplexedSlot::Failed(when) if when.elapsed() < AFTER_FAILED_CONNECT => {
                     return Ok(Multiplexed::Unsent(request));
                 }
-                _ => match self.connect(&multiplexing.connector).await {
+                _ => match Box::pin(self.connect(&multiplexing.connector)).await {
                     Ok(Connected::Http2(sender)) => {
                         *slot = MultiplexedSlot::Open(sender.clone());
                         sender
@@ -356,7 +356,7 @@ impl Pool {
     }
 
     async fn connect_http1(&self) -> Result<Sender, PoolError> {
-        match self.connect(&self.connector).await? {
+        match Box::pin(self.connect(&self.connector)).await? {
             Connected::Http1(sender) => Ok(sender),
             // The pool's own connector offers only http/1.1.
             Connected::Http2(_) => Err(PoolError::Connect(
@@ -367,6 +367,10 @@ impl Pool {
 
     /// A new connection through `connector` (TCP and, for https, TLS within the connect
     /// deadline) in the protocol k_server chose, with its driving task spawned.
+    ///
+    /// Its future holds both handshakes and is kilobytes large: callers box it, so that
+    /// every request's future (moved several times per request on its way into hyper
+    /// and the timeouts) does not carry that size for a step most requests never take.
     async fn connect(&self, connector: &Connector) -> Result<Connected, PoolError> {
         let io = connector
             .clone()
