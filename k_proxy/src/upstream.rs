@@ -73,27 +73,24 @@ impl Upstream {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(settings.connect_timeout));
-        let server_name = || {
-            ServerName::try_from(settings.server_name.clone()).map_err(|_| {
-                anyhow::anyhow!(
-                    "--server-name {:?} is not a valid DNS name or IP address",
-                    settings.server_name
-                )
-            })
-        };
-        let connector = match &settings.tls {
+        // The TLS config with the name k_server's certificate must carry, checked once
+        // for both connectors below.
+        let tls = match settings.tls.as_deref() {
             Some(tls) => {
-                // hyper-rustls sets ALPN itself from enable_http1() and refuses a
-                // config that already names protocols.
-                let mut tls = (**tls).clone();
-                tls.alpn_protocols.clear();
-                HttpsConnectorBuilder::new()
-                    .with_tls_config(tls)
-                    .https_only()
-                    .with_server_name_resolver(FixedServerNameResolver::new(server_name()?))
-                    .enable_http1()
-                    .wrap_connector(http.clone())
+                let name = ServerName::try_from(settings.server_name.clone()).map_err(|_| {
+                    anyhow::anyhow!(
+                        "--server-name {:?} is not a valid DNS name or IP address",
+                        settings.server_name
+                    )
+                })?;
+                Some((tls, name))
             }
+            None => None,
+        };
+        let connector = match &tls {
+            Some((tls, name)) => tls_builder(tls, name)
+                .enable_http1()
+                .wrap_connector(http.clone()),
             // The connector needs *some* TLS config even when every URL is http://; this
             // one trusts nothing, so it can never complete a handshake.
             None => HttpsConnectorBuilder::new()
@@ -110,15 +107,10 @@ impl Upstream {
                 .wrap_connector(http.clone()),
         };
         // HTTP/2 is chosen by ALPN, so only over TLS; its connector offers h2 first.
-        let multiplexing = match (&settings.tls, settings.http2) {
-            (Some(_), UpstreamHttp2::Never) | (None, _) => None,
-            (Some(tls), when) => {
-                let mut tls = (**tls).clone();
-                tls.alpn_protocols.clear();
-                let connector = HttpsConnectorBuilder::new()
-                    .with_tls_config(tls)
-                    .https_only()
-                    .with_server_name_resolver(FixedServerNameResolver::new(server_name()?))
+        let multiplexing = match (&tls, settings.http2) {
+            (None, _) | (_, UpstreamHttp2::Never) => None,
+            (Some((tls, name)), when) => {
+                let connector = tls_builder(tls, name)
                     .enable_all_versions()
                     .wrap_connector(http);
                 Some(Multiplexing {
@@ -358,6 +350,22 @@ impl Upstream {
         Uri::from_parts(parts)
             .map_err(|_| ApiError::bad_request("invalid_path", "The request path is not valid."))
     }
+}
+
+/// hyper-rustls's builder over `tls` (https only, verifying `name` whatever the URL's
+/// host), before the HTTP versions are chosen.
+fn tls_builder(
+    tls: &rustls::ClientConfig,
+    name: &ServerName<'static>,
+) -> HttpsConnectorBuilder<hyper_rustls::builderstates::WantsProtocols1> {
+    // hyper-rustls sets ALPN itself from the versions enabled next, and refuses a config
+    // that already names protocols.
+    let mut tls = tls.clone();
+    tls.alpn_protocols.clear();
+    HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .with_server_name_resolver(FixedServerNameResolver::new(name.clone()))
 }
 
 /// The Host header for `base`, exactly as hyper's client sets it when none is given (the

@@ -125,15 +125,10 @@ pub mod status {
     }
 }
 
-/// The name of a CTAP status code, for logs ([`status::name`]).
-pub fn status_name(code: u8) -> &'static str {
-    status::name(code)
-}
-
 /// Maps a CTAP status other than OK to the gate's refusal.
 pub fn status_error(code: u8, label: &str, what: &str) -> GateError {
     use status::*;
-    let detail = format!("{label}: {what}: {code:#04x} {}", status_name(code));
+    let detail = format!("{label}: {what}: {code:#04x} {}", name(code));
     match code {
         KEEPALIVE_CANCEL => GateError::Cancelled,
         NO_CREDENTIALS | INVALID_CREDENTIAL => GateError::NoCredential,

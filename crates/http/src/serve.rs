@@ -339,13 +339,14 @@ async fn serve_connection<IO, H, F>(
     let seen = started.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         seen.store(true, Ordering::Relaxed);
-        let (parts, body) = request.into_parts();
         let must_close = Arc::new(MustClose::default());
-        let body = RequestBody::new(body, &parts.headers, drain, must_close.clone());
         // Boxed once here: hyper moves the service's future (into its dispatcher, and
         // through this wrapper) several times per request, and a handler's future is as
         // large as its largest state (kilobytes); a box moves as a pointer.
-        let response = Box::pin(handler(Request::from_parts(parts, body), info.clone()));
+        let response = Box::pin(handler(
+            bounded(request, drain, must_close.clone()),
+            info.clone(),
+        ));
         async move {
             let mut response = response.await;
             // The handler left a body unread that cannot be drained: say so in this
@@ -410,9 +411,11 @@ async fn serve_connection_h2<IO, H, F>(
     let peer = info.peer;
     let drain = settings.drain;
     let service = service_fn(move |request: Request<Incoming>| {
-        let (parts, body) = request.into_parts();
-        let body = RequestBody::new(body, &parts.headers, drain, Arc::default());
-        let response = Box::pin(handler(Request::from_parts(parts, body), info.clone()));
+        // Boxed for the same reason as in serve_connection.
+        let response = Box::pin(handler(
+            bounded(request, drain, Arc::default()),
+            info.clone(),
+        ));
         async move { Ok::<_, std::convert::Infallible>(response.await) }
     });
     let mut http = http2::Builder::new(TokioExecutor::new());
@@ -433,6 +436,18 @@ async fn serve_connection_h2<IO, H, F>(
     if let Err(err) = result {
         tracing::debug!(%peer, error = %err, "HTTP/2 connection ended with an error");
     }
+}
+
+/// The request as a handler gets it: hyper's body behind our bounds (`drain`), with
+/// `must_close` set when what the handler leaves unread cannot be drained.
+fn bounded(
+    request: Request<Incoming>,
+    drain: DrainLimits,
+    must_close: Arc<MustClose>,
+) -> Request<RequestBody> {
+    let (parts, body) = request.into_parts();
+    let body = RequestBody::new(body, &parts.headers, drain, must_close);
+    Request::from_parts(parts, body)
 }
 
 /// Resolves once shutdown has started (or the accept loop is gone).

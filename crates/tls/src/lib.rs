@@ -35,7 +35,7 @@ pub use validity::{check_certificate_file, CertificateStatus, EXPIRY_WARNING_DAY
 const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// HTTP/2, offered only on top of `http/1.1` where both ends are ours (the hop to k_server).
-pub const ALPN_H2: &[u8] = b"h2";
+const ALPN_H2: &[u8] = b"h2";
 
 /// The same server configuration, also offering HTTP/2 by ALPN (preferred over `http/1.1`
 /// when the client offers both).

@@ -29,6 +29,7 @@
 //! request borrowing it from its own worker's share never wakes another CPU.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -120,6 +121,7 @@ const ASK_AGAIN_FOR_H2: Duration = Duration::from_secs(60);
 /// What HTTP/2 needs: its own connector (ALPN `h2` and `http/1.1`; the pool's offers only
 /// the latter), and the scheme and authority HTTP/2 sends as pseudo-header fields.
 pub struct Multiplexing {
+    /// `Concurrent` or `Always` (with `Never` there is no `Multiplexing`: upstream.rs).
     pub when: UpstreamHttp2,
     pub connector: Connector,
     pub scheme: Scheme,
@@ -196,7 +198,7 @@ impl Pool {
             shares: (0..=workers).map(|_| Share::default()).collect(),
             max_idle,
             idle_timeout,
-            multiplexing: multiplexing.filter(|m| m.when != UpstreamHttp2::Never),
+            multiplexing,
         }
     }
 
@@ -385,24 +387,28 @@ impl Pool {
                 .handshake(io)
                 .await
                 .map_err(|err| PoolError::Connect(err.into()))?;
-            tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    tracing::debug!(error = %err, "HTTP/2 connection to k_server ended with an error");
-                }
-            });
+            drive(connection, "h2");
             return Ok(Connected::Http2(sender));
         }
         let (sender, connection) = http1::Builder::new()
             .handshake(io)
             .await
             .map_err(|err| PoolError::Connect(err.into()))?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "connection to k_server ended with an error");
-            }
-        });
+        drive(connection, "http/1.1");
         Ok(Connected::Http1(sender))
     }
+}
+
+/// Runs a new connection's driving task on this thread's runtime until it ends.
+fn drive<C>(connection: C, protocol: &'static str)
+where
+    C: Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, protocol, "connection to k_server ended with an error");
+        }
+    });
 }
 
 /// `origin` (a path and query) as an absolute URI on k_server.
