@@ -16,6 +16,9 @@
     tick: null,
     active: false,
     leaving: false,
+    // This page's own request to end its session is on its way (see askToEnd).
+    awaitingEnd: false,
+    socketEnd: null,
   };
 
   const LOGIN_ERRORS = {
@@ -324,12 +327,31 @@
     }
   }
 
+  // k_proxy may close this page's sockets (4401) before the answer to its own request
+  // to end the session arrives. The answer says more than the socket can, so it decides
+  // what the page shows; the socket's reason is kept for when the answer never comes.
+  async function askToEnd(path, body) {
+    state.awaitingEnd = true;
+    state.socketEnd = null;
+    try {
+      return await api('POST', path, body);
+    } finally {
+      state.awaitingEnd = false;
+    }
+  }
+
+  // The request failed, but a socket already said the session is over: believe it.
+  function endedMeanwhile() {
+    if (!state.socketEnd) return false;
+    ended(state.socketEnd, null, true);
+    return true;
+  }
+
   async function endSession(id) {
-    const r = await api('POST', '/session/end', { session_id: id });
-    if (!check(r)) return;
-    if (r.data.current) {
+    const r = await askToEnd('/session/end', { session_id: id });
+    if (r.ok && r.data.current) {
       ended('logged_out', 'You ended this session. Log in again to continue.');
-    } else {
+    } else if (!endedMeanwhile() && check(r)) {
       notice('Ended session ' + id + '.');
       loadSessions();
     }
@@ -337,14 +359,14 @@
 
   async function logout(all) {
     state.leaving = true;
-    const r = await api('POST', '/session/logout', all ? { all: true } : undefined);
+    const r = await askToEnd('/session/logout', all ? { all: true } : undefined);
     if (r.ok) {
       const n = r.data.sessions_ended;
       const count = n === 1 ? '1 session ended' : n + ' sessions ended';
       ended('logged_out', all ? 'You logged out everywhere (' + count + ').' : 'You logged out.');
     } else {
       state.leaving = false;
-      check(r);
+      if (!endedMeanwhile()) check(r);
     }
   }
 
@@ -381,7 +403,8 @@
       // 4401: k_proxy ended the socket because the session ended; the reason says why.
       if (event.code === 4401) {
         const why = (event.reason || '').split(':')[1] || 'logged_out';
-        ended(why, null, true);
+        if (state.awaitingEnd) state.socketEnd = why;
+        else ended(why, null, true);
         return;
       }
       if (state.active && !state.leaving) {
