@@ -2,7 +2,9 @@
 //! `--upstream-http2` decides which requests use it, and a k_server without it (or one
 //! that restarts) is still served.
 
-use std::process::Command;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
@@ -261,4 +263,102 @@ fn always_refuses_a_plain_http_k_server_url() {
         ])
         .run_to_exit(Duration::from_secs(20))
         .assert_refused(&["--upstream-http2", "https://", "never"]);
+}
+
+/// The SETTINGS frame k_server sends first on an `h2` connection, read with openssl
+/// s_client (the client preface and an empty SETTINGS frame in, raw frames out); returns
+/// its (identifier, value) pairs.
+fn server_settings(sport: u16, certs: &Certs) -> Vec<(u16, u32)> {
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-alpn", "h2"])
+        .args(["-connect", &format!("127.0.0.1:{sport}")])
+        .args(["-CAfile", &s(certs.ca())])
+        .args(["-cert", &s(certs.proxy_crt())])
+        .args(["-key", &s(certs.proxy_key())])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl");
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    client
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(&hello)
+        .expect("preface");
+    // The first frame, read on a thread so that a silent server fails the test in time.
+    let mut out = client.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut head = [0u8; 9];
+        let frame = out.read_exact(&mut head).and_then(|()| {
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            out.read_exact(&mut payload).map(|()| (head, payload))
+        });
+        let _ = tx.send(frame);
+    });
+    let frame = rx.recv_timeout(Duration::from_secs(20));
+    let _ = client.kill();
+    let _ = client.wait();
+    let (head, payload) = frame
+        .expect("k_server sent no frame within 20 s")
+        .expect("a whole frame");
+    // A frame head: 24-bit length, type (4 = SETTINGS), flags, stream (0).
+    assert_eq!(head[3], 4, "the first frame is not SETTINGS: {head:?}");
+    payload
+        .chunks_exact(6)
+        .map(|e| {
+            (
+                u16::from_be_bytes([e[0], e[1]]),
+                u32::from_be_bytes([e[2], e[3], e[4], e[5]]),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn k_server_over_http2_states_its_limits_and_refuses_an_oversized_head() {
+    let certs = Certs::generate();
+    let (_server, sport) = start_server_tls(&certs);
+
+    // RFC 9113 §6.5.2: 0x3 SETTINGS_MAX_CONCURRENT_STREAMS, 0x6 SETTINGS_MAX_HEADER_LIST_SIZE.
+    let settings = server_settings(sport, &certs);
+    let setting = |id: u16| settings.iter().find(|(i, _)| *i == id).map(|(_, v)| *v);
+    assert_eq!(setting(0x3), Some(256), "{settings:?}");
+    assert_eq!(setting(0x6), Some(64 * 1024), "{settings:?}");
+
+    // A head over k_server's own bound (32 KiB) but under the HTTP/2 list size gets the
+    // JSON 431; the connection stays open and the next request on it is answered.
+    let url = format!("https://127.0.0.1:{sport}/resource/counter");
+    let big = format!("X-Big: {}", "a".repeat(40_000));
+    let mut cmd = Command::new("curl");
+    for (i, extra) in [Some(big.as_str()), None].into_iter().enumerate() {
+        if i > 0 {
+            cmd.arg("--next");
+        }
+        cmd.args(["-sS", "--http2", "--max-time", "10"])
+            .args(["-w", "|%{http_code} %{http_version} %{num_connects}|"])
+            .args(["--cacert", &s(certs.ca())])
+            .args(["--cert", &s(certs.proxy_crt())])
+            .args(["--key", &s(certs.proxy_key())])
+            .args(["-H", &format!("X-Proxy-Token: {PROXY_TOKEN}")])
+            .args(["-H", "X-Chromecard-User: alice"]);
+        if let Some(header) = extra {
+            cmd.args(["-H", header]);
+        }
+        cmd.arg(&url);
+    }
+    let ran = run(&mut cmd, None, Duration::from_secs(30));
+    assert!(ran.success(), "{ran:?}");
+    assert!(
+        ran.stdout.contains("\"error\":\"headers_too_large\"") && ran.stdout.contains("|431 2 1|"),
+        "the oversized head: {ran:?}"
+    );
+    assert!(
+        ran.stdout.contains("|200 2 0|"),
+        "the next request, same connection: {ran:?}"
+    );
 }
