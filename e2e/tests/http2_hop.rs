@@ -362,3 +362,53 @@ fn k_server_over_http2_states_its_limits_and_refuses_an_oversized_head() {
         "the next request, same connection: {ran:?}"
     );
 }
+
+#[test]
+fn k_server_sigterm_lets_an_http2_stream_in_flight_finish() {
+    let certs = Certs::generate();
+    let (mut server, sport) = start_server_tls(&certs);
+    // curl streams its stdin as the body (-T -): half now, the rest after SIGTERM.
+    let mut upload = Command::new("curl")
+        .args(["-sS", "--http2", "--max-time", "20", "-T", "-"])
+        .args(["-w", "|%{http_code} %{http_version}|"])
+        .args(["--cacert", &s(certs.ca())])
+        .args(["--cert", &s(certs.proxy_crt())])
+        .args(["--key", &s(certs.proxy_key())])
+        .args(["-H", &format!("X-Proxy-Token: {PROXY_TOKEN}")])
+        .args(["-H", "X-Chromecard-User: alice"])
+        .args(["-H", "Content-Type: application/json"])
+        .arg(format!("https://127.0.0.1:{sport}/resource/secrets/drain"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let body = br#"{"value":"drained over h2"}"#;
+    let mut stdin = upload.stdin.take().expect("stdin");
+    stdin.write_all(&body[..5]).unwrap();
+    stdin.flush().unwrap();
+    // The head and half the body: the stream is in k_server's hands, waiting for the rest.
+    thread::sleep(Duration::from_millis(300));
+    server.signal("TERM");
+    assert!(
+        wait_until(Duration::from_secs(10), || server
+            .stderr()
+            .contains("draining open connections")),
+        "{}",
+        server.logs()
+    );
+    stdin.write_all(&body[5..]).unwrap();
+    drop(stdin);
+    let out = upload.wait_with_output().expect("curl ran");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        answer.contains("|200 2|") || answer.contains("|201 2|"),
+        "the stream in flight must be answered over HTTP/2: {answer:?} {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.logs()
+    );
+    let exit = server
+        .wait_exit(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("k_server did not exit after SIGTERM\n{}", server.logs()));
+    assert_eq!(exit.code(), Some(0), "{}", server.logs());
+}
