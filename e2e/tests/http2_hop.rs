@@ -185,6 +185,17 @@ fn concurrent_keeps_a_lone_request_on_http1_and_multiplexes_a_burst() {
         h2 > 0.0,
         "32 increments at once: some must have found others in flight (h2 {h2}, http/1.1 {h1})"
     );
+    // One at a time again: a few more on HTTP/2 (bridging a busy worker's quiet moments),
+    // then HTTP/1.1.
+    for _ in 0..12 {
+        c.counter_post(&tok).expect(200);
+    }
+    let (h2_after, h1_after) = by_protocol(admin);
+    assert_eq!(h2_after + h1_after, 47.0);
+    assert!(
+        h1_after - h1 >= 4.0,
+        "12 lone requests after the burst: at most 8 on HTTP/2 (h2 {h2} -> {h2_after}, http/1.1 {h1} -> {h1_after})"
+    );
     p.assert_running();
 }
 

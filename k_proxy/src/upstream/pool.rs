@@ -15,8 +15,9 @@
 //!   reached k_server), as hyper-util's `retry_canceled_requests` did.
 //!
 //! **Which protocol** (`--upstream-http2`): with `concurrent`, the default, a request
-//! that is alone in flight from its worker goes on an HTTP/1.1 connection, and one that
-//! finds others in flight joins them on the worker's HTTP/2 connection. Measured
+//! that finds others in flight from its worker joins them on the worker's HTTP/2
+//! connection, and so do the next few that find none (a busy worker's quiet moments);
+//! a request alone after those goes on an HTTP/1.1 connection. Measured
 //! (bench/RESULTS.md): HTTP/2 carries many requests per system call and TLS record under
 //! load, so the chain spends less CPU per request, but a lone request waits longer on it
 //! than on HTTP/1.1. `always` puts every request on HTTP/2, `never` none. The HTTP/2
@@ -59,8 +60,8 @@ const H2_PING_INTERVAL: Duration = Duration::from_secs(5);
 /// When forwarded requests use HTTP/2 (`--upstream-http2`, over TLS only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum UpstreamHttp2 {
-    /// Requests that find others from their worker in flight share one HTTP/2
-    /// connection; a lone request takes HTTP/1.1.
+    /// Requests that find others from their worker in flight (and the next few alone)
+    /// share one HTTP/2 connection; a request alone after those takes HTTP/1.1.
     Concurrent,
     /// Every request goes on the worker's HTTP/2 connection.
     Always,
@@ -88,15 +89,56 @@ struct Idle {
 }
 
 /// One worker's connections.
-#[derive(Default)]
 struct Share {
     idle: Mutex<VecDeque<Idle>>,
     /// Requests from this worker between [`Pool::send`] and the end of their lease.
     in_flight: AtomicUsize,
+    /// Requests in a row that found nothing else in flight (up to
+    /// [`LONE_BEFORE_HTTP1`]): see [`Share::recently_busy`].
+    lone_streak: AtomicUsize,
     /// The HTTP/2 connection; locked across its connect, so that a burst of requests
     /// opens one connection, not one each.
     multiplexed: tokio::sync::Mutex<MultiplexedSlot>,
 }
+
+impl Default for Share {
+    fn default() -> Self {
+        Self {
+            idle: Mutex::default(),
+            in_flight: AtomicUsize::new(0),
+            // A worker starts idle: its first lone request goes over HTTP/1.1.
+            lone_streak: AtomicUsize::new(LONE_BEFORE_HTTP1),
+            multiplexed: tokio::sync::Mutex::default(),
+        }
+    }
+}
+
+impl Share {
+    /// Whether a request with `others` in flight beside it from this worker is part of
+    /// concurrent traffic: it has company, or it is one of the first few alone since a
+    /// request that had. Under load the moments with nothing in flight come and go; the
+    /// requests that fell into them went over HTTP/1.1, and that cost more CPU than it
+    /// saved (bench/RESULTS.md, 2026-12-07: about 2% of requests at 64 connections, k_proxy
+    /// 14.1-14.9 against 13.6-13.9 µs per request with all of them on HTTP/2).
+    fn recently_busy(&self, others: usize) -> bool {
+        if others > 0 {
+            self.lone_streak.store(0, Ordering::Relaxed);
+            return true;
+        }
+        // One thread per share: load and store need not be one atomic step.
+        let streak = self.lone_streak.load(Ordering::Relaxed);
+        if streak >= LONE_BEFORE_HTTP1 {
+            return false;
+        }
+        self.lone_streak.store(streak + 1, Ordering::Relaxed);
+        true
+    }
+}
+
+/// Lone requests in a row that still take the HTTP/2 connection after concurrent ones:
+/// enough to bridge the gaps of a busy worker, few enough that a client alone (one
+/// request at a time) is on HTTP/1.1 again after a handful.
+const LONE_BEFORE_HTTP1: usize = 8;
 
 #[derive(Default)]
 enum MultiplexedSlot {
@@ -216,7 +258,7 @@ impl Pool {
             share,
             sender: None,
         };
-        if let Some(multiplexing) = self.multiplexing_for(others) {
+        if let Some(multiplexing) = self.multiplexing_for(share, others) {
             match self.send_multiplexed(multiplexing, share, request).await? {
                 Multiplexed::Answered(response) => return Ok((response, lease)),
                 Multiplexed::Unsent(unsent) => request = unsent,
@@ -249,12 +291,12 @@ impl Pool {
         Ok((response, lease))
     }
 
-    /// The HTTP/2 settings, when a request with `others` in flight beside it should use
-    /// them.
-    fn multiplexing_for(&self, others: usize) -> Option<&Multiplexing> {
+    /// The HTTP/2 settings, when a request from `share` with `others` in flight beside
+    /// it should use them.
+    fn multiplexing_for(&self, share: usize, others: usize) -> Option<&Multiplexing> {
         self.multiplexing
             .as_ref()
-            .filter(|m| m.when == UpstreamHttp2::Always || others > 0)
+            .filter(|m| m.when == UpstreamHttp2::Always || self.shares[share].recently_busy(others))
     }
 
     async fn send_multiplexed(
@@ -418,4 +460,25 @@ fn absolute(origin: &Uri, multiplexing: &Multiplexing) -> Result<Uri, PoolError>
     parts.authority = Some(multiplexing.authority.clone());
     parts.path_and_query = origin.path_and_query().cloned();
     Ok(Uri::from_parts(parts)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_keeps_to_http2_for_a_few_lone_requests_after_concurrent_ones() {
+        let share = Share::default();
+        assert!(!share.recently_busy(0), "an idle worker starts on HTTP/1.1");
+        assert!(share.recently_busy(3), "company: HTTP/2");
+        for n in 0..LONE_BEFORE_HTTP1 {
+            assert!(share.recently_busy(0), "lone request {n} after company");
+        }
+        assert!(!share.recently_busy(0));
+        assert!(
+            !share.recently_busy(0),
+            "and it stays on HTTP/1.1 while alone"
+        );
+        assert!(share.recently_busy(1));
+    }
 }
