@@ -554,6 +554,18 @@ impl Proc {
         assert!(st.success(), "kill -{sig} {pid} failed: {st}");
     }
 
+    /// SIGTERM, then waits (up to 10 s) for the log line that says the drain has begun.
+    pub fn terminate_and_await_drain(&self) {
+        self.signal("TERM");
+        assert!(
+            wait_until(Duration::from_secs(10), || self
+                .stderr()
+                .contains("draining open connections")),
+            "no drain after SIGTERM: {}",
+            self.logs()
+        );
+    }
+
     /// Waits at most `timeout` for the process to exit; its status, or None.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;

@@ -400,14 +400,7 @@ fn k_server_sigterm_lets_an_http2_stream_in_flight_finish() {
     stdin.flush().unwrap();
     // The head and half the body: the stream is in k_server's hands, waiting for the rest.
     thread::sleep(Duration::from_millis(300));
-    server.signal("TERM");
-    assert!(
-        wait_until(Duration::from_secs(10), || server
-            .stderr()
-            .contains("draining open connections")),
-        "{}",
-        server.logs()
-    );
+    server.terminate_and_await_drain();
     stdin.write_all(&body[5..]).unwrap();
     drop(stdin);
     let out = upload.wait_with_output().expect("curl ran");

@@ -637,14 +637,7 @@ fn k_server_sigterm_drains_an_in_flight_request() {
     conn.write_all(&body[..5]).unwrap();
     conn.flush().unwrap();
     thread::sleep(Duration::from_millis(300));
-    server.signal("TERM");
-    assert!(
-        wait_until(Duration::from_secs(10), || server
-            .stderr()
-            .contains("draining open connections")),
-        "{}",
-        server.logs()
-    );
+    server.terminate_and_await_drain();
     conn.write_all(&body[5..]).unwrap();
     let mut answer = String::new();
     let _ = conn.read_to_string(&mut answer);
