@@ -16,10 +16,18 @@
     tick: null,
     active: false,
     leaving: false,
-    // This page's own request to end its session is on its way (see askToEnd).
-    awaitingEnd: false,
+    // Which session this is (a new login starts another): timers and answers meant for
+    // an earlier one must not end it.
+    generation: 0,
+    // This page's own requests to end its session still on their way (see askToEnd),
+    // and why a socket said meanwhile that the session is over.
+    endsAsked: 0,
     socketEnd: null,
   };
+
+  // How long a 4401 from a socket waits for the answer to the page's own request before
+  // the page believes the socket (fetch itself has no deadline).
+  const ANSWER_GRACE_MS = 5000;
 
   const LOGIN_ERRORS = {
     not_enrolled: 'No key is enrolled for this username on this k_proxy. Ask its operator to enrol your key.',
@@ -150,6 +158,9 @@
 
   function enter(data) {
     state.active = true;
+    state.generation += 1;
+    state.endsAsked = 0;
+    state.socketEnd = null;
     state.leaving = false;
     state.user = data.username;
     state.expiresAt = Date.now() + data.expires_in * 1000;
@@ -331,16 +342,26 @@
   // to end the session arrives. The answer says more than the socket can, so it decides
   // what the page shows; the socket's reason is kept for when the answer never comes.
   async function askToEnd(path, body) {
-    state.awaitingEnd = true;
-    state.socketEnd = null;
+    const generation = state.generation;
+    state.endsAsked += 1;
     try {
       return await api('POST', path, body);
     } finally {
-      state.awaitingEnd = false;
+      if (state.generation === generation) state.endsAsked -= 1;
     }
   }
 
-  // The request failed, but a socket already said the session is over: believe it.
+  // A socket closed with 4401 while the page's own request is on its way.
+  function heldSocketEnd(why) {
+    state.socketEnd = why;
+    const generation = state.generation;
+    setTimeout(() => {
+      if (state.generation === generation) endedMeanwhile();
+    }, ANSWER_GRACE_MS);
+  }
+
+  // The request failed (or its answer is late), but a socket already said the session is
+  // over: believe it.
   function endedMeanwhile() {
     if (!state.socketEnd) return false;
     ended(state.socketEnd, null, true);
@@ -403,7 +424,7 @@
       // 4401: k_proxy ended the socket because the session ended; the reason says why.
       if (event.code === 4401) {
         const why = (event.reason || '').split(':')[1] || 'logged_out';
-        if (state.awaitingEnd) state.socketEnd = why;
+        if (state.endsAsked > 0) heldSocketEnd(why);
         else ended(why, null, true);
         return;
       }
