@@ -185,9 +185,10 @@ pub struct Args {
     pub upstream_connect_timeout: u64,
 
     /// When forwarded requests go to k_server over HTTP/2, which k_server offers by ALPN
-    /// (https --server-base-url only): `concurrent` sends a request that is alone in
-    /// flight from its thread over HTTP/1.1, the quickest for one, and the others over one
-    /// HTTP/2 connection per thread, which costs less CPU per request under load;
+    /// (https --server-base-url only): `concurrent` sends the requests that find others in
+    /// flight from their thread, and the next 8 that find none, over one HTTP/2 connection
+    /// per thread, which costs less CPU per request under load, and a request alone after
+    /// those over HTTP/1.1, the quickest for one;
     /// `always` sends every request over HTTP/2; `never` keeps to HTTP/1.1.
     #[arg(long, value_enum, value_name = "WHEN", default_value_t = UpstreamHttp2::Concurrent)]
     pub upstream_http2: UpstreamHttp2,

@@ -16,8 +16,8 @@
 //!
 //! **Which protocol** (`--upstream-http2`): with `concurrent`, the default, a request
 //! that finds others in flight from its worker joins them on the worker's HTTP/2
-//! connection, and so do the next few that find none (a busy worker's quiet moments);
-//! a request alone after those goes on an HTTP/1.1 connection. Measured
+//! connection, and so do the next 8 that find none, whenever they come (a busy worker's
+//! quiet moments); a request alone after those goes on an HTTP/1.1 connection. Measured
 //! (bench/RESULTS.md): HTTP/2 carries many requests per system call and TLS record under
 //! load, so the chain spends less CPU per request, but a lone request waits longer on it
 //! than on HTTP/1.1. `always` puts every request on HTTP/2, `never` none. The HTTP/2
@@ -116,16 +116,20 @@ impl Default for Share {
 impl Share {
     /// Whether a request with `others` in flight beside it from this worker is part of
     /// concurrent traffic: it has company, or it is one of the first few alone since a
-    /// request that had. Under load the moments with nothing in flight come and go; the
-    /// requests that fell into them went over HTTP/1.1, and that cost more CPU than it
-    /// saved (bench/RESULTS.md, 2026-12-07: about 2% of requests at 64 connections, k_proxy
-    /// 14.1-14.9 against 13.6-13.9 µs per request with all of them on HTTP/2).
+    /// request that had (counted, not timed: the next 8 lone requests, whenever they
+    /// come). Under load the moments with nothing in flight come and go, and the requests
+    /// that fell into them went over HTTP/1.1: about 2% at 64 connections, while k_proxy
+    /// spent 14.1-14.9 µs per request against 13.6-13.9 with all of them on HTTP/2
+    /// (bench/RESULTS.md, 2026-12-07; how much of that gap those requests made, the A/B
+    /// cannot say).
     fn recently_busy(&self, others: usize) -> bool {
         if others > 0 {
             self.lone_streak.store(0, Ordering::Relaxed);
             return true;
         }
-        // One thread per share: load and store need not be one atomic step.
+        // Load and store are not one atomic step: share 0 (threads that are no connection
+        // worker, or all of them with --connection-threads 0) may race here, and then the
+        // streak is off by a request or two, which only moves one request's protocol.
         let streak = self.lone_streak.load(Ordering::Relaxed);
         if streak >= LONE_BEFORE_HTTP1 {
             return false;
