@@ -10,7 +10,7 @@
 # and for each: requests per second, p50 and p99 latency, server CPU seconds per 10k
 # requests (utime+stime from /proc/PID/stat: k_server alone for direct, k_proxy + k_server
 # for the chain, nginx master + workers + k_server for nginx), then the ratios chain/nginx
-# and chain/direct. Also: k_proxy's start-up time (spawn to the first 200 from /healthz),
+# and chain/direct, of the median rounds and round by round (lowest to highest). Also: k_proxy's start-up time (spawn to the first 200 from /healthz),
 # login latency with the software authenticator, k_proxy's memory at rest and with 100k
 # live sessions, validation scaling from 1 to 2 threads
 # (crates/session/examples/validate_scaling.rs), where perf works a CPU profile of k_proxy
@@ -455,6 +455,15 @@ fi
 
 # ---------------------------------------------------------------- the report
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+# round_ratios A B CONNS: the requests/s of target A over B's in each round, lowest to
+# highest. Rounds interleave the targets, so round r of A met the same disturbances as
+# round r of B; the spread shows how far one run's ratio can move.
+round_ratios() {
+    paste -d' ' <(sed '/^$/d' <<<"${samples[$1/$3]}" | cut -d' ' -f1) \
+        <(sed '/^$/d' <<<"${samples[$2/$3]}" | cut -d' ' -f1) |
+        awk '$2 > 0 { r = $1 / $2; if (!n++ || r < lo) lo = r; if (n == 1 || r > hi) hi = r }
+             END { if (n) printf "%.2f-%.2f", lo, hi; else print "-" }'
+}
 cpu_model="$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
 mem_total="$(awk '/^MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)"
 os_name="$(sed -n 's/^PRETTY_NAME="\(.*\)"/\1/p' /etc/os-release 2>/dev/null)"
@@ -485,15 +494,20 @@ report="$work/report.md"
         done
     done
     echo
-    echo "| connections | chain/nginx requests/s | chain/direct requests/s | chain p99 / nginx p99 | chain CPU / nginx CPU per request |"
-    echo "|---|---|---|---|---|"
+    echo "| connections | chain/nginx requests/s | the same, round by round | chain/direct requests/s | the same, round by round | chain p99 / nginx p99 | chain CPU / nginx CPU per request |"
+    echo "|---|---|---|---|---|---|---|"
     for conns in $conns_list; do
-        printf '| %s | %s | %s | %s | %s |\n' "$conns" \
+        printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$conns" \
             "$(ratio "${rps[chain/$conns]}" "${rps[nginx/$conns]}")" \
+            "$(round_ratios chain nginx "$conns")" \
             "$(ratio "${rps[chain/$conns]}" "${rps[direct/$conns]}")" \
+            "$(round_ratios chain direct "$conns")" \
             "$(ratio "${p99[chain/$conns]}" "${p99[nginx/$conns]}")" \
             "$(ratio "${cpu[chain/$conns]}" "${cpu[nginx/$conns]}")"
     done
+    echo
+    echo "Round by round: the two targets' requests/s in the same round (the rounds interleave"
+    echo "the targets), lowest ratio to highest; the column before divides the median rounds."
     echo
     if [[ -n "${p50[direct/1]:-}" ]]; then
         added() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
