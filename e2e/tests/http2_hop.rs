@@ -10,22 +10,38 @@ use std::time::Duration;
 
 use chromecard_e2e::*;
 
-/// curl straight to k_server (client certificate and proxy token unless `anonymous`),
-/// asking for HTTP/2 by ALPN; returns (status, HTTP version) as curl reports them.
+/// curl's arguments to reach k_server as k_proxy does: the chain CA, k_proxy's client
+/// certificate, the proxy token and a user.
+fn as_k_proxy<'c>(cmd: &'c mut Command, certs: &Certs) -> &'c mut Command {
+    cmd.args(["--cacert", &s(certs.ca())])
+        .args(["--cert", &s(certs.proxy_crt())])
+        .args(["--key", &s(certs.proxy_key())])
+        .args(["-H", &format!("X-Proxy-Token: {PROXY_TOKEN}")])
+        .args(["-H", "X-Chromecard-User: alice"])
+}
+
+/// `openssl s_client` to k_server at `sport` with k_proxy's client certificate, offering
+/// `alpn`.
+fn s_client_as_k_proxy(sport: u16, certs: &Certs, alpn: &str) -> Command {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-alpn", alpn])
+        .args(["-connect", &format!("127.0.0.1:{sport}")])
+        .args(["-CAfile", &s(certs.ca())])
+        .args(["-cert", &s(certs.proxy_crt())])
+        .args(["-key", &s(certs.proxy_key())]);
+    cmd
+}
+
+/// curl straight to k_server (as k_proxy, or with only the CA when `anonymous`), asking
+/// for HTTP/2 by ALPN; returns (status, HTTP version) as curl reports them.
 fn direct_with_http2(sport: u16, certs: &Certs, anonymous: bool) -> (String, Ran) {
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "--http2", "--max-time", "10", "-o", "/dev/null"])
-        .args(["-w", "%{http_code} %{http_version}"])
-        .args(["--cacert", &s(certs.ca())]);
-    if !anonymous {
-        cmd.args([
-            "--cert",
-            &s(certs.proxy_crt()),
-            "--key",
-            &s(certs.proxy_key()),
-        ])
-        .args(["-H", &format!("X-Proxy-Token: {PROXY_TOKEN}")])
-        .args(["-H", "X-Chromecard-User: alice"]);
+        .args(["-w", "%{http_code} %{http_version}"]);
+    if anonymous {
+        cmd.args(["--cacert", &s(certs.ca())]);
+    } else {
+        as_k_proxy(&mut cmd, certs);
     }
     cmd.arg(format!("https://127.0.0.1:{sport}/resource/counter"));
     let ran = run(&mut cmd, None, Duration::from_secs(20));
@@ -51,19 +67,7 @@ fn k_server_offers_http2_only_to_a_client_with_a_certificate() {
 
     // openssl names what was agreed.
     let ran = run(
-        Command::new("openssl").args([
-            "s_client",
-            "-connect",
-            &format!("127.0.0.1:{sport}"),
-            "-alpn",
-            "h2,http/1.1",
-            "-CAfile",
-            &s(certs.ca()),
-            "-cert",
-            &s(certs.proxy_crt()),
-            "-key",
-            &s(certs.proxy_key()),
-        ]),
+        &mut s_client_as_k_proxy(sport, &certs, "h2,http/1.1"),
         Some(b""),
         Duration::from_secs(20),
     );
@@ -284,12 +288,8 @@ fn always_refuses_a_plain_http_k_server_url() {
 /// s_client (the client preface and an empty SETTINGS frame in, raw frames out); returns
 /// its (identifier, value) pairs.
 fn server_settings(sport: u16, certs: &Certs) -> Vec<(u16, u32)> {
-    let mut client = Command::new("openssl")
-        .args(["s_client", "-quiet", "-alpn", "h2"])
-        .args(["-connect", &format!("127.0.0.1:{sport}")])
-        .args(["-CAfile", &s(certs.ca())])
-        .args(["-cert", &s(certs.proxy_crt())])
-        .args(["-key", &s(certs.proxy_key())])
+    let mut client = s_client_as_k_proxy(sport, certs, "h2")
+        .arg("-quiet")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -355,12 +355,8 @@ fn k_server_over_http2_states_its_limits_and_refuses_an_oversized_head() {
             cmd.arg("--next");
         }
         cmd.args(["-sS", "--http2", "--max-time", "10"])
-            .args(["-w", "|%{http_code} %{http_version} %{num_connects}|"])
-            .args(["--cacert", &s(certs.ca())])
-            .args(["--cert", &s(certs.proxy_crt())])
-            .args(["--key", &s(certs.proxy_key())])
-            .args(["-H", &format!("X-Proxy-Token: {PROXY_TOKEN}")])
-            .args(["-H", "X-Chromecard-User: alice"]);
+            .args(["-w", "|%{http_code} %{http_version} %{num_connects}|"]);
+        as_k_proxy(&mut cmd, &certs);
         if let Some(header) = extra {
             cmd.args(["-H", header]);
         }
@@ -385,14 +381,10 @@ fn k_server_sigterm_lets_an_http2_stream_in_flight_finish() {
     // curl streams its stdin as the body (-T -): half now, the rest after SIGTERM.
     let traces = tempfile::tempdir().expect("tempdir");
     let trace = traces.path().join("curl.trace");
-    let mut upload = Command::new("curl")
+    let mut curl = Command::new("curl");
+    let mut upload = as_k_proxy(&mut curl, &certs)
         .args(["-sS", "--http2", "--max-time", "20", "-T", "-"])
         .args(["-w", "|%{http_code} %{http_version}|"])
-        .args(["--cacert", &s(certs.ca())])
-        .args(["--cert", &s(certs.proxy_crt())])
-        .args(["--key", &s(certs.proxy_key())])
-        .args(["-H", &format!("X-Proxy-Token: {PROXY_TOKEN}")])
-        .args(["-H", "X-Chromecard-User: alice"])
         .args(["-H", "Content-Type: application/json"])
         .arg("--trace-ascii")
         .arg(&trace)
