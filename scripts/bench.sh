@@ -14,9 +14,10 @@
 # login latency with the software authenticator, k_proxy's memory at rest and with 100k
 # live sessions, validation scaling from 1 to 2 threads
 # (crates/session/examples/validate_scaling.rs), where perf works a CPU profile of k_proxy
-# under load, and instructions per request of each process for direct, chain and nginx,
-# counted by callgrind (scripts/bench/instructions.sh: steady on a busy machine, where
-# requests/s are not; --instructions-only runs just that part).
+# under load, and instructions per request of each process for direct, chain (with each
+# protocol on the hop) and nginx, counted by callgrind (scripts/bench/instructions.sh:
+# steady on a busy machine, where requests/s are not; --instructions-only runs just that
+# part).
 #
 # Writes the results between the markers in bench/RESULTS.md (the rest of that file is
 # kept) and a full copy with the raw wrk output to bench/out/ (git-ignored).
@@ -68,7 +69,7 @@ while (($# > 0)); do
         --instructions-only) instructions_only=1; shift ;;
         --no-instructions) instructions=0; shift ;;
         --instr-requests) instr_requests="$2"; shift 2 ;;
-        -h | --help) sed -n '2,39p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,40p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done

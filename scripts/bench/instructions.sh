@@ -15,10 +15,12 @@
 # process's threads (and, for nginx, over the master and its workers).
 #
 #   direct  k_server alone, curl presenting k_proxy's client certificate
-#   chain   k_proxy and k_server, each under callgrind
+#   chain   k_proxy and k_server, each under callgrind (a lone request: HTTP/1.1 on the hop)
+#   chain-h2  the same with k_proxy's --upstream-http2 always: the hop as it runs under
+#           load, where requests are in flight together and share one HTTP/2 connection
 #   nginx   nginx (scripts/bench/nginx.conf.template, access log to a file) and k_server
 #
-# Usage: scripts/bench/instructions.sh [--requests N] [--targets "direct chain nginx"]
+# Usage: scripts/bench/instructions.sh [--requests N] [--targets "direct chain chain-h2 nginx"]
 #                                      [--out FILE] [--keep DIR]
 # Needs target/release/{k_server,k_proxy} (scripts/bench.sh builds them; K_SERVER_BIN and
 # K_PROXY_BIN name other builds), valgrind, curl,
@@ -28,7 +30,7 @@ cd "$(dirname "$0")/../.."
 repo="$(pwd -P)"
 
 requests=3000
-targets="direct chain nginx"
+targets="direct chain chain-h2 nginx"
 out=""
 keep=""
 while (($# > 0)); do
@@ -37,7 +39,7 @@ while (($# > 0)); do
         --targets) targets="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
         --keep) keep="$2"; shift 2 ;;
-        -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "instructions.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -138,13 +140,15 @@ run_target() {
             send "https://127.0.0.1:$ks_port/resource/counter" "$count" "${ks_curl[@]}" \
                 -H "X-Proxy-Token: $proxy_token" -H "X-Chromecard-User: bench"
             ;;
-        chain)
+        chain | chain-h2)
             kp_port="$(free_port)"
+            local -a hop=()
+            [[ "$target" == chain-h2 ]] && hop=(--upstream-http2 always)
             under_callgrind "$tag-k_proxy" "$tag-k_proxy.log" "$kp_bin" --port "$kp_port" \
                 --server-base-url "https://127.0.0.1:$ks_port" --server-ca-file "$certs/ca.crt" \
                 --proxy-token-file "$work/proxy-token" --tls-certfile "$certs/k_proxy.crt" \
                 --tls-keyfile "$certs/k_proxy.key" --gate soft --session-ttl 3600 \
-                --upstream-timeout 120 --upstream-connect-timeout 60
+                --upstream-timeout 120 --upstream-connect-timeout 60 ${hop[@]+"${hop[@]}"}
             kp_pid="$cg_pid"
             wait_healthz "https://127.0.0.1:$kp_port/healthz" --cacert "$certs/ca.crt"
             token="$(curl -sS --cacert "$certs/ca.crt" -X POST "https://127.0.0.1:$kp_port/session/login" \
@@ -185,7 +189,7 @@ for target in $targets; do
     long="$work/$target-$((requests + 1))"
     per[$target/k_server]=$((($(total_of "$long-k_server") - $(total_of "$short-k_server")) / requests))
     case "$target" in
-        chain) per[$target/proxy]=$((($(total_of "$long-k_proxy") - $(total_of "$short-k_proxy")) / requests)) ;;
+        chain | chain-h2) per[$target/proxy]=$((($(total_of "$long-k_proxy") - $(total_of "$short-k_proxy")) / requests)) ;;
         nginx) per[$target/proxy]=$((($(total_of "$long-nginx.cg") - $(total_of "$short-nginx.cg")) / requests)) ;;
     esac
 done
@@ -197,7 +201,8 @@ done
         proxy="${per[$target/proxy]:-}"
         ks="${per[$target/k_server]}"
         name="$target"
-        [[ "$target" == chain ]] && name="chain (k_proxy)"
+        [[ "$target" == chain ]] && name="chain (k_proxy), HTTP/1.1 hop"
+        [[ "$target" == chain-h2 ]] && name="chain (k_proxy), HTTP/2 hop"
         [[ "$target" == nginx ]] && name="nginx"
         printf '| %s | %s | %s | %s |\n' "$name" "${proxy:--}" "$ks" "$((${proxy:-0} + ks))"
     done

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -418,7 +418,7 @@ async fn serve_connection_h2<IO, H, F>(
         ));
         async move { Ok::<_, std::convert::Infallible>(response.await) }
     });
-    let mut http = http2::Builder::new(TokioExecutor::new());
+    let mut http = http2::Builder::new(crate::BoxedSpawn);
     http.timer(TokioTimer::new())
         .max_concurrent_streams(settings.http2_max_streams)
         .max_header_list_size(u32::try_from(settings.max_buf_size).unwrap_or(u32::MAX))

@@ -43,7 +43,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use tower_service::Service;
 
 use crate::connect_deadline::ConnectDeadline;
@@ -426,7 +426,7 @@ impl Pool {
             .await
             .map_err(PoolError::Connect)?;
         if io.connected().is_negotiated_h2() {
-            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            let (sender, connection) = http2::Builder::new(chromecard_http::BoxedSpawn)
                 .timer(TokioTimer::new())
                 .keep_alive_interval(H2_PING_INTERVAL)
                 .keep_alive_timeout(H2_PING_INTERVAL)
