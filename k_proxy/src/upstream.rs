@@ -19,7 +19,7 @@ use rustls::pki_types::ServerName;
 
 mod events;
 #[cfg(test)]
-mod h2_retry_tests;
+mod h2_stand_in_tests;
 mod pool;
 
 use crate::connect_deadline::ConnectDeadline;

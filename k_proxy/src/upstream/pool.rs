@@ -151,18 +151,18 @@ enum MultiplexedSlot {
     Open(MultiplexedSender),
     /// k_server chose HTTP/1.1 when HTTP/2 was offered: asked again only after
     /// [`ASK_AGAIN_FOR_H2`] (it may be restarted without `--no-http2`), not per request.
-    Refused(Instant),
+    Refused(tokio::time::Instant),
     /// The last connect failed: for [`AFTER_FAILED_CONNECT`] requests go the HTTP/1.1
     /// way (each connecting on its own) instead of queueing here behind one connect
     /// after another, each up to `--upstream-connect-timeout`.
-    Failed(Instant),
+    Failed(tokio::time::Instant),
 }
 
 /// How long requests skip HTTP/2 after a failed connect.
 const AFTER_FAILED_CONNECT: Duration = Duration::from_secs(1);
 
 /// How long HTTP/1.1 is used without asking again after k_server declined HTTP/2.
-const ASK_AGAIN_FOR_H2: Duration = Duration::from_secs(60);
+pub(super) const ASK_AGAIN_FOR_H2: Duration = Duration::from_secs(60);
 
 /// What HTTP/2 needs: its own connector (ALPN `h2` and `http/1.1`; the pool's offers only
 /// the latter), and the scheme and authority HTTP/2 sends as pseudo-header fields.
@@ -326,12 +326,12 @@ impl Pool {
                     }
                     Ok(Connected::Http1(sender)) => {
                         tracing::info!("k_server declined HTTP/2 (it offers only HTTP/1.1); forwarding over HTTP/1.1");
-                        *slot = MultiplexedSlot::Refused(Instant::now());
+                        *slot = MultiplexedSlot::Refused(tokio::time::Instant::now());
                         return Ok(Multiplexed::Http1(sender, request));
                     }
                     Err(err) => {
                         tracing::debug!(error = %chromecard_http::describe_error(&err), "cannot open the HTTP/2 connection to k_server; this request tries HTTP/1.1");
-                        *slot = MultiplexedSlot::Failed(Instant::now());
+                        *slot = MultiplexedSlot::Failed(tokio::time::Instant::now());
                         return Ok(Multiplexed::Unsent(request));
                     }
                 },
