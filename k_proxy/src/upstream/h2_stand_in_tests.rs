@@ -3,7 +3,9 @@
 //! connection), whatever its method; a stream reset with another code may have been
 //! processed, so a POST is not sent again. And the re-ask: after k_server declined
 //! HTTP/2, k_proxy forwards over HTTP/1.1 without offering it again until
-//! `ASK_AGAIN_FOR_H2` has passed, then takes HTTP/2 once k_server offers it.
+//! `ASK_AGAIN_FOR_H2` has passed, then takes HTTP/2 once k_server offers it; after an
+//! HTTP/2 connect that failed, requests go over HTTP/1.1 for `AFTER_FAILED_CONNECT`
+//! rather than each waiting on another connect.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,12 +19,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use super::pool::ASK_AGAIN_FOR_H2;
+use super::pool::{AFTER_FAILED_CONNECT, ASK_AGAIN_FOR_H2};
 use super::{Upstream, UpstreamHttp2, UpstreamSettings};
 
 /// What the stand-in was asked, by protocol.
 #[derive(Default)]
 struct Seen {
+    /// TLS handshakes whose client offered `h2`, completed or not.
+    h2_offers: AtomicUsize,
     tls_handshakes: AtomicUsize,
     h2_streams: AtomicUsize,
     h1_requests: AtomicUsize,
@@ -35,19 +39,35 @@ enum OnStream {
     Answer,
 }
 
-/// A TLS k_server stand-in on a free port: it offers `h2` by ALPN while `offers_h2` is set
-/// (and only `http/1.1` otherwise), treats every HTTP/2 stream as `on_stream` says and
-/// answers every HTTP/1.1 request 200. Returns its port, the certificate to trust and what
-/// it saw.
+/// What the stand-in does with a client that offers `h2`; a test may change it.
+#[derive(Default)]
+struct H2Offer {
+    /// Offer `h2` too (otherwise only `http/1.1`, as a k_server started with `--no-http2`).
+    offered: AtomicBool,
+    /// Close the connection before the handshake ends (a failed connect).
+    dropped: AtomicBool,
+}
+
+impl H2Offer {
+    fn offered() -> Arc<Self> {
+        let offer = Self::default();
+        offer.offered.store(true, Ordering::SeqCst);
+        Arc::new(offer)
+    }
+}
+
+/// A TLS k_server stand-in on a free port: it treats a client offering `h2` as `h2`
+/// says, every HTTP/2 stream as `on_stream` says, and answers every HTTP/1.1 request
+/// 200. Returns its port, the certificate to trust and what it saw.
 async fn stand_in(
     on_stream: OnStream,
-    offers_h2: Arc<AtomicBool>,
+    h2: Arc<H2Offer>,
 ) -> (u16, rustls::pki_types::CertificateDer<'static>, Arc<Seen>) {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let cert = certified.cert.der().clone();
     let key =
         rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap();
-    let acceptor_offering = |alpn: &[&[u8]]| {
+    let config_offering = |alpn: &[&[u8]]| {
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -57,10 +77,10 @@ async fn stand_in(
         .with_single_cert(vec![cert.clone()], key.clone_key())
         .unwrap();
         config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
-        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        Arc::new(config)
     };
-    let with_h2 = acceptor_offering(&[b"h2", b"http/1.1"]);
-    let without_h2 = acceptor_offering(&[b"http/1.1"]);
+    let with_h2 = config_offering(&[b"h2", b"http/1.1"]);
+    let without_h2 = config_offering(&[b"http/1.1"]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Seen::default());
@@ -68,14 +88,29 @@ async fn stand_in(
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
-            let acceptor = if offers_h2.load(Ordering::SeqCst) {
-                with_h2.clone()
-            } else {
-                without_h2.clone()
-            };
+            let (with_h2, without_h2, h2) = (with_h2.clone(), without_h2.clone(), h2.clone());
             let seen = counts.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
+                let acceptor = rustls::server::Acceptor::default();
+                let Ok(start) = tokio_rustls::LazyConfigAcceptor::new(acceptor, tcp).await else {
+                    return;
+                };
+                let client_offers_h2 = start
+                    .client_hello()
+                    .alpn()
+                    .is_some_and(|mut offered| offered.any(|protocol| protocol == b"h2"));
+                if client_offers_h2 {
+                    seen.h2_offers.fetch_add(1, Ordering::SeqCst);
+                    if h2.dropped.load(Ordering::SeqCst) {
+                        return;
+                    }
+                }
+                let config = if h2.offered.load(Ordering::SeqCst) {
+                    with_h2
+                } else {
+                    without_h2
+                };
+                let Ok(tls) = start.into_stream(config).await else {
                     return;
                 };
                 seen.tls_handshakes.fetch_add(1, Ordering::SeqCst);
@@ -115,7 +150,14 @@ async fn stand_in(
 async fn resetting(
     reason: h2::Reason,
 ) -> (u16, rustls::pki_types::CertificateDer<'static>, Arc<Seen>) {
-    stand_in(OnStream::Reset(reason), Arc::new(AtomicBool::new(true))).await
+    stand_in(OnStream::Reset(reason), H2Offer::offered()).await
+}
+
+/// Moves tokio's clock on by `by`, as if that much time had passed.
+async fn let_pass(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
 }
 
 fn upstream_to(port: u16, cert: rustls::pki_types::CertificateDer<'static>) -> Upstream {
@@ -182,8 +224,8 @@ async fn a_post_whose_stream_was_reset_otherwise_is_not_sent_again() {
 
 #[tokio::test]
 async fn after_k_server_declined_http2_it_is_offered_again_only_after_a_while() {
-    let offers_h2 = Arc::new(AtomicBool::new(false));
-    let (port, cert, seen) = stand_in(OnStream::Answer, offers_h2.clone()).await;
+    let h2 = Arc::new(H2Offer::default());
+    let (port, cert, seen) = stand_in(OnStream::Answer, h2.clone()).await;
     let upstream = upstream_to(port, cert);
     let get = || send(&upstream, Method::GET);
     let counts = || {
@@ -200,16 +242,44 @@ async fn after_k_server_declined_http2_it_is_offered_again_only_after_a_while() 
 
     // k_server offers HTTP/2 now, but k_proxy does not ask yet: the pooled HTTP/1.1
     // connection serves, and no new handshake is made.
-    offers_h2.store(true, Ordering::SeqCst);
+    h2.offered.store(true, Ordering::SeqCst);
     assert_eq!(get().await, Ok(StatusCode::OK));
     assert_eq!(counts(), (1, 0, 2));
 
     // Once the wait has passed, the next request asks again and gets HTTP/2.
-    tokio::time::pause();
-    tokio::time::advance(ASK_AGAIN_FOR_H2 + Duration::from_secs(1)).await;
-    tokio::time::resume();
+    let_pass(ASK_AGAIN_FOR_H2 + Duration::from_secs(1)).await;
     assert_eq!(get().await, Ok(StatusCode::OK));
     assert_eq!(counts(), (2, 1, 2));
     assert_eq!(get().await, Ok(StatusCode::OK));
     assert_eq!(counts(), (2, 2, 2), "the HTTP/2 connection is kept");
+}
+
+#[tokio::test]
+async fn after_a_failed_http2_connect_requests_go_over_http1_for_a_moment() {
+    let h2 = H2Offer::offered();
+    h2.dropped.store(true, Ordering::SeqCst);
+    let (port, cert, seen) = stand_in(OnStream::Answer, h2.clone()).await;
+    let upstream = upstream_to(port, cert);
+    let get = || send(&upstream, Method::GET);
+    let counts = || {
+        (
+            seen.h2_offers.load(Ordering::SeqCst),
+            seen.h2_streams.load(Ordering::SeqCst),
+            seen.h1_requests.load(Ordering::SeqCst),
+        )
+    };
+
+    // The HTTP/2 connect fails: the request is not lost, it goes over HTTP/1.1.
+    assert_eq!(get().await, Ok(StatusCode::OK));
+    assert_eq!(counts(), (1, 0, 1), "(h2 offers, h2 streams, h1 requests)");
+
+    // Right after, requests do not queue behind another connect: HTTP/1.1 at once.
+    h2.dropped.store(false, Ordering::SeqCst);
+    assert_eq!(get().await, Ok(StatusCode::OK));
+    assert_eq!(counts(), (1, 0, 2));
+
+    // A moment later HTTP/2 is tried again, and now it connects.
+    let_pass(AFTER_FAILED_CONNECT + Duration::from_millis(100)).await;
+    assert_eq!(get().await, Ok(StatusCode::OK));
+    assert_eq!(counts(), (2, 1, 2));
 }

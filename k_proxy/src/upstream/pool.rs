@@ -159,7 +159,7 @@ enum MultiplexedSlot {
 }
 
 /// How long requests skip HTTP/2 after a failed connect.
-const AFTER_FAILED_CONNECT: Duration = Duration::from_secs(1);
+pub(super) const AFTER_FAILED_CONNECT: Duration = Duration::from_secs(1);
 
 /// How long HTTP/1.1 is used without asking again after k_server declined HTTP/2.
 pub(super) const ASK_AGAIN_FOR_H2: Duration = Duration::from_secs(60);
