@@ -190,7 +190,10 @@ impl Upstream {
             }
             Ok::<_, ApiError>(Response::from_parts(parts, body))
         };
-        let response = tokio::time::timeout(self.response_timeout, exchange)
+        // Boxed: the exchange holds the pool's and hyper's futures (about 2 KiB), and
+        // every future above this one (the handler's, which serve boxes per request)
+        // would otherwise carry that size and copy it as it is built and moved.
+        let response = Box::pin(tokio::time::timeout(self.response_timeout, exchange))
             .await
             .map_err(|_| self.too_slow())??;
         if response.status() == StatusCode::UNAUTHORIZED {
