@@ -222,36 +222,37 @@ async fn a_post_whose_stream_was_reset_otherwise_is_not_sent_again() {
     assert_eq!(seen.h1_requests.load(Ordering::SeqCst), 0);
 }
 
+/// One GET through `upstream`, answered 200; then what the stand-in has seen in all:
+/// (handshakes offering h2, TLS handshakes completed, HTTP/2 streams, HTTP/1.1 requests).
+async fn get_then_tally(upstream: &Upstream, seen: &Seen) -> (usize, usize, usize, usize) {
+    assert_eq!(send(upstream, Method::GET).await, Ok(StatusCode::OK));
+    (
+        seen.h2_offers.load(Ordering::SeqCst),
+        seen.tls_handshakes.load(Ordering::SeqCst),
+        seen.h2_streams.load(Ordering::SeqCst),
+        seen.h1_requests.load(Ordering::SeqCst),
+    )
+}
+
 #[tokio::test]
 async fn after_k_server_declined_http2_it_is_offered_again_only_after_a_while() {
     let h2 = Arc::new(H2Offer::default());
     let (port, cert, seen) = stand_in(OnStream::Answer, h2.clone()).await;
     let upstream = upstream_to(port, cert);
-    let get = || send(&upstream, Method::GET);
-    let counts = || {
-        (
-            seen.tls_handshakes.load(Ordering::SeqCst),
-            seen.h2_streams.load(Ordering::SeqCst),
-            seen.h1_requests.load(Ordering::SeqCst),
-        )
-    };
 
     // Declined: this request goes over the HTTP/1.1 connection k_server chose.
-    assert_eq!(get().await, Ok(StatusCode::OK));
-    assert_eq!(counts(), (1, 0, 1), "(handshakes, h2 streams, h1 requests)");
+    assert_eq!(get_then_tally(&upstream, &seen).await, (1, 1, 0, 1));
 
     // k_server offers HTTP/2 now, but k_proxy does not ask yet: the pooled HTTP/1.1
     // connection serves, and no new handshake is made.
     h2.offered.store(true, Ordering::SeqCst);
-    assert_eq!(get().await, Ok(StatusCode::OK));
-    assert_eq!(counts(), (1, 0, 2));
+    assert_eq!(get_then_tally(&upstream, &seen).await, (1, 1, 0, 2));
 
-    // Once the wait has passed, the next request asks again and gets HTTP/2.
+    // Once the wait has passed, the next request asks again and gets HTTP/2, and the
+    // one after keeps to that connection.
     let_pass(ASK_AGAIN_FOR_H2 + Duration::from_secs(1)).await;
-    assert_eq!(get().await, Ok(StatusCode::OK));
-    assert_eq!(counts(), (2, 1, 2));
-    assert_eq!(get().await, Ok(StatusCode::OK));
-    assert_eq!(counts(), (2, 2, 2), "the HTTP/2 connection is kept");
+    assert_eq!(get_then_tally(&upstream, &seen).await, (2, 2, 1, 2));
+    assert_eq!(get_then_tally(&upstream, &seen).await, (2, 2, 2, 2));
 }
 
 #[tokio::test]
@@ -260,26 +261,15 @@ async fn after_a_failed_http2_connect_requests_go_over_http1_for_a_moment() {
     h2.dropped.store(true, Ordering::SeqCst);
     let (port, cert, seen) = stand_in(OnStream::Answer, h2.clone()).await;
     let upstream = upstream_to(port, cert);
-    let get = || send(&upstream, Method::GET);
-    let counts = || {
-        (
-            seen.h2_offers.load(Ordering::SeqCst),
-            seen.h2_streams.load(Ordering::SeqCst),
-            seen.h1_requests.load(Ordering::SeqCst),
-        )
-    };
 
     // The HTTP/2 connect fails: the request is not lost, it goes over HTTP/1.1.
-    assert_eq!(get().await, Ok(StatusCode::OK));
-    assert_eq!(counts(), (1, 0, 1), "(h2 offers, h2 streams, h1 requests)");
+    assert_eq!(get_then_tally(&upstream, &seen).await, (1, 1, 0, 1));
 
     // Right after, requests do not queue behind another connect: HTTP/1.1 at once.
     h2.dropped.store(false, Ordering::SeqCst);
-    assert_eq!(get().await, Ok(StatusCode::OK));
-    assert_eq!(counts(), (1, 0, 2));
+    assert_eq!(get_then_tally(&upstream, &seen).await, (1, 1, 0, 2));
 
     // A moment later HTTP/2 is tried again, and now it connects.
     let_pass(AFTER_FAILED_CONNECT + Duration::from_millis(100)).await;
-    assert_eq!(get().await, Ok(StatusCode::OK));
-    assert_eq!(counts(), (2, 1, 2));
+    assert_eq!(get_then_tally(&upstream, &seen).await, (2, 2, 1, 2));
 }
