@@ -210,4 +210,7 @@ done
     echo "callgrind (valgrind $(valgrind --version | sed 's/valgrind-//')), one keep-alive TLS connection,"
     echo "GET /resource/counter: (run of $((requests + 1)) requests - run of 1) / $requests, user-space"
     echo "instructions of each process, all its threads (nginx: master and workers)."
+    echo "The load on the machine does not change these counts, but work done per second rather"
+    echo "than per request (date headers, pings, timers) does not cancel out: runs of the same"
+    echo "binaries have differed by about 500 instructions per request."
 } | tee "${out:-/dev/null}"
