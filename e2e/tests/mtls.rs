@@ -1,7 +1,9 @@
 //! Mutual TLS between k_proxy and k_server, and the proxy token, on ephemeral ports.
 
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chromecard_e2e::*;
 
@@ -276,4 +278,68 @@ fn k_proxy_verifies_server_name() {
         "refused request must not count"
     );
     server.assert_running();
+}
+
+/// How long after connecting the server closed `stream` (reading until end of stream or
+/// reset), or None if it was still open after `give_up`.
+fn closed_after(mut stream: TcpStream, give_up: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("read timeout");
+    let mut buf = [0u8; 512];
+    while start.elapsed() < give_up {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
+}
+
+#[test]
+fn a_tls_handshake_is_bounded_in_time_refused_on_garbage_and_does_not_hold_the_drain() {
+    let certs = Certs::generate();
+    let (mut server, sport) = start_server_tls(&certs);
+
+    // Plain HTTP on the TLS port: refused at once, and logged as such.
+    let mut garbage = TcpStream::connect(("127.0.0.1", sport)).expect("connect");
+    garbage
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: k_server\r\n\r\n")
+        .expect("write");
+    let refused = closed_after(garbage, Duration::from_secs(5));
+    assert!(
+        refused.is_some_and(|after| after < Duration::from_secs(2)),
+        "plain HTTP on the TLS port should be closed at once, was {refused:?}"
+    );
+    wait_for_log(&server, "TLS handshake refused", 1);
+
+    // A client that connects and never says hello: closed at the 10 s handshake bound.
+    let silent = TcpStream::connect(("127.0.0.1", sport)).expect("connect");
+    let timed_out = closed_after(silent, Duration::from_secs(20));
+    assert!(
+        timed_out.is_some_and(|after| after >= Duration::from_secs(9)
+            && after < Duration::from_secs(15)),
+        "a silent client should be closed at the 10 s handshake bound, was {timed_out:?}"
+    );
+    wait_for_log(&server, "TLS handshake timed out", 1);
+    server.assert_running();
+
+    // A handshake still waiting when k_server is told to stop does not hold its drain.
+    let _pending = TcpStream::connect(("127.0.0.1", sport)).expect("connect");
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    server.signal("TERM");
+    let status = server.wait_exit(Duration::from_secs(8));
+    assert!(
+        status.is_some_and(|status| status.success()),
+        "k_server should exit 0 soon after SIGTERM with a handshake pending, got {status:?}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "the pending handshake held k_server's exit for {:?}",
+        asked.elapsed()
+    );
 }

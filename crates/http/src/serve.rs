@@ -216,24 +216,16 @@ pub async fn serve<H, F, T>(
                     .await;
                 }
                 Some(acceptor) => {
-                    let handshake = tokio::select! {
-                        handshake = tokio::time::timeout(
-                            settings.tls_handshake_timeout,
-                            acceptor.accept(stream),
-                        ) => handshake,
-                        // Shutting down: a handshake in progress has no request to finish.
-                        () = stopped(&mut stopping) => return,
-                    };
-                    let stream = match handshake {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(err)) => {
-                            tracing::info!(%peer, error = %err, "TLS handshake refused");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::info!(%peer, "TLS handshake timed out");
-                            return;
-                        }
+                    let Some(stream) = handshake(
+                        &acceptor,
+                        stream,
+                        settings.tls_handshake_timeout,
+                        &mut stopping,
+                        peer,
+                    )
+                    .await
+                    else {
+                        return;
                     };
                     let client_cert = stream
                         .get_ref()
@@ -247,8 +239,13 @@ pub async fn serve<H, F, T>(
                         client_cert,
                     });
                     if stream.get_ref().1.alpn_protocol() == Some(ALPN_H2) {
-                        serve_connection_h2(&settings, watcher, stopping, stream, info, handler)
-                            .await;
+                        // Boxed: only k_proxy's few connections to k_server take this
+                        // branch, and its larger future would otherwise size every
+                        // connection's task.
+                        Box::pin(serve_connection_h2(
+                            &settings, watcher, stopping, stream, info, handler,
+                        ))
+                        .await;
                         return;
                     }
                     serve_connection(
@@ -448,6 +445,37 @@ fn bounded(
     let (parts, body) = request.into_parts();
     let body = RequestBody::new(body, &parts.headers, drain, must_close);
     Request::from_parts(parts, body)
+}
+
+/// The TLS handshake of a new connection within `deadline`: the stream, or `None` when
+/// the handshake is refused, too slow, or interrupted by shutdown (a handshake in
+/// progress has no request to finish). Its own function, so that the handshake's state
+/// is not kept beside the connection's for as long as the connection is served.
+async fn handshake<IO>(
+    acceptor: &TlsAcceptor,
+    stream: IO,
+    deadline: Duration,
+    stopping: &mut watch::Receiver<bool>,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(deadline, acceptor.accept(stream)) => handshake,
+        () = stopped(stopping) => return None,
+    };
+    match handshake {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(err)) => {
+            tracing::info!(%peer, error = %err, "TLS handshake refused");
+            None
+        }
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
 /// Resolves once shutdown has started (or the accept loop is gone).
