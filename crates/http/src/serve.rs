@@ -461,11 +461,11 @@ async fn handshake<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let handshake = tokio::select! {
-        handshake = tokio::time::timeout(deadline, acceptor.accept(stream)) => handshake,
+    let outcome = tokio::select! {
+        outcome = tokio::time::timeout(deadline, acceptor.accept(stream)) => outcome,
         () = stopped(stopping) => return None,
     };
-    match handshake {
+    match outcome {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(err)) => {
             tracing::info!(%peer, error = %err, "TLS handshake refused");

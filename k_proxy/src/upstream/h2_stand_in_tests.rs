@@ -183,10 +183,6 @@ fn upstream_to(port: u16, cert: rustls::pki_types::CertificateDer<'static>) -> U
     .unwrap()
 }
 
-async fn post(upstream: &Upstream) -> Result<StatusCode, String> {
-    send(upstream, Method::POST).await
-}
-
 async fn send(upstream: &Upstream, method: Method) -> Result<StatusCode, String> {
     upstream
         .forward(
@@ -205,7 +201,7 @@ async fn send(upstream: &Upstream, method: Method) -> Result<StatusCode, String>
 async fn a_post_refused_by_its_stream_is_sent_once_more_over_http1() {
     let (port, cert, seen) = resetting(h2::Reason::REFUSED_STREAM).await;
     let upstream = upstream_to(port, cert);
-    assert_eq!(post(&upstream).await, Ok(StatusCode::OK));
+    assert_eq!(send(&upstream, Method::POST).await, Ok(StatusCode::OK));
     assert_eq!(seen.h2_streams.load(Ordering::SeqCst), 1);
     assert_eq!(seen.h1_requests.load(Ordering::SeqCst), 1);
 }
@@ -215,7 +211,7 @@ async fn a_post_whose_stream_was_reset_otherwise_is_not_sent_again() {
     let (port, cert, seen) = resetting(h2::Reason::INTERNAL_ERROR).await;
     let upstream = upstream_to(port, cert);
     assert_eq!(
-        post(&upstream).await,
+        send(&upstream, Method::POST).await,
         Err("502 Bad Gateway upstream_unavailable".into())
     );
     assert_eq!(seen.h2_streams.load(Ordering::SeqCst), 1);
