@@ -127,15 +127,13 @@ impl Share {
             self.lone_streak.store(0, Ordering::Relaxed);
             return true;
         }
-        // Load and store are not one atomic step: share 0 (threads that are no connection
-        // worker, or all of them with --connection-threads 0) may race here, and then the
-        // streak is off by a request or two, which only moves one request's protocol.
-        let streak = self.lone_streak.load(Ordering::Relaxed);
-        if streak >= LONE_BEFORE_HTTP1 {
-            return false;
-        }
-        self.lone_streak.store(streak + 1, Ordering::Relaxed);
-        true
+        // One atomic step: share 0 (threads that are no connection worker, or all of
+        // them with --connection-threads 0) is counted from several threads at once.
+        self.lone_streak
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |streak| {
+                (streak < LONE_BEFORE_HTTP1).then_some(streak + 1)
+            })
+            .is_ok()
     }
 }
 
