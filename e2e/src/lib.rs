@@ -1273,6 +1273,33 @@ pub fn k_server_tls(certs: &Certs, port: u16) -> Spawn {
     ])
 }
 
+/// k_proxy on 127.0.0.1:`port` serving TLS with `certs`' proxy certificate and forwarding
+/// to the k_server at `sport`, trusting `certs`' CA for it. No gate flags: the caller adds
+/// them.
+pub fn k_proxy_tls(certs: &Certs, port: u16, sport: u16) -> Spawn {
+    k_proxy_tls_trusting(certs, &certs.ca(), port, sport)
+}
+
+/// [`k_proxy_tls`] trusting `server_ca` (not necessarily `certs`' CA) for k_server.
+pub fn k_proxy_tls_trusting(certs: &Certs, server_ca: &Path, port: u16, sport: u16) -> Spawn {
+    Spawn::k_proxy().args([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--server-base-url",
+        &format!("https://127.0.0.1:{sport}"),
+        "--server-ca-file",
+        &s(server_ca),
+        "--proxy-token",
+        PROXY_TOKEN,
+        "--tls-certfile",
+        &s(certs.proxy_crt()),
+        "--tls-keyfile",
+        &s(certs.proxy_key()),
+    ])
+}
+
 /// k_proxy (plain HTTP towards clients, `--gate soft`) in front of `server_base_url`,
 /// with extra flags. Returns the process, its port and a client for it.
 pub fn start_proxy_plain(server_base_url: &str, extra: &[&str]) -> (Proc, u16, Client) {
@@ -1322,25 +1349,8 @@ pub fn start_tls_chain(certs: &Certs) -> (Proc, u16, Proc, Client) {
 pub fn start_tls_chain_with(certs: &Certs, gate_flags: &[&str]) -> (Proc, u16, Proc, Client) {
     let (server, sport) = start_server_tls(certs);
     let pport = free_port();
-    let proxy = Spawn::k_proxy()
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &pport.to_string(),
-            "--session-ttl",
-            "300",
-            "--server-base-url",
-            &format!("https://127.0.0.1:{sport}"),
-            "--server-ca-file",
-            &s(certs.ca()),
-            "--proxy-token",
-            PROXY_TOKEN,
-            "--tls-certfile",
-            &s(certs.proxy_crt()),
-            "--tls-keyfile",
-            &s(certs.proxy_key()),
-        ])
+    let proxy = k_proxy_tls(certs, pport, sport)
+        .args(["--session-ttl", "300"])
         .args(gate_flags)
         .start(pport);
     (server, sport, proxy, Client::tls(pport, &certs.ca()))

@@ -202,23 +202,8 @@ fn k_proxy_refuses_k_server_not_signed_by_server_ca_file() {
     let foreign = Certs::generate();
     let (mut server, sport) = start_server_tls(&certs);
     let pport = free_port();
-    let mut proxy = Spawn::k_proxy()
-        .args([
-            "--port",
-            &pport.to_string(),
-            "--server-base-url",
-            &format!("https://127.0.0.1:{sport}"),
-            "--server-ca-file",
-            &s(foreign.ca()),
-            "--proxy-token",
-            PROXY_TOKEN,
-            "--tls-certfile",
-            &s(certs.proxy_crt()),
-            "--tls-keyfile",
-            &s(certs.proxy_key()),
-            "--gate",
-            "soft",
-        ])
+    let mut proxy = k_proxy_tls_trusting(&certs, &foreign.ca(), pport, sport)
+        .args(["--gate", "soft"])
         .start(pport);
     let c = Client::tls(pport, &certs.ca());
     let tok = c.login_ok("alice");
@@ -241,25 +226,8 @@ fn k_proxy_verifies_server_name() {
     let (mut server, sport) = start_server_tls(&certs);
     let start = |name: &str| {
         let pport = free_port();
-        let p = Spawn::k_proxy()
-            .args([
-                "--port",
-                &pport.to_string(),
-                "--server-base-url",
-                &format!("https://127.0.0.1:{sport}"),
-                "--server-ca-file",
-                &s(certs.ca()),
-                "--server-name",
-                name,
-                "--proxy-token",
-                PROXY_TOKEN,
-                "--tls-certfile",
-                &s(certs.proxy_crt()),
-                "--tls-keyfile",
-                &s(certs.proxy_key()),
-                "--gate",
-                "soft",
-            ])
+        let p = k_proxy_tls(&certs, pport, sport)
+            .args(["--server-name", name, "--gate", "soft"])
             .start(pport);
         (p, Client::tls(pport, &certs.ca()))
     };
@@ -302,7 +270,10 @@ fn closed_after(mut stream: TcpStream, give_up: Duration) -> Option<Duration> {
 #[test]
 fn a_tls_handshake_is_bounded_in_time_refused_on_garbage_and_does_not_hold_the_drain() {
     let certs = Certs::generate();
-    let (mut server, sport) = start_server_tls(&certs);
+    let sport = free_port();
+    let mut server = k_server_tls(&certs, sport)
+        .args(["--tls-handshake-timeout", "2"])
+        .start(sport);
 
     // Plain HTTP on the TLS port: refused at once, and logged as such.
     let mut garbage = TcpStream::connect(("127.0.0.1", sport)).expect("connect");
@@ -316,13 +287,15 @@ fn a_tls_handshake_is_bounded_in_time_refused_on_garbage_and_does_not_hold_the_d
     );
     wait_for_log(&server, "TLS handshake refused", 1);
 
-    // A client that connects and never says hello: closed at the 10 s handshake bound.
+    // A client that connects and never says hello: closed at the handshake bound
+    // (--tls-handshake-timeout 2), and not before.
     let silent = TcpStream::connect(("127.0.0.1", sport)).expect("connect");
     let timed_out = closed_after(silent, Duration::from_secs(20));
     assert!(
-        timed_out.is_some_and(|after| after >= Duration::from_secs(9)
-            && after < Duration::from_secs(15)),
-        "a silent client should be closed at the 10 s handshake bound, was {timed_out:?}"
+        timed_out.is_some_and(
+            |after| after >= Duration::from_millis(1900) && after < Duration::from_secs(6)
+        ),
+        "a silent client should be closed at the 2 s handshake bound, was {timed_out:?}"
     );
     wait_for_log(&server, "TLS handshake timed out", 1);
     server.assert_running();
@@ -342,4 +315,26 @@ fn a_tls_handshake_is_bounded_in_time_refused_on_garbage_and_does_not_hold_the_d
         "the pending handshake held k_server's exit for {:?}",
         asked.elapsed()
     );
+}
+
+#[test]
+fn k_proxy_closes_a_client_that_never_finishes_the_tls_handshake_at_its_flag() {
+    let certs = Certs::generate();
+    let dead = free_port();
+    let pport = free_port();
+    let mut proxy = k_proxy_tls(&certs, pport, dead)
+        .args(["--tls-handshake-timeout", "1", "--gate", "soft"])
+        .start(pport);
+    let silent = TcpStream::connect(("127.0.0.1", pport)).expect("connect");
+    // Meanwhile a client that does say hello is served.
+    let c = Client::tls(pport, &certs.ca());
+    c.healthz().expect(200);
+    let timed_out = closed_after(silent, Duration::from_secs(10));
+    assert!(
+        timed_out.is_some_and(|after| after >= Duration::from_millis(900)
+            && after < Duration::from_secs(4)),
+        "k_proxy should close a silent client at its 1 s --tls-handshake-timeout, was {timed_out:?}"
+    );
+    wait_for_log(&proxy, "TLS handshake timed out", 1);
+    proxy.assert_running();
 }

@@ -33,6 +33,9 @@ pub struct Args {
     #[command(flatten)]
     pub shared: chromecard_http::SharedArgs,
 
+    #[command(flatten)]
+    pub serve: chromecard_http::ServeArgs,
+
     /// TCP port to listen on.
     #[arg(long, default_value_t = 8770)]
     pub port: u16,
@@ -227,23 +230,9 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<std::net::SocketAddr>,
 
-    /// Seconds a client may take to send a request head (slowloris bound); also the idle
-    /// keep-alive wait.
-    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub header_read_timeout: u64,
-
-    /// Seconds a write to a client may make no progress (a client that stops reading its
-    /// answers) before the connection is closed.
-    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub write_timeout: u64,
-
     /// Largest request head (all header lines) in bytes; larger gets 431. At most 100 fields.
     #[arg(long, value_name = "BYTES", default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(1024..=1_048_576))]
     pub max_header_bytes: u64,
-
-    /// Connections served at once; more are closed at accept.
-    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub max_connections: u64,
 
     /// `enroll`: manage the enrolment file instead of serving.
     #[command(subcommand)]

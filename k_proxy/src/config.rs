@@ -61,6 +61,11 @@ pub fn make_config(args: &Args) -> anyhow::Result<Config> {
         max_total_bytes: usize::try_from(args.max_header_bytes).unwrap_or(usize::MAX),
         ..HeaderLimits::default()
     };
+    // The connection threads are counted once: each keeps its own share of the pool.
+    let serve = args
+        .serve
+        .settings(upstream.connection_threads)
+        .with_header_limit(header_limits.max_total_bytes);
 
     Ok(Config {
         listen,
@@ -75,14 +80,7 @@ pub fn make_config(args: &Args) -> anyhow::Result<Config> {
         supersede_on_login: args.on_new_login == OnNewLogin::Supersede,
         gate,
         upstream,
-        serve: ServeSettings {
-            header_read_timeout: Duration::from_secs(args.header_read_timeout),
-            write_stall_timeout: Duration::from_secs(args.write_timeout),
-            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
-            connection_threads: args.shared.connection_threads(),
-            ..ServeSettings::default()
-        }
-        .with_header_limit(header_limits.max_total_bytes),
+        serve,
         header_limits,
         max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX),
         throttle: ThrottleSettings {

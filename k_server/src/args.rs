@@ -15,6 +15,9 @@ pub struct Args {
     #[command(flatten)]
     pub shared: chromecard_http::SharedArgs,
 
+    #[command(flatten)]
+    pub serve: chromecard_http::ServeArgs,
+
     /// TCP port to listen on.
     #[arg(long, default_value_t = 8780)]
     pub port: u16,
@@ -40,20 +43,6 @@ pub struct Args {
     /// Default: $XDG_STATE_HOME/chromecard/k_server, else ~/.local/state/chromecard/k_server.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-
-    /// Seconds a client may take to send a request head (slowloris bound); also the idle
-    /// keep-alive wait.
-    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub header_read_timeout: u64,
-
-    /// Seconds a write to a client may make no progress (a client that stops reading its
-    /// answers) before the connection is closed.
-    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub write_timeout: u64,
-
-    /// Connections served at once; more are closed at accept.
-    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub max_connections: u64,
 
     /// Offer only HTTP/1.1 on the TLS listener. By default it also offers HTTP/2 (by ALPN),
     /// which k_proxy uses to carry concurrent requests on one connection

@@ -3,7 +3,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use chromecard_hop::ProxyToken;
@@ -76,13 +75,7 @@ pub fn make_config(args: &Args) -> anyhow::Result<Config> {
         Writer::start(store.clone(), mode).context("cannot start the store's writer thread")?;
     tracing::info!(path = %store.path().display(), counter, secrets, commit_mode = %mode, "durable store open");
 
-    let serve = ServeSettings {
-        header_read_timeout: Duration::from_secs(args.header_read_timeout),
-        write_stall_timeout: Duration::from_secs(args.write_timeout),
-        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
-        connection_threads: args.shared.connection_threads(),
-        ..ServeSettings::default()
-    };
+    let serve = args.serve.settings(args.shared.connection_threads());
     Ok(Config {
         listen,
         tls,

@@ -22,7 +22,7 @@ mod write_stall;
 
 pub use access::access_line;
 pub use body::{DrainLimits, RequestBody};
-pub use cli::SharedArgs;
+pub use cli::{ServeArgs, SharedArgs};
 pub use linger::{Linger, LingerLimits};
 
 pub use error::{json_response, ApiError, Fault, HttpResponse};
