@@ -554,16 +554,10 @@ impl Proc {
         assert!(st.success(), "kill -{sig} {pid} failed: {st}");
     }
 
-    /// SIGTERM, then waits (up to 10 s) for the log line that says the drain has begun.
+    /// SIGTERM, then waits (as [`wait_for_log`] does) for the line that says the drain began.
     pub fn terminate_and_await_drain(&self) {
         self.signal("TERM");
-        assert!(
-            wait_until(Duration::from_secs(10), || self
-                .stderr()
-                .contains("draining open connections")),
-            "no drain after SIGTERM: {}",
-            self.logs()
-        );
+        wait_for_log(self, "draining open connections", 1);
     }
 
     /// Waits at most `timeout` for the process to exit; its status, or None.

@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -210,6 +210,12 @@ pub struct SessionStore {
     settings: StoreSettings,
     /// `--session-store`: live sessions written through to disk.
     persist: Option<SessionFile>,
+    /// Held by whatever moves a user's sessions in or out as a set (refresh, which takes
+    /// a session out under its old token and puts it back under the new one; logout of
+    /// all, supersede and end-by-id, which look a user's sessions up and end them), so
+    /// that none of them sees another half done: a session being refreshed must not slip
+    /// past a logout of all. Validation never takes it.
+    membership: Mutex<()>,
 }
 
 impl SessionStore {
@@ -221,7 +227,16 @@ impl SessionStore {
             clock,
             settings,
             persist: None,
+            membership: Mutex::new(()),
         }
+    }
+
+    /// The guard over a user's set of sessions ([`SessionStore::membership`]). It guards
+    /// no data of its own, so a panic under it leaves nothing to distrust.
+    fn membership(&self) -> MutexGuard<'_, ()> {
+        self.membership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Writes sessions through to `file` from now on, after restoring those it holds that
@@ -339,13 +354,18 @@ impl SessionStore {
             last_seen_offset: AtomicU64::new(0),
         });
         self.persist_save(&hash, &record)?;
-        let superseded = if request.supersede_others {
-            self.end_user_sessions(&request.username, None, EndReason::Superseded, now)
-        } else {
-            Vec::new()
-        };
         let session = view(&record, now);
-        self.insert(hash, record);
+        let (superseded, removed) = {
+            let _membership = self.membership();
+            let ended = if request.supersede_others {
+                self.end_user_sessions(&request.username, None, EndReason::Superseded, now)
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            self.insert(hash, record);
+            ended
+        };
+        self.persist_delete(&removed);
         Ok(Issued {
             token,
             session,
@@ -373,16 +393,20 @@ impl SessionStore {
         // The successor is on disk before the old token dies: if saving fails, the
         // client keeps a working token instead of two dead ones.
         self.persist_save(&token.hash(), &record)?;
-        // Only the caller that removes the old token may mint its successor.
-        if self.sessions.remove(&old).is_none() {
-            self.persist_delete(&[token.hash()]);
-            return Err(self.why_not_live(&old));
-        }
-        self.unindex(&record.username, &old);
-        self.bury(old, EndReason::Superseded, record.expires, now);
-        self.persist_delete(&[old]);
         let session = view(&record, now);
-        self.insert(token.hash(), record);
+        {
+            let membership = self.membership();
+            // Only the caller that removes the old token may mint its successor.
+            if self.sessions.remove(&old).is_none() {
+                drop(membership);
+                self.persist_delete(&[token.hash()]);
+                return Err(self.why_not_live(&old));
+            }
+            self.unindex(&record.username, &old);
+            self.bury(old, EndReason::Superseded, record.expires, now);
+            self.insert(token.hash(), record);
+        }
+        self.persist_delete(&[old]);
         Ok(Issued {
             token,
             session,
@@ -411,7 +435,11 @@ impl SessionStore {
     ) -> Result<(SessionView, Vec<EndedSession>), SessionError> {
         let current = self.validate(presented)?;
         let now = self.clock.now();
-        let ended = self.end_user_sessions(&current.username, None, EndReason::LoggedOut, now);
+        let (ended, removed) = {
+            let _membership = self.membership();
+            self.end_user_sessions(&current.username, None, EndReason::LoggedOut, now)
+        };
+        self.persist_delete(&removed);
         Ok((current, ended))
     }
 
@@ -466,6 +494,7 @@ impl SessionStore {
     ) -> Result<(SessionView, Option<EndedSession>), SessionError> {
         let current = self.validate(presented)?;
         let now = self.clock.now();
+        let membership = self.membership();
         let Some((hash, record)) = self.find_id(&current.username, id) else {
             return Ok((current, None));
         };
@@ -476,6 +505,7 @@ impl SessionStore {
         }
         self.unindex(&record.username, &hash);
         self.bury(hash, EndReason::LoggedOut, record.expires, now);
+        drop(membership);
         self.persist_delete(&[hash]);
         Ok((current, Some(ended_session(&record, EndReason::LoggedOut))))
     }
@@ -486,7 +516,13 @@ impl SessionStore {
     /// session is gone; a refresh since then moves the session and still counts as live).
     pub fn peek(&self, username: &str, id: &str, seen: &TokenHash) -> Result<(), SessionError> {
         let now = self.clock.now();
-        match self.find_id(username, id) {
+        // A miss may be a refresh caught between its old token and its new one: look
+        // again once no such change is under way.
+        let found = self.find_id(username, id).or_else(|| {
+            let _membership = self.membership();
+            self.find_id(username, id)
+        });
+        match found {
             Some((_, record)) => match record.ended_at(now, self.settings.idle_timeout) {
                 None => Ok(()),
                 Some(reason) => Err(SessionError::Ended(reason)),
@@ -609,13 +645,16 @@ impl SessionStore {
         self.tombstones.insert(hash, Tombstone { reason, until });
     }
 
+    /// Ends `username`'s sessions (but `keep`) in memory: the sessions ended, for the
+    /// audit log, and their token hashes, for the caller to delete from disk once it has
+    /// let go of the membership guard it must hold here.
     fn end_user_sessions(
         &self,
         username: &str,
         keep: Option<&TokenHash>,
         reason: EndReason,
         now: Instant,
-    ) -> Vec<EndedSession> {
+    ) -> (Vec<EndedSession>, Vec<TokenHash>) {
         let hashes = self
             .by_user
             .get(username)
@@ -631,8 +670,7 @@ impl SessionStore {
                 removed.push(*hash);
             }
         }
-        self.persist_delete(&removed);
-        ended
+        (ended, removed)
     }
 }
 
