@@ -37,7 +37,13 @@ Environment:
   KP_PORT   k_proxy port (default 8771)
   GATE      k_proxy's authenticator (default soft). "soft" is the SOFTWARE authenticator:
             no USB key, no touch, for development and tests only. GATE=fido2 uses a real
-            FIDO2 USB key (attached to this machine or qube, enrolled for k_proxy).
+            FIDO2 USB key attached to this machine or qube: with CREDENTIALS_FILE, at the
+            assertion level (a touch and a signature from a key enrolled for alice, the
+            runbook's user); without it, at the presence level only (any FIDO2 key that
+            answers passes, with no touch: the prototype's check).
+  CREDENTIALS_FILE
+            an enrolment file (k_proxy enroll --credentials-file FILE --username alice),
+            passed to k_proxy as --credentials-file; needs GATE=fido2
   QUICKSTART_EXIT_AFTER_RUNBOOK
             1: stop both services after step 8 and exit with the runbook's status
             (for tests and CI); default 0: keep running until Ctrl-C
@@ -89,7 +95,18 @@ if [[ "${QUICKSTART_EXIT_AFTER_RUNBOOK}" != 0 && "${QUICKSTART_EXIT_AFTER_RUNBOO
     warn "QUICKSTART_EXIT_AFTER_RUNBOOK must be 0 or 1, got '${QUICKSTART_EXIT_AFTER_RUNBOOK}'"
     exit 2
 fi
-readonly KS_PORT KP_PORT GATE QUICKSTART_EXIT_AFTER_RUNBOOK
+CREDENTIALS_FILE="${CREDENTIALS_FILE:-}"
+if [[ -n "${CREDENTIALS_FILE}" ]]; then
+    if [[ "${GATE}" != fido2 ]]; then
+        warn "CREDENTIALS_FILE needs GATE=fido2 (the software authenticator keeps its own keys)"
+        exit 2
+    fi
+    if [[ ! -r "${CREDENTIALS_FILE}" ]]; then
+        warn "CREDENTIALS_FILE '${CREDENTIALS_FILE}' is not a readable file; enrol first: k_proxy enroll --credentials-file FILE --username alice"
+        exit 2
+    fi
+fi
+readonly KS_PORT KP_PORT GATE QUICKSTART_EXIT_AFTER_RUNBOOK CREDENTIALS_FILE
 
 if [[ -n "${XDG_STATE_HOME:-}" && "${XDG_STATE_HOME}" == /* ]]; then
     STATE="${XDG_STATE_HOME}/chromecard/quickstart"
@@ -317,8 +334,16 @@ if [[ "${GATE}" == soft ]]; then
     warn "** For development and tests only. For a real FIDO2 USB key run:"
     warn "**     GATE=fido2 ${0}"
     warn "********************************************************************"
+elif [[ -n "${CREDENTIALS_FILE}" ]]; then
+    say "  GATE=${GATE}, assertion level: login needs a key enrolled in ${CREDENTIALS_FILE}; touch it when it blinks (each login waits up to 40 s)"
 else
-    say "  GATE=${GATE}: login needs the USB key; touch it when it blinks (each login waits up to 40 s)"
+    warn "** GATE=${GATE} without CREDENTIALS_FILE: presence level only. Any FIDO2 key that"
+    warn "** answers passes, with no touch and for any username. For a touch and a signed"
+    warn "** assertion, enrol a key and run: GATE=fido2 CREDENTIALS_FILE=FILE ${0}"
+fi
+gate_args=(--gate "${GATE}")
+if [[ -n "${CREDENTIALS_FILE}" ]]; then
+    gate_args+=(--credentials-file "${CREDENTIALS_FILE}")
 fi
 rotate_log "${STATE}/k_proxy.log"
 "${K_PROXY}" \
@@ -330,7 +355,7 @@ rotate_log "${STATE}/k_proxy.log"
     --proxy-token-file "${TOKEN_FILE}" \
     --tls-certfile "${TLS_DIR}/k_proxy.crt" \
     --tls-keyfile "${TLS_DIR}/k_proxy.key" \
-    --gate "${GATE}" \
+    "${gate_args[@]}" \
     >>"${STATE}/k_proxy.log" 2>&1 </dev/null &
 KP_PID=$!
 say "step 7: waiting for GET /healthz"
