@@ -22,7 +22,7 @@ usage() {
 Usage: ${PROG} [--bin PATH] [--device HIDRAW] [--username NAME] [--timeout SECS] [--port PORT] [--keep]
 
 Walks you through enrolment, login, a wrong user and a timeout with a real FIDO2 key
-(see the steps at the top of this script). You will be asked to touch the key three times
+(see the steps at the top of this script). You will be asked to touch the key four times
 and to NOT touch it once.
 
 Options:

@@ -204,7 +204,8 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub max_sessions: u64,
 
-    /// Refused logins for one username within --login-window before it is banned; 0: off.
+    /// Refused logins for one username from one client address within --login-window before
+    /// that username is banned from that address; 0: off.
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub login_max_failures: u32,
 

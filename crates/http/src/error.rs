@@ -75,12 +75,13 @@ impl ApiError {
     }
 
     /// 401 with the `WWW-Authenticate: Bearer` challenge RFC 6750 asks for (§3.1): no
-    /// error attribute when the request carried no credential (`missing_token`, and a
-    /// refused login, which needs none), `invalid_request` for a malformed one,
-    /// `invalid_token` for a token that does not work.
+    /// error attribute when the request carried no credential (`missing_token`, a
+    /// WebSocket upgrade without its ticket, a request to k_server without the proxy
+    /// token, and a refused login, which needs none), `invalid_request` for a malformed
+    /// one, `invalid_token` for a credential that does not work.
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
         let error = match code {
-            "missing_token" => None,
+            "missing_token" | "missing_ticket" | "missing_proxy_token" => None,
             "malformed_authorization" | "malformed_cookie" => Some("invalid_request"),
             _ => Some("invalid_token"),
         };
@@ -261,10 +262,13 @@ mod tests {
                 .unwrap()
                 .to_owned()
         };
-        assert_eq!(
-            bare(ApiError::unauthorized("missing_token", "No token.")),
-            "Bearer realm=\"chromecard\""
-        );
+        for missing in ["missing_token", "missing_ticket", "missing_proxy_token"] {
+            assert_eq!(
+                bare(ApiError::unauthorized(missing, "None sent.")),
+                "Bearer realm=\"chromecard\"",
+                "{missing}"
+            );
+        }
         assert_eq!(
             bare(ApiError::login_refused("touch_timeout", "No touch.")),
             "Bearer realm=\"chromecard\""
