@@ -56,6 +56,8 @@ pub(crate) fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // The directories about to be made, outermost last.
+            let made: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
             DirBuilder::new()
                 .recursive(true)
                 .mode(DIR_MODE)
@@ -65,7 +67,14 @@ pub(crate) fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
                     source,
                 })?;
             // The umask may have removed bits; set the mode explicitly.
-            set_mode(dir, DIR_MODE)
+            set_mode(dir, DIR_MODE)?;
+            // Each new directory's entry is on disk before anything is written inside.
+            for new in made.iter().rev() {
+                if let Some(parent) = new.parent() {
+                    sync_dir(parent)?;
+                }
+            }
+            Ok(())
         }
         Err(source) => Err(StoreError::Inspect {
             path: dir.to_path_buf(),
@@ -130,7 +139,44 @@ pub(crate) fn open_file(path: &Path, create: bool) -> Result<(File, bool), Store
                 source,
             })?;
     }
+    if existed {
+        // redb would quietly start a new, empty database in an empty file; a store that
+        // was ever written is not empty, so this one lost its contents.
+        let len = file
+            .metadata()
+            .map_err(|source| StoreError::Inspect {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .len();
+        if len == 0 {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                detail: "the file is empty (0 bytes), so the counter and secrets it held are gone"
+                    .into(),
+            });
+        }
+    } else if let Some(parent) = path.parent() {
+        // The new file's directory entry is on disk before the first answer relies on it.
+        sync_dir(parent)?;
+    }
     Ok((file, !existed))
+}
+
+/// Makes a directory's entries (a file or directory just created in it) durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            action: "syncing the directory",
+            source,
+        })
 }
 
 pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), StoreError> {

@@ -694,13 +694,29 @@ fn open_db(
             }
         });
     }
-    let db = builder
-        .create_with_backend(backend)
-        .map_err(|e| classify(path, "opening the store", e.into()))?;
+    // redb asserts, rather than reports, some inconsistencies of a damaged file (one
+    // shorter than its header says): refuse such a file as corrupt instead of dying.
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        builder.create_with_backend(backend)
+    }))
+    .map_err(|panic| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!("redb could not read it: {}", panic_text(&*panic)),
+    })?;
+    let db = opened.map_err(|e| classify(path, "opening the store", e.into()))?;
     if created {
         tracing::warn!(path = %path.display(), "created a new, empty store file: the counter starts at 0 and there are no secrets");
     }
     Ok(db)
+}
+
+/// The message a panic carried, if it was text.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("it panicked")
 }
 
 /// Maps a redb error to a StoreError naming `path`.
