@@ -512,6 +512,56 @@ fn a_pin_user_on_the_usb_key_logs_in_with_the_right_pin_and_every_pin_refusal_ha
     proxy.assert_running();
 }
 
+/// A key checks a PIN without a touch: a client that could send PINs at will could spend
+/// the key's tries (three wrong in a row block PINs until it is re-plugged) with nobody
+/// near it. After one wrong PIN, the next PIN goes to the key only after a touch.
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
+fn after_a_wrong_pin_no_pin_reaches_the_key_until_someone_touches_it() {
+    let usb = UsbKeyring::new();
+    let key_file = std::path::PathBuf::from(usb.key_file("key"));
+    let pin = pin_file(&usb, PIN);
+    {
+        let key = usb.vkey("key", &["--pin", PIN]);
+        enrolled(&usb, "alice", &["--require-pin", "--pin-file", &pin], &key);
+    }
+    let (mut proxy, c) = usb.proxy("2", &["--login-max-failures", "0"]);
+    {
+        // Nobody near the key: the first wrong PIN is the key's to refuse, at once.
+        let key = usb.vkey("key", &["--no-touch"]);
+        refused_with(&pin_login(&c, "alice", Some(WRONG)), "pin_invalid", Some(7));
+        let tokens = key.count("clientPIN subcommand=9");
+        // The next ones, right or wrong, wait for a touch that never comes.
+        for guess in [WRONG, WRONG, WRONG, PIN] {
+            assert_refused(&pin_login(&c, "alice", Some(guess)), 401, "touch_timeout");
+        }
+        assert_eq!(
+            key.count("clientPIN subcommand=9"),
+            tokens,
+            "a PIN reached the key without a touch: {}",
+            key.log()
+        );
+    }
+    assert_eq!(key_file_pin_retries(&key_file), 7, "PIN tries were spent");
+    assert!(
+        proxy
+            .stderr()
+            .contains("the key must be touched before another PIN goes to it"),
+        "{}",
+        proxy.logs()
+    );
+    {
+        // The owner touches (once for the PIN, once for the assertion): the right PIN
+        // passes and lifts the extra touch for the next login.
+        let key = usb.vkey("key", &[]);
+        pin_login(&c, "alice", Some(PIN)).expect(200);
+        assert_eq!(key.count("authenticatorSelection"), 1, "{}", key.log());
+        pin_login(&c, "alice", Some(PIN)).expect(200);
+        assert_eq!(key.count("authenticatorSelection"), 1, "{}", key.log());
+    }
+    proxy.assert_running();
+}
+
 #[test]
 #[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
 fn a_ctap_2_0_key_that_insists_on_its_pin_is_enrolled_with_it_and_verifies_with_protocol_1() {

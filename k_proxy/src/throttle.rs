@@ -36,7 +36,10 @@
 //! log in anyway, but a ban earned then outlasts it. Other qubes reach k_proxy only
 //! where dom0 policy allows it. An attacker with many addresses (k_proxy listening beyond
 //! loopback, an IPv6 prefix) gets five tries per address, but every try is still one key
-//! operation at a time that succeeds only with a person's touch.
+//! operation at a time that succeeds only with a person's touch. A wrong PIN is the one
+//! refusal a key gives without a touch; the gate itself (`Fido2Key`) asks for a touch
+//! before any PIN that follows a wrong one, so these counts are not what guards the key's
+//! PIN tries.
 
 use std::net::IpAddr;
 use std::sync::Arc;

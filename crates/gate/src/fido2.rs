@@ -19,6 +19,7 @@
 //! request ends; until then, at most [`CANCEL_GRACE`], this call does not return and
 //! the gate keeps the device locked: a proxy cannot cancel a pending request.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chromecard_ctaphid::host::{Answer, Channel, HostError, Limits};
@@ -54,6 +55,11 @@ const TOUCH_RP: &str = "chromecard-touch.invalid";
 /// A USB FIDO2 key.
 pub struct Fido2Key {
     device_path: Option<String>,
+    /// A wrong PIN went to a key since the last right one. A key checks a PIN without a
+    /// touch, so without this a client could spend the key's PIN tries at will (three
+    /// wrong in a row block PINs until the key is re-plugged); with it, every PIN after
+    /// a wrong one waits for a touch first, and only a right PIN lifts that.
+    wrong_pin_since_right: AtomicBool,
 }
 
 impl Fido2Key {
@@ -61,7 +67,38 @@ impl Fido2Key {
     /// "the only FIDO2 device attached" (or, for getAssertion, the one that holds the
     /// user's credential) and refuses when that is ambiguous.
     pub fn new(device_path: Option<String>) -> Self {
-        Self { device_path }
+        Self {
+            device_path,
+            wrong_pin_since_right: AtomicBool::new(false),
+        }
+    }
+
+    /// Proves user verification for a getAssertion, asking for a touch first when a
+    /// PIN is to go to the key after a wrong one (see [`Self::wrong_pin_since_right`]),
+    /// and keeping that state up to date with the key's answer.
+    fn prove_uv_for_assertion(
+        &self,
+        opened: &mut Opened,
+        request: &GetAssertionRequest,
+        cancel: &CancelSignal,
+    ) -> Result<UvProof, GateError> {
+        let pin = request.pin.as_ref();
+        if pin.is_some() && self.wrong_pin_since_right.load(Ordering::SeqCst) {
+            tracing::warn!(device = %opened.label, "a wrong PIN was sent since the last right one: the key must be touched before another PIN goes to it");
+            touch_on(opened, cancel)?;
+        }
+        let need = UvNeed::asked_by(request.require_uv, request.require_pin);
+        let proof = opened.prove_uv(need, pin, permission::GA, &request.rp_id, cancel);
+        match (&proof, pin) {
+            (Ok(UvProof::Token { .. }), Some(_)) => {
+                self.wrong_pin_since_right.store(false, Ordering::SeqCst)
+            }
+            (Err(GateError::PinInvalid { .. } | GateError::PinAuthBlocked), _) => {
+                self.wrong_pin_since_right.store(true, Ordering::SeqCst)
+            }
+            _ => {}
+        }
+        proof
     }
 }
 
@@ -437,18 +474,19 @@ fn exclude_list(
 /// a makeCredential for a throw-away relying party. Either way the answer is the
 /// key's word, not a signature from an enrolled credential.
 fn touch(mut opened: Opened, cancel: &CancelSignal) -> Result<Presence, GateError> {
+    let how = touch_on(&mut opened, cancel)?;
+    Ok(Presence {
+        device: format!("{} (touched: {how})", opened.label),
+    })
+}
+
+/// [`touch`] on a device still in use; how the touch was asked for.
+fn touch_on(opened: &mut Opened, cancel: &CancelSignal) -> Result<&'static str, GateError> {
     let info = opened.info(cancel)?;
     if info.is_ctap21() {
         let answer = opened.cbor(&ctap2::selection(), "authenticatorSelection", true, cancel)?;
         match ctap2::parse_empty(&answer, &opened.label, "authenticatorSelection") {
-            Ok(()) => {
-                return Ok(Presence {
-                    device: format!(
-                        "{} (touched: authenticatorSelection, nothing signed)",
-                        opened.label
-                    ),
-                })
-            }
+            Ok(()) => return Ok("authenticatorSelection, nothing signed"),
             Err(GateError::Unsupported { detail }) if answer.first() == Some(&0x01) => {
                 tracing::info!(device = %opened.label, %detail, "the device refuses authenticatorSelection (as Qubes' CTAP proxy does); checking the touch with a throw-away credential");
             }
@@ -458,21 +496,11 @@ fn touch(mut opened: Opened, cancel: &CancelSignal) -> Result<Presence, GateErro
     if info.option("clientPin") == Some(true) {
         // A CTAP 2.0 key with a PIN makes no credential without it; its own way to
         // be chosen by a touch is a makeCredential with a zero-length pinAuth.
-        touch_by_empty_pin_auth(&mut opened, cancel)?;
-        return Ok(Presence {
-            device: format!(
-                "{} (touched: makeCredential with an empty pinAuth, nothing signed)",
-                opened.label
-            ),
-        });
+        touch_by_empty_pin_auth(opened, cancel)?;
+        return Ok("makeCredential with an empty pinAuth, nothing signed");
     }
-    touch_by_throwaway_credential(&mut opened, cancel)?;
-    Ok(Presence {
-        device: format!(
-            "{} (touched: UP flag of an unverified makeCredential)",
-            opened.label
-        ),
-    })
+    touch_by_throwaway_credential(opened, cancel)?;
+    Ok("UP flag of an unverified makeCredential")
 }
 
 impl Authenticator for Fido2Key {
@@ -574,14 +602,7 @@ impl Authenticator for Fido2Key {
             }
         };
         let cdh = client_data_hash(&request.challenge);
-        let need = UvNeed::asked_by(request.require_uv, request.require_pin);
-        let proof = opened.prove_uv(
-            need,
-            request.pin.as_ref(),
-            permission::GA,
-            &request.rp_id,
-            cancel,
-        )?;
+        let proof = self.prove_uv_for_assertion(&mut opened, request, cancel)?;
         let param = proof.param(&cdh);
         let message = ctap2::get_assertion(
             &request.rp_id,
