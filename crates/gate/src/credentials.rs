@@ -30,6 +30,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
@@ -459,12 +460,15 @@ fn parse_options(options: &str) -> Result<(bool, bool), String> {
 /// The enrolment file and its counters on disk.
 ///
 /// One k_proxy process serves logins from one enrolment file: the counters are
-/// updated under an in-process lock (and the in-memory maximum is kept, so a
-/// counter never goes back even if the file were rolled back). `k_proxy enroll`
-/// rewrites only the enrolment file, which k_proxy re-reads at every login.
+/// updated under an in-process lock and a file lock shared with `k_proxy enroll`
+/// (which records a new credential's count while k_proxy may be serving), and the
+/// in-memory maximum is kept, so a counter never goes back even if the file were
+/// rolled back. k_proxy re-reads the enrolment file at every login.
 pub struct CredentialStore {
     path: PathBuf,
     counters_path: PathBuf,
+    /// `FILE.counters.lock`: held across each read-merge-write of the counters.
+    counters_lock_path: PathBuf,
     /// (user, credential id) -> highest count seen; also the lock for counter updates.
     counters: Mutex<HashMap<(String, Vec<u8>), u32>>,
     /// The refused lines last logged (`None` before the first load), so that each
@@ -487,9 +491,12 @@ impl CredentialStore {
         let path = path.into();
         let mut counters_path = path.clone().into_os_string();
         counters_path.push(".counters");
+        let mut counters_lock_path = counters_path.clone();
+        counters_lock_path.push(".lock");
         Self {
             path,
             counters_path: counters_path.into(),
+            counters_lock_path: counters_lock_path.into(),
             counters: Mutex::new(HashMap::new()),
             reported: Mutex::new(None),
         }
@@ -627,6 +634,11 @@ impl CredentialStore {
         received: u32,
     ) -> Result<u32, CommitError> {
         let mut mem = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        // Another process (`k_proxy enroll` beside a serving k_proxy) rewrites the same
+        // file: without this, the later writer would put back what the other replaced.
+        let _other_processes = fsutil::check_not_writable_by_others(&self.counters_lock_path)
+            .and_then(|_| fsutil::lock_exclusive(&self.counters_lock_path, COUNTERS_LOCK_WAIT))
+            .map_err(|e| CommitError::Store(Self::io_err(&self.counters_lock_path, e)))?;
         let mut all = self.read_counters().map_err(CommitError::Store)?;
         // Merge both ways: the file may be ahead (another store in this process wrote
         // it) or behind (rolled back); keep the highest of each.
@@ -664,6 +676,10 @@ impl CredentialStore {
         Ok(stored)
     }
 }
+
+/// How long a login waits for another process's hold on the counters (a few milliseconds
+/// in practice) before it fails closed.
+const COUNTERS_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// Why [`CredentialStore::check_and_commit`] refused.
 #[derive(Debug, thiserror::Error)]
@@ -840,6 +856,45 @@ mod tests {
         let err = store.load().unwrap_err().to_string();
         assert!(err.contains("writable by group or others"), "{err}");
         assert!(store.save(&e).is_err());
+    }
+
+    #[test]
+    fn a_concurrent_enrolment_process_neither_loses_nor_rolls_back_counts() {
+        // A serving k_proxy commits alice's counts while `k_proxy enroll` processes (each
+        // its own store, so no shared in-process lock) record new credentials' counts.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("creds");
+        const N: u32 = 150;
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let serving = CredentialStore::new(&path);
+                for n in 1..=N {
+                    serving.check_and_commit("alice", b"a", n).unwrap();
+                }
+            });
+            scope.spawn(|| {
+                for i in 0..N {
+                    let enrolling = CredentialStore::new(&path);
+                    enrolling
+                        .check_and_commit("bob", format!("new-{i}").as_bytes(), 7)
+                        .unwrap();
+                }
+            });
+        });
+        // After a restart only the file counts.
+        let fresh = CredentialStore::new(&path);
+        assert_eq!(fresh.stored_count("alice", b"a").unwrap(), N);
+        let lost = (0..N)
+            .filter(|i| {
+                fresh
+                    .stored_count("bob", format!("new-{i}").as_bytes())
+                    .unwrap()
+                    == 0
+            })
+            .count();
+        assert_eq!(lost, 0, "{lost} of {N} enrolment counts were overwritten");
+        let lock = std::fs::metadata(dir.path().join("creds.counters.lock")).unwrap();
+        assert_eq!(lock.permissions().mode() & 0o777, 0o600);
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Small file helpers shared by the enrolment file, the sign-count file and the
 //! software authenticator's key file: refuse files (and directories) that other
-//! users may write, and replace a file atomically and durably.
+//! users may write, replace a file atomically and durably, and lock one across processes.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Group- and world-write bits.
 const OTHERS_WRITE: u32 = 0o022;
@@ -117,6 +118,49 @@ pub(crate) fn read_small(path: &Path, max: u64) -> io::Result<String> {
         ));
     }
     fs::read_to_string(path)
+}
+
+/// An exclusive lock (`flock`) on the file at `path`, created 0600 when missing, held
+/// until the returned file is dropped. Locks are taken on this file rather than on the
+/// one they guard, because [`write_atomic`] replaces that one (a lock follows the file,
+/// not the name). Waits at most `wait` for another holder: a stuck process must not
+/// hold logins for ever.
+pub(crate) fn lock_exclusive(path: &Path, wait: Duration) -> io::Result<File> {
+    if fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_symlink()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is a symbolic link; refusing to lock through it",
+                path.display()
+            ),
+        ));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let deadline = Instant::now() + wait;
+    loop {
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(file),
+            Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{} stayed locked by another process for {wait:?}",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// The directory holding `path` ("." for a bare file name).
