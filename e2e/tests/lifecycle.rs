@@ -32,6 +32,21 @@ fn token_of(r: &Resp) -> String {
         .to_owned()
 }
 
+/// The token a cookie login or refresh set: in the HttpOnly cookie only, never the body.
+fn cookie_token_of(r: &Resp) -> String {
+    let body = r.expect(200);
+    assert!(
+        body.get("session_token").is_none() && body["cookie"] == true,
+        "with a cookie the token must travel in it alone{}",
+        r.ctx()
+    );
+    r.header("set-cookie")
+        .and_then(|line| line.strip_prefix("chromecard_session="))
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no session cookie set{}", r.ctx()))
+        .to_owned()
+}
+
 fn refresh(c: &Client, tok: &str) -> Resp {
     c.req("POST", "/session/refresh", &[&Client::bearer(tok)], &[])
 }
@@ -154,7 +169,7 @@ fn cookie_login_over_tls_sets_an_exact_session_cookie_with_csrf_defence() {
     let certs = Certs::generate();
     let (_server, _sport, _proxy, c) = start_tls_chain(&certs);
     let r = login_with(&c, r#"{"username":"alice","cookie":true}"#);
-    let tok = token_of(&r);
+    let tok = cookie_token_of(&r);
     let set_cookie = r.header("set-cookie").unwrap_or_default().to_owned();
     assert_eq!(
         set_cookie,
@@ -203,6 +218,20 @@ fn cookie_login_over_tls_sets_an_exact_session_cookie_with_csrf_defence() {
     )
     .expect(200);
 
+    // A refresh by cookie sets the new token as the cookie, again not in the body, and
+    // the old cookie is dead.
+    let r = c.req(
+        "POST",
+        "/session/refresh",
+        &[&cookie, "X-Chromecard-CSRF: 1", &same_origin],
+        &[],
+    );
+    let renewed = cookie_token_of(&r);
+    assert_ne!(renewed, tok);
+    c.req("GET", "/resource/counter", &[&cookie], &[])
+        .expect_error(401, "superseded");
+    let cookie = format!("Cookie: chromecard_session={renewed}");
+
     // Logout by cookie clears it, and the token is dead.
     let r = c.req(
         "POST",
@@ -225,7 +254,7 @@ fn cookie_login_over_tls_sets_an_exact_session_cookie_with_csrf_defence() {
 fn plain_http_cookie_has_no_secure_attribute() {
     let (_s, _p, c) = chain(&[]);
     let r = login_with(&c, r#"{"username":"alice","cookie":true}"#);
-    let tok = token_of(&r);
+    let tok = cookie_token_of(&r);
     assert_eq!(
         r.header("set-cookie").unwrap_or_default(),
         format!("chromecard_session={tok}; Path=/; HttpOnly; SameSite=Strict")

@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::app::App;
 use crate::log::audit_ended;
-use crate::respond::{gate_error, session_error, set_cookie, token_response};
+use crate::respond::{gate_error, session_error, token_response};
 use crate::session_writes::changing_sessions;
 use crate::throttle::{Banned, LoginThrottle};
 
@@ -159,14 +159,11 @@ async fn issue(
     .await
     .map_err(session_error)?;
     *user = Some(issued.session.username.clone());
-    let mut response = token_response(&issued);
-    if login.cookie {
-        set_cookie(
-            &mut response,
-            set_session_cookie(issued.token.expose(), conn.tls),
-        );
-    }
-    Ok(response)
+    let cookie = login
+        .cookie
+        .then(|| set_session_cookie(issued.token.expose(), conn.tls))
+        .flatten();
+    Ok(token_response(&issued, cookie))
 }
 
 /// The refusal of a banned login, with its audit line.

@@ -59,19 +59,27 @@ pub fn gate_error(err: &GateError) -> ApiError {
     }
 }
 
-/// The login and refresh answer; the only place a token is written out.
-pub fn token_response(issued: &Issued) -> HttpResponse {
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "session_token": issued.token.expose(),
-            "token_type": "Bearer",
-            "username": &*issued.session.username,
-            "session_id": issued.session.id,
-            "expires_in": issued.session.expires_in.as_secs(),
-            "scope": issued.session.scope.as_deref(),
-        }),
-    )
+/// The login and refresh answer; the only place a token is written out: in the body, or
+/// (when `cookie` is the session cookie to set) in that cookie alone.
+pub fn token_response(issued: &Issued, cookie: Option<http::HeaderValue>) -> HttpResponse {
+    let mut body = json!({
+        "username": &*issued.session.username,
+        "session_id": issued.session.id,
+        "expires_in": issued.session.expires_in.as_secs(),
+        "scope": issued.session.scope.as_deref(),
+    });
+    match cookie {
+        // The token travels only in the HttpOnly cookie: the page's script, and so any
+        // script injected into it, never reads a token it could use elsewhere.
+        Some(_) => body["cookie"] = json!(true),
+        None => {
+            body["session_token"] = json!(issued.token.expose());
+            body["token_type"] = json!("Bearer");
+        }
+    }
+    let mut response = json_response(StatusCode::OK, &body);
+    set_cookie(&mut response, cookie);
+    response
 }
 
 /// Appends a `Set-Cookie` (when there is one to set).

@@ -51,14 +51,10 @@ pub async fn refresh(
     .await
     .map_err(session_error)?;
     *user = Some(issued.session.username.clone());
-    let mut response = token_response(&issued);
-    if auth.source() == CredentialSource::Cookie {
-        set_cookie(
-            &mut response,
-            set_session_cookie(issued.token.expose(), conn.tls),
-        );
-    }
-    Ok(response)
+    let cookie = (auth.source() == CredentialSource::Cookie)
+        .then(|| set_session_cookie(issued.token.expose(), conn.tls))
+        .flatten();
+    Ok(token_response(&issued, cookie))
 }
 
 /// `GET /session/list`: the user's live sessions.
