@@ -3,7 +3,7 @@
 #
 #   qubes/install.sh template [--bin-dir DIR] [--root DIR]
 #   qubes/install.sh appvm --role ROLE [--bin-dir DIR] [--root DIR] [--no-activate]
-#   qubes/install.sh secrets --role ROLE --tls-dir DIR [--proxy-token-file FILE] [--root DIR]
+#   qubes/install.sh secrets --role ROLE --tls-dir DIR [--proxy-token-file FILE | --new-token] [--root DIR]
 #
 # See qubes/README.md for the whole procedure (dom0 policy, qvm-service flags, the key).
 set -euo pipefail
@@ -32,11 +32,13 @@ Usage:
       the units in /run/systemd/system and starts them). Activates at once unless
       --no-activate. The same dom0 service flag is needed.
 
-  ${PROG} secrets --role k_server|k_proxy|k_client --tls-dir DIR [--proxy-token-file FILE] [--root DIR]
+  ${PROG} secrets --role k_server|k_proxy|k_client --tls-dir DIR [--proxy-token-file FILE | --new-token] [--root DIR]
       In each app qube (both ways): copy the role's certificates (from tls/make-certs.sh)
       and the proxy token to /rw/config/chromecard/ (root only, persistent). k_client gets
-      only ca.crt, readable by all, for curl --cacert. Without --proxy-token-file a new
-      random token is written; copy the same token to both k_server and k_proxy.
+      only ca.crt, readable by all, for curl --cacert. Without --proxy-token-file the token
+      already installed is kept (so that renewing certificates does not split the pair);
+      where there is none, or with --new-token, a new random token is written: copy the
+      same token to both k_server and k_proxy.
 
 Options:
   --bin-dir DIR   where k_server and k_proxy are (default: ${REPO}/target/release)
@@ -70,6 +72,7 @@ ROOT=/
 ACTIVATE=1
 TLS_DIR=
 TOKEN_FILE=
+NEW_TOKEN=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
     --role) ROLE="${2:?--role needs a value}"; shift 2 ;;
@@ -78,6 +81,7 @@ while [[ $# -gt 0 ]]; do
     --no-activate) ACTIVATE=0; shift ;;
     --tls-dir) TLS_DIR="${2:?--tls-dir needs a value}"; shift 2 ;;
     --proxy-token-file) TOKEN_FILE="${2:?--proxy-token-file needs a value}"; shift 2 ;;
+    --new-token) NEW_TOKEN=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown option '$1' (--help)" ;;
     esac
@@ -262,6 +266,7 @@ appvm)
 
 secrets)
     [[ -n "${TLS_DIR}" ]] || die "secrets needs --tls-dir DIR (the output of tls/make-certs.sh)"
+    [[ -z "${TOKEN_FILE}" || ${NEW_TOKEN} -eq 0 ]] || die "--proxy-token-file and --new-token exclude each other: give one"
     case "${ROLE}" in
     k_server) files=(ca.crt k_server.crt k_server.key) ;;
     k_proxy) files=(ca.crt k_proxy.crt k_proxy.key) ;;
@@ -286,6 +291,8 @@ secrets)
         tok="$(head -n 1 -- "${TOKEN_FILE}")"
         [[ -n "${tok}" ]] || die "${TOKEN_FILE}: empty"
         printf '%s\n' "${tok}" >"${dest}/proxy-token"
+    elif [[ ${NEW_TOKEN} -eq 0 && -s "${dest}/proxy-token" ]]; then
+        echo "kept the proxy token already in ${dest#"${ROOT}"}/proxy-token (--new-token replaces it)"
     else
         head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"${dest}/proxy-token"
         printf '\n' >>"${dest}/proxy-token"

@@ -1126,6 +1126,42 @@ fn is_root() -> bool {
     ran.stdout.trim() == "0"
 }
 
+/// Renewing certificates with `install.sh secrets` (no --proxy-token-file) keeps the token
+/// the qube holds, so k_server and k_proxy stay a pair; only --new-token replaces it.
+#[test]
+fn install_secrets_keeps_the_proxy_token_unless_asked_for_a_new_one() {
+    let q = FakeQube::new();
+    let token_file = q.root().join("rw/config/chromecard/proxy-token");
+    let secrets = |extra: &[&str]| {
+        let ran = run(
+            Command::new(workspace_file("qubes/install.sh"))
+                .args(["secrets", "--role", "k_server", "--root"])
+                .arg(q.root())
+                .arg("--tls-dir")
+                .arg(q.dir.path().join("tls"))
+                .args(extra),
+            None,
+            Duration::from_secs(60),
+        );
+        assert!(
+            ran.success(),
+            "install.sh secrets {extra:?}: {}",
+            show(&ran)
+        );
+        fs::read_to_string(&token_file).expect("the token file")
+    };
+    q.install_ok("secrets", "k_server");
+    assert_eq!(
+        secrets(&[]),
+        "stand-in-token\n",
+        "the installed token was replaced"
+    );
+    let fresh = secrets(&["--new-token"]);
+    assert_ne!(fresh, "stand-in-token\n");
+    assert_eq!(fresh.trim().len(), 64, "{fresh:?}");
+    assert_eq!(q.mode("rw/config/chromecard/proxy-token"), 0o600);
+}
+
 /// `install.sh secrets --role k_client` makes /rw/config/chromecard readable for curl run
 /// as `user`; `install.sh appvm --role k_client` must keep it so, whichever runs first (it
 /// used to re-mode the directory to 0700). k_server's secrets stay root only either way.
