@@ -1538,15 +1538,72 @@ fn unit_readiness_and_reown_steps_work() {
 
 /// The CTAP policy (`qubes/policy.d/30-chromecard-ctap.policy`), decision by decision,
 /// in front of a stand-in for the qubes-ctap-dom0 package's own rules (any qube may call
-/// sys-usb): k_proxy may ask sys-usb for GetInfo and assertions, a new credential needs
-/// the user's yes in dom0, nothing else reaches anywhere from k_proxy.
+/// sys-usb): k_proxy may ask sys-usb for GetInfo, and for assertions only with the
+/// credentials enrolled for it (the lines `k_proxy enroll qubes-policy` prints, put in
+/// the file as its comments say); a new credential needs the user's yes in dom0; nothing
+/// else reaches anywhere from k_proxy.
 #[test]
 fn ctap_policy_allows_exactly_what_k_proxy_needs_from_sys_usb() {
+    // A credential enrolled (with the software key), and the policy lines for it.
+    let keys = tempfile::tempdir().expect("tempdir");
+    let creds = keys.path().join("credentials");
+    let gate = [
+        "--gate".to_string(),
+        "soft".into(),
+        "--soft-key-file".into(),
+        s(keys.path().join("soft.key")),
+        "--credentials-file".into(),
+        s(&creds),
+    ];
+    let enrolled = Spawn::k_proxy()
+        .args(["enroll", "--username", "alice"])
+        .args(&gate)
+        .run_to_exit(Duration::from_secs(15));
+    assert!(
+        enrolled.status.is_some_and(|st| st.success()),
+        "{enrolled:?}"
+    );
+    let printed = Spawn::k_proxy()
+        .args(["enroll", "qubes-policy"])
+        .args(&gate)
+        .run_to_exit(Duration::from_secs(15));
+    assert!(printed.status.is_some_and(|st| st.success()), "{printed:?}");
+    assert!(
+        printed.stdout.starts_with("# alice, credential "),
+        "{printed:?}"
+    );
+    let line = printed
+        .stdout
+        .lines()
+        .find(|l| !l.starts_with('#'))
+        .unwrap_or_default()
+        .to_owned();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert!(
+        fields.len() == 5
+            && fields[..5] == ["u2f.Authenticate", fields[1], "k_proxy", "sys-usb", "allow"]
+            && fields[1].len() == 33
+            && fields[1].starts_with('+'),
+        "{line}"
+    );
+    let enrolled_handle = format!("u2f.Authenticate{}", fields[1]);
+    // The shipped file with that line put before section 4, as its comments ask.
+    let shipped = fs::read_to_string(workspace_file("qubes/policy.d/30-chromecard-ctap.policy"))
+        .expect("the CTAP policy");
+    let section4 = shipped
+        .find("\n# 4.")
+        .expect("section 4 of the CTAP policy")
+        + 1;
+    let with_line = format!(
+        "{}{}\n{}",
+        &shipped[..section4],
+        printed.stdout,
+        &shipped[section4..]
+    );
+    let edited = keys.path().join("30-chromecard-ctap.policy");
+    fs::write(&edited, with_line).expect("write the edited policy");
     let d = policy_dir(&[
-        (
-            "30-chromecard-ctap.policy",
-            workspace_file("qubes/policy.d/30-chromecard-ctap.policy"),
-        ),
+        ("30-chromecard-ctap.policy", edited),
         (
             "30-chromecard.policy",
             workspace_file("qubes/policy.d/30-chromecard.policy"),
@@ -1588,8 +1645,9 @@ fn ctap_policy_allows_exactly_what_k_proxy_needs_from_sys_usb() {
         };
         (allowed, ran.stderr)
     };
+    // Any other credential on the key: not for k_proxy.
     let handle = "u2f.Authenticate+0123456789abcdef0123456789abcdef";
-    for service in ["ctap.GetInfo", handle] {
+    for service in ["ctap.GetInfo", enrolled_handle.as_str()] {
         let (allowed, line) = evaluate("k_proxy", "sys-usb", service);
         assert_eq!(allowed.as_deref(), Some("sys-usb"), "{service}: {line}");
         assert!(
@@ -1604,6 +1662,7 @@ fn ctap_policy_allows_exactly_what_k_proxy_needs_from_sys_usb() {
         "enrolment must ask the user in dom0: {line}"
     );
     for (target, service) in [
+        ("sys-usb", handle),
         ("sys-usb", "ctap.ClientPin"),
         ("k_server", handle),
         ("k_client", "ctap.GetInfo"),

@@ -302,6 +302,17 @@ pub enum Action {
         #[arg(long)]
         username: Option<String>,
     },
+    /// Print the dom0 qrexec policy lines that let k_proxy's qube ask the key in sys-usb
+    /// for assertions with the enrolled credentials only (Qubes' CTAP proxy names each
+    /// credential in its u2f.Authenticate call); see qubes/policy.d/30-chromecard-ctap.policy.
+    QubesPolicy {
+        /// The qube k_proxy runs in.
+        #[arg(long, default_value = "k_proxy")]
+        source: String,
+        /// The qube the key is attached to.
+        #[arg(long, default_value = "sys-usb")]
+        target: String,
+    },
     /// Remove a user's credentials: all of them, or those whose id starts with --credential.
     Remove {
         /// The user.

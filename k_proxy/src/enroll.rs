@@ -32,6 +32,7 @@ pub fn run(args: &Args, command: Command) -> ExitCode {
             )
         }),
         Some(Action::List { username }) => list(args, username.as_deref()),
+        Some(Action::QubesPolicy { source, target }) => qubes_policy(args, &source, &target),
         Some(Action::Remove {
             username,
             credential,
@@ -181,6 +182,40 @@ fn list(args: &Args, only: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The argument Qubes' CTAP proxy gives `u2f.Authenticate` for a credential: the first
+/// 128 bits of SHA-256 over its id, in hex (QubesOS/qubes-app-u2f's qrexec transport).
+fn qrexec_key_id(credential_id: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(credential_id)[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn qubes_policy(args: &Args, source: &str, target: &str) -> anyhow::Result<()> {
+    let store = store(args)?;
+    let enrolments = store.load().context("cannot read the enrolment file")?;
+    let mut lines = 0;
+    for (user, creds) in enrolments.iter() {
+        for c in creds {
+            // A policy line takes no comment after it: the credential goes above.
+            println!("# {user}, credential {}", c.label());
+            println!(
+                "u2f.Authenticate  +{}  {source}  {target}  allow",
+                qrexec_key_id(&c.id)
+            );
+            lines += 1;
+        }
+    }
+    if lines == 0 {
+        bail!(
+            "no enrolled credentials in {}: enrol first",
+            store.path().display()
+        );
+    }
+    Ok(())
+}
+
 fn remove(args: &Args, username: &str, prefix: Option<&str>) -> anyhow::Result<()> {
     let store = store(args)?;
     let mut enrolments = store.load().context("cannot read the enrolment file")?;
@@ -208,4 +243,18 @@ fn remove(args: &Args, username: &str, prefix: Option<&str>) -> anyhow::Result<(
         store.path().display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_qrexec_key_id_is_qubes_first_128_bits_of_sha256_in_hex() {
+        // hashlib.sha256(bytes([1, 2, 3])).hexdigest()[:32], as qubes-app-u2f computes it.
+        assert_eq!(
+            qrexec_key_id(&[1, 2, 3]),
+            "039058c6f2c0cb492c533b0a4d14ef77"
+        );
+    }
 }
