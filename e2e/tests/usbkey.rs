@@ -527,9 +527,16 @@ fn after_a_wrong_pin_no_pin_reaches_the_key_until_someone_touches_it() {
     }
     let (mut proxy, c) = usb.proxy("2", &["--login-max-failures", "0"]);
     {
-        // Nobody near the key: the first wrong PIN is the key's to refuse, at once.
+        // Nobody near the key: the first wrong PIN is the key's to refuse (a try is
+        // spent), but the answer waits for a touch, as a name nobody enrolled does: no
+        // quick `pin_invalid` tells that alice has a PIN.
         let key = usb.vkey("key", &["--no-touch"]);
-        refused_with(&pin_login(&c, "alice", Some(WRONG)), "pin_invalid", Some(7));
+        assert_refused(&pin_login(&c, "alice", Some(WRONG)), 401, "touch_timeout");
+        assert!(
+            last_login_took(&proxy) >= Duration::from_millis(1900),
+            "the wrong PIN was answered before the touch timeout"
+        );
+        assert_eq!(key_file_pin_retries(&key_file), 7);
         let tokens = key.count("clientPIN subcommand=9");
         // The next ones, right or wrong, wait for a touch that never comes.
         for guess in [WRONG, WRONG, WRONG, PIN] {
@@ -551,7 +558,7 @@ fn after_a_wrong_pin_no_pin_reaches_the_key_until_someone_touches_it() {
         proxy.logs()
     );
     {
-        // The owner touches (once for the PIN, once for the assertion): the right PIN
+        // The owner touches (once before the PIN, once for the assertion): the right PIN
         // passes and lifts the extra touch for the next login.
         let key = usb.vkey("key", &[]);
         pin_login(&c, "alice", Some(PIN)).expect(200);

@@ -127,6 +127,15 @@ pub(crate) fn login(
         Err(GateError::PinRequired) if request.pin.is_none() => {
             return refuse_after_touch(auth, cancel, GateError::PinRequired);
         }
+        // The key judges a PIN without a touch; answered at once, these would tell who
+        // is enrolled with a PIN (and how many tries are left) at machine speed, where
+        // a name nobody enrolled is answered only after a touch.
+        Err(
+            refusal @ (GateError::PinInvalid { .. }
+            | GateError::PinRetriesLow { .. }
+            | GateError::PinBlocked
+            | GateError::PinAuthBlocked),
+        ) => return refuse_after_touch(auth, cancel, refusal),
         other => other?,
     };
     if cancel.is_cancelled() {
