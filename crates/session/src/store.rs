@@ -196,7 +196,8 @@ pub struct EndedSession {
 pub struct Issued {
     pub token: SessionToken,
     pub session: SessionView,
-    /// Sessions this login ended (supersede), for the audit log.
+    /// Sessions this login ended (supersede), and those a full store swept away as
+    /// expired before it, for the audit log.
     pub superseded: Vec<EndedSession>,
 }
 
@@ -335,8 +336,10 @@ impl SessionStore {
     pub fn create(&self, request: NewSession) -> Result<Issued, SessionError> {
         let now = self.clock.now();
         // A full store first makes room from the expired before refusing.
+        let mut swept = Vec::new();
         if self.sessions.len() >= self.settings.max_sessions {
-            self.sweep();
+            swept = self.sweep();
+            // (A sweep that freed nothing ended nothing to audit.)
             if self.sessions.len() >= self.settings.max_sessions {
                 return Err(SessionError::Full(self.settings.max_sessions));
             }
@@ -366,10 +369,11 @@ impl SessionStore {
             ended
         };
         self.persist_delete(&removed);
+        swept.extend(superseded);
         Ok(Issued {
             token,
             session,
-            superseded,
+            superseded: swept,
         })
     }
 
@@ -1023,7 +1027,18 @@ mod tests {
         });
         assert_eq!(full.map(|_| ()), Err(SessionError::Full(2)));
         clock.advance(secs(11));
-        login(&store, "c");
+        // The two that expired are swept to make room, and handed back for the audit log.
+        let c = login(&store, "c");
+        let mut ended: Vec<(&str, EndReason)> = c
+            .superseded
+            .iter()
+            .map(|e| (&*e.username, e.reason))
+            .collect();
+        ended.sort_by_key(|(user, _)| *user);
+        assert_eq!(
+            ended,
+            [("a", EndReason::Expired), ("b", EndReason::Expired)]
+        );
     }
 
     #[test]
