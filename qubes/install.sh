@@ -256,7 +256,17 @@ appvm)
     fi
     chmod 0755 "${RC}"
     if ! grep -qxF "${BOOT}/boot.sh" "${RC}"; then
-        printf '%s\n' "${BOOT}/boot.sh" >>"${RC}"
+        # Before a top-level `exit` (nothing after it runs), else at the end, after a
+        # newline if the file's last line lacks one (it would join that line).
+        if grep -qE '^exit([[:space:]]|$)' "${RC}"; then
+            awk -v line="${BOOT}/boot.sh" '!done && /^exit([[:space:]]|$)/ { print line; done = 1 } { print }' \
+                "${RC}" >"${RC}.chromecard-new"
+            cat "${RC}.chromecard-new" >"${RC}"
+            rm -f "${RC}.chromecard-new"
+        else
+            [[ ! -s "${RC}" || -z "$(tail -c 1 "${RC}")" ]] || printf '\n' >>"${RC}"
+            printf '%s\n' "${BOOT}/boot.sh" >>"${RC}"
+        fi
         echo "added ${BOOT}/boot.sh to /rw/config/rc.local"
     fi
     if [[ ${LIVE} -eq 1 && ${ACTIVATE} -eq 1 ]]; then

@@ -1126,6 +1126,37 @@ fn is_root() -> bool {
     ran.stdout.trim() == "0"
 }
 
+/// `install.sh appvm` puts boot.sh into an rc.local the user already has where it runs:
+/// before a top-level `exit`, or on a line of its own after a last line without a
+/// newline; and only once.
+#[test]
+fn install_puts_boot_sh_where_an_existing_rc_local_runs_it() {
+    let boot = "/rw/config/chromecard/boot/boot.sh";
+    for (before, want) in [
+        (
+            "#!/bin/sh\necho hello\nexit 0\n",
+            format!("#!/bin/sh\necho hello\n{boot}\nexit 0\n"),
+        ),
+        (
+            "#!/bin/sh\necho no newline",
+            format!("#!/bin/sh\necho no newline\n{boot}\n"),
+        ),
+    ] {
+        let q = FakeQube::new();
+        let rc = q.root().join("rw/config/rc.local");
+        fs::create_dir_all(rc.parent().expect("rw/config")).expect("mkdir rw/config");
+        fs::write(&rc, before).expect("write rc.local");
+        q.install_ok("appvm", "k_server");
+        q.install_ok("appvm", "k_server");
+        assert_eq!(
+            fs::read_to_string(&rc).expect("rc.local"),
+            want,
+            "from {before:?}"
+        );
+        assert_eq!(q.mode("rw/config/rc.local"), 0o755);
+    }
+}
+
 /// Renewing certificates with `install.sh secrets` (no --proxy-token-file) keeps the token
 /// the qube holds, so k_server and k_proxy stay a pair; only --new-token replaces it.
 #[test]
