@@ -1564,6 +1564,43 @@ fn unit_readiness_and_reown_steps_work() {
             (4321, 4321),
             "{unit}: never through a symbolic link"
         );
+
+        // The state directory's own step: made for the service user, but never through
+        // a symbolic link put in its place (it would hand the link's target over).
+        let make: Vec<&String> = pre.iter().filter(|s| s.contains("symbolic link")).collect();
+        assert_eq!(
+            make.len(),
+            1,
+            "{unit}: one step that makes the state directory: {pre:?}"
+        );
+        let make_at = |at: &Path| {
+            let script = make[0]
+                .replace(&format!("/rw/chromecard/{dir}"), &s(at))
+                .replace("-o chromecard -g chromecard", "-o 65534 -g 65534");
+            run(
+                Command::new("sh").arg("-c").arg(&script),
+                None,
+                Duration::from_secs(30),
+            )
+        };
+        let fresh = t.path().join("fresh");
+        let ran = make_at(&fresh);
+        assert!(ran.success(), "{unit}: {}", show(&ran));
+        assert_eq!(owner(&fresh), (65534, 65534), "{unit}: made for the user");
+        let elsewhere = t.path().join("elsewhere");
+        fs::create_dir(&elsewhere).expect("mkdir");
+        let swapped = t.path().join("swapped");
+        std::os::unix::fs::symlink(&elsewhere, &swapped).expect("ln");
+        let ran = make_at(&swapped);
+        assert!(
+            !ran.success(),
+            "{unit}: a link in its place must stop the unit"
+        );
+        assert_eq!(
+            owner(&elsewhere),
+            (0, 0),
+            "{unit}: the link's target was handed over"
+        );
     }
 }
 
