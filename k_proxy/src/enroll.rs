@@ -1,5 +1,6 @@
 //! `k_proxy enroll`: write a user's credential to the enrolment file (one touch),
-//! and `k_proxy enroll list` / `k_proxy enroll remove` to manage it.
+//! `k_proxy enroll list` / `k_proxy enroll remove` to manage it, and `k_proxy enroll
+//! qubes-policy` for the dom0 lines that let a key in sys-usb sign with those credentials.
 //!
 //! The gate flags (`--gate`, `--soft-key-file`, `--device`, `--touch-timeout`,
 //! `--credentials-file`, `--rp-id`) are the server's own and may be given before or
