@@ -73,6 +73,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(config: config::Config, args: args::Args) -> anyhow::Result<()> {
+    // A client's connection and the one to k_server it borrows (a WebSocket holds both).
+    chromecard_http::fit_open_file_limit(config.serve.max_connections, 2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -51,6 +51,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(config: config::Config, args: args::Args) -> anyhow::Result<()> {
+    chromecard_http::fit_open_file_limit(config.serve.max_connections, 1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -13,6 +13,7 @@ mod guards;
 mod limits;
 mod linger;
 pub mod log_writer;
+mod open_files;
 mod serve;
 mod slot;
 mod spawn_boxed;
@@ -24,6 +25,7 @@ pub use access::access_line;
 pub use body::{DrainLimits, RequestBody};
 pub use cli::{ServeArgs, SharedArgs};
 pub use linger::{Linger, LingerLimits};
+pub use open_files::fit_open_file_limit;
 
 pub use error::{json_response, ApiError, Fault, HttpResponse};
 pub use guards::{require_json, require_method, BODY_READ_TIMEOUT};

@@ -32,6 +32,10 @@ pub const GATHER: Duration = Duration::from_millis(10);
 /// Bytes waiting at which the writer writes them out without waiting longer.
 pub const BATCH: usize = 32 * 1024;
 
+/// How long a line written now ([`Sink::push_now`]) waits for a stderr that takes
+/// nothing before its thread goes on (shutdown must not hang on a reader that stopped).
+pub const PUSH_NOW_WAIT: Duration = Duration::from_secs(2);
+
 /// How long [`stop`] waits for stderr to take what is buffered before it gives up (a
 /// reader that stopped reading must not hold the process's exit for ever).
 const STOP_WAIT: Duration = Duration::from_secs(10);
@@ -134,31 +138,33 @@ impl Sink {
         }
     }
 
-    /// Writes whole lines before returning, behind everything logged before them: in
-    /// place when nothing is buffered, else they join the buffer and the writer (told not
-    /// to gather) writes them out at once.
+    /// Writes whole lines before returning, behind everything logged before them: they
+    /// join the buffer and the writer (told not to gather) writes them out at once. A
+    /// stderr that takes nothing holds the caller for at most [`PUSH_NOW_WAIT`]; the
+    /// lines then follow in order whenever it drains.
+    ///
+    /// Never written in place while the writer thread runs: a write to a slow stderr
+    /// would then hold the buffer's lock, and with it every thread's access line.
     pub fn push_now(&self, lines: &[u8]) {
+        let deadline = Instant::now() + PUSH_NOW_WAIT;
         let mut state = self.lock();
         if state.stopped {
-            // No writer to rely on: wait for it to finish what it has, then write in
-            // place, under the lock, so that no line comes between.
-            while !state.pending.is_empty() || state.writing {
-                state = self.wait_for_writer(state, None);
+            // After stop the writer ends once it has written what it holds; then lines
+            // are written in place, under the lock, so that no line comes between.
+            while (!state.pending.is_empty() || state.writing) && Instant::now() < deadline {
+                state = self.wait_for_writer(state, Some(deadline));
             }
-            self.write_out(lines);
-            return;
-        }
-        if state.pending.is_empty() && !state.writing {
-            // Nothing ahead of these lines: written in place, under the lock (no hop to
-            // the writer thread and back).
-            self.write_out(lines);
-            return;
+            if state.pending.is_empty() && !state.writing {
+                self.write_out(lines);
+                return;
+            }
+            // The writer is still stuck on stderr: the lines queue behind its work.
         }
         state.pending.extend_from_slice(lines);
         state.appended += lines.len() as u64;
         let mine = state.appended;
-        while state.written < mine {
-            state = self.wait_for_writer(state, None);
+        while state.written < mine && Instant::now() < deadline {
+            state = self.wait_for_writer(state, Some(deadline));
         }
     }
 
@@ -585,5 +591,64 @@ mod tests {
         let text = out.text();
         assert_eq!(text.lines().count(), 64);
         assert!(text.lines().all(|l| l.len() == line.len()));
+    }
+
+    #[test]
+    fn an_access_line_does_not_wait_for_a_line_written_now_to_a_slow_stderr() {
+        let out = Captured {
+            delay: Some(Duration::from_millis(800)),
+            ..Captured::default()
+        };
+        let sink = Sink::start(Box::new(out.clone())).unwrap();
+        std::thread::scope(|scope| {
+            scope.spawn(|| sink.push_now(b"audit\n"));
+            std::thread::sleep(Duration::from_millis(100));
+            let started = Instant::now();
+            sink.push(b"access\n");
+            let took = started.elapsed();
+            assert!(took < Duration::from_millis(300), "push waited {took:?}");
+        });
+        assert!(sink.stop(Duration::from_secs(10)));
+        assert_eq!(out.text(), "audit\naccess\n");
+    }
+
+    /// A stderr whose reader stopped reading: every write blocks until `release`.
+    #[derive(Clone, Default)]
+    struct Stuck {
+        released: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    }
+
+    impl Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (released, cv) = &*self.released;
+            let mut released = released.lock().unwrap();
+            while !*released {
+                released = cv.wait(released).unwrap();
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_line_written_now_waits_for_a_stuck_stderr_at_most_its_bound() {
+        let out = Stuck::default();
+        let sink = Sink::start(Box::new(out.clone())).unwrap();
+        for line in [&b"first\n"[..], b"second\n"] {
+            let started = Instant::now();
+            sink.push_now(line);
+            let took = started.elapsed();
+            assert!(
+                took >= PUSH_NOW_WAIT - Duration::from_millis(50)
+                    && took < PUSH_NOW_WAIT + Duration::from_secs(2),
+                "push_now returned after {took:?}"
+            );
+        }
+        let (released, cv) = &*out.released;
+        *released.lock().unwrap() = true;
+        cv.notify_all();
+        assert!(sink.stop(Duration::from_secs(10)));
     }
 }
