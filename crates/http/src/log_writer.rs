@@ -15,7 +15,8 @@
 //! first line, gathers more for that long, or until [`BATCH`] bytes wait, so that under
 //! load one wake-up of the writer serves a hundred requests, not one); a line written now
 //! ([`write_lines_now`]) joins the buffer and its logger waits until the writer, which
-//! does not gather while anyone waits, has written it and everything before it; and
+//! does not gather while anyone waits, has written it and everything before it (for at
+//! most [`PUSH_NOW_WAIT`]: a stderr nobody reads must not hang the process); and
 //! [`stop`] (called by the binaries before they exit, and by the panic hook) writes out
 //! everything logged before it.
 
