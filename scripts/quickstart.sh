@@ -105,6 +105,8 @@ if [[ -n "${CREDENTIALS_FILE}" ]]; then
         warn "CREDENTIALS_FILE '${CREDENTIALS_FILE}' is not a readable file; enrol first: k_proxy enroll --credentials-file FILE --username alice"
         exit 2
     fi
+    # The script changes directory before it starts k_proxy.
+    CREDENTIALS_FILE="$(realpath -- "${CREDENTIALS_FILE}")"
 fi
 readonly KS_PORT KP_PORT GATE QUICKSTART_EXIT_AFTER_RUNBOOK CREDENTIALS_FILE
 

@@ -603,7 +603,11 @@ mod tests {
         let sink = Sink::start(Box::new(out.clone())).unwrap();
         std::thread::scope(|scope| {
             scope.spawn(|| sink.push_now(b"audit\n"));
-            std::thread::sleep(Duration::from_millis(100));
+            // Until the writer is on that line's slow write.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !sink.lock().writing && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             let started = Instant::now();
             sink.push(b"access\n");
             let took = started.elapsed();
