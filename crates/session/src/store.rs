@@ -215,7 +215,8 @@ pub struct SessionStore {
     /// a session out under its old token and puts it back under the new one; logout of
     /// all, supersede and end-by-id, which look a user's sessions up and end them), so
     /// that none of them sees another half done: a session being refreshed must not slip
-    /// past a logout of all. Validation never takes it.
+    /// past a logout of all. A new session is made under it too (create). Validation
+    /// never takes it.
     membership: Mutex<()>,
 }
 
@@ -334,6 +335,11 @@ impl SessionStore {
     /// Everything that can refuse (no randomness, a full store, the session file) comes
     /// before the user's older sessions are superseded, so a refused login ends nothing.
     pub fn create(&self, request: NewSession) -> Result<Issued, SessionError> {
+        // Held to the insert: logins one at a time (they already wait for the key one at
+        // a time), so that the store never passes its bound, and a login that swept the
+        // expired away takes one of the places it freed and hands them back for the audit
+        // log, instead of finding the store full again and dropping them.
+        let membership = self.membership();
         let now = self.clock.now();
         // A full store first makes room from the expired before refusing.
         let mut swept = Vec::new();
@@ -358,16 +364,13 @@ impl SessionStore {
         });
         self.persist_save(&hash, &record)?;
         let session = view(&record, now);
-        let (superseded, removed) = {
-            let _membership = self.membership();
-            let ended = if request.supersede_others {
-                self.end_user_sessions(&request.username, None, EndReason::Superseded, now)
-            } else {
-                (Vec::new(), Vec::new())
-            };
-            self.insert(hash, record);
-            ended
+        let (superseded, removed) = if request.supersede_others {
+            self.end_user_sessions(&request.username, None, EndReason::Superseded, now)
+        } else {
+            (Vec::new(), Vec::new())
         };
+        self.insert(hash, record);
+        drop(membership);
         self.persist_delete(&removed);
         swept.extend(superseded);
         Ok(Issued {
@@ -1039,6 +1042,50 @@ mod tests {
             ended,
             [("a", EndReason::Expired), ("b", EndReason::Expired)]
         );
+    }
+
+    #[test]
+    fn logins_racing_on_a_full_store_hand_back_every_expired_session_they_swept() {
+        for _ in 0..20 {
+            let clock = Arc::new(ManualClock::default());
+            let store = SessionStore::new(
+                StoreSettings {
+                    ttl: secs(10),
+                    idle_timeout: None,
+                    max_sessions: 4,
+                },
+                clock.clone(),
+            );
+            for user in ["a", "b", "c", "d"] {
+                login(&store, user);
+            }
+            clock.advance(secs(11));
+            let results: Vec<Result<Issued, SessionError>> = std::thread::scope(|scope| {
+                let racers: Vec<_> = (0..8)
+                    .map(|i| {
+                        let store = &store;
+                        scope.spawn(move || {
+                            store.create(NewSession {
+                                username: format!("racer{i}"),
+                                ..NewSession::default()
+                            })
+                        })
+                    })
+                    .collect();
+                racers.into_iter().map(|r| r.join().unwrap()).collect()
+            });
+            let admitted = results.iter().filter(|r| r.is_ok()).count();
+            let swept: usize = results
+                .iter()
+                .filter_map(|r| r.as_ref().ok())
+                .map(|issued| issued.superseded.len())
+                .sum();
+            assert_eq!(admitted, 4, "the bound of 4 sessions");
+            assert_eq!(
+                swept, 4,
+                "every expired session is handed back once for its audit line"
+            );
+        }
     }
 
     #[test]
