@@ -1047,24 +1047,35 @@ impl FakeQube {
         self.dir.path().join("root")
     }
 
-    /// `install.sh CMD --role ROLE --root ROOT ...` (appvm: --no-activate, stand-in binaries).
+    /// `install.sh CMD --role ROLE --root ROOT ...` (appvm: --no-activate, stand-in binaries;
+    /// secrets: the stand-in certificates and, but for k_client, the stand-in token).
     fn install(&self, cmd: &str, role: &str) -> Ran {
+        let token: &[&str] = if cmd == "secrets" && role != "k_client" {
+            &["--proxy-token-file", "proxy-token"]
+        } else {
+            &[]
+        };
+        self.install_with(cmd, role, token)
+    }
+
+    /// [`FakeQube::install`] with `extra` arguments in place of the stand-in token (run
+    /// in the qube's staging directory, so relative paths name its files).
+    fn install_with(&self, cmd: &str, role: &str, extra: &[&str]) -> Ran {
         let p = self.dir.path();
         let mut c = Command::new(workspace_file("qubes/install.sh"));
-        c.args([cmd, "--role", role, "--root"]).arg(self.root());
+        c.current_dir(p)
+            .args([cmd, "--role", role, "--root"])
+            .arg(self.root());
         match cmd {
             "appvm" => {
                 c.arg("--bin-dir").arg(p.join("bin")).arg("--no-activate");
             }
             "secrets" => {
                 c.arg("--tls-dir").arg(p.join("tls"));
-                if role != "k_client" {
-                    c.arg("--proxy-token-file").arg(p.join("proxy-token"));
-                }
             }
             _ => panic!("install {cmd}?"),
         }
-        run(&mut c, None, Duration::from_secs(60))
+        run(c.args(extra), None, Duration::from_secs(60))
     }
 
     fn install_ok(&self, cmd: &str, role: &str) {
@@ -1164,16 +1175,7 @@ fn install_secrets_keeps_the_proxy_token_unless_asked_for_a_new_one() {
     let q = FakeQube::new();
     let token_file = q.root().join("rw/config/chromecard/proxy-token");
     let secrets = |extra: &[&str]| {
-        let ran = run(
-            Command::new(workspace_file("qubes/install.sh"))
-                .args(["secrets", "--role", "k_server", "--root"])
-                .arg(q.root())
-                .arg("--tls-dir")
-                .arg(q.dir.path().join("tls"))
-                .args(extra),
-            None,
-            Duration::from_secs(60),
-        );
+        let ran = q.install_with("secrets", "k_server", extra);
         assert!(
             ran.success(),
             "install.sh secrets {extra:?}: {}",

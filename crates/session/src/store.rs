@@ -1047,19 +1047,11 @@ mod tests {
     #[test]
     fn logins_racing_on_a_full_store_hand_back_every_expired_session_they_swept() {
         for _ in 0..20 {
-            let clock = Arc::new(ManualClock::default());
-            let store = SessionStore::new(
-                StoreSettings {
-                    ttl: secs(10),
-                    idle_timeout: None,
-                    max_sessions: 4,
-                },
-                clock.clone(),
-            );
+            let (store, clock) = store_with(None, 4);
             for user in ["a", "b", "c", "d"] {
                 login(&store, user);
             }
-            clock.advance(secs(11));
+            clock.advance(TTL + secs(1));
             let results: Vec<Result<Issued, SessionError>> = std::thread::scope(|scope| {
                 let racers: Vec<_> = (0..8)
                     .map(|i| {

@@ -120,17 +120,22 @@ pub(crate) fn open_file(path: &Path, create: bool) -> Result<(File, bool), Store
             path: path.to_path_buf(),
             source,
         })?;
+    let meta = file.metadata().map_err(|source| StoreError::Inspect {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // redb would quietly start a new, empty database in an empty file; a store that was
+    // ever written is not empty, so this one lost its contents.
+    if existed && meta.len() == 0 {
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: "the file is empty (0 bytes), so the counter and secrets it held are gone"
+                .into(),
+        });
+    }
     // Set explicitly: the umask may have removed bits, and an existing file may be
     // more open than it should be.
-    let mode = file
-        .metadata()
-        .map_err(|source| StoreError::Inspect {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .permissions()
-        .mode()
-        & 0o7777;
+    let mode = meta.permissions().mode() & 0o7777;
     if mode != FILE_MODE {
         file.set_permissions(Permissions::from_mode(FILE_MODE))
             .map_err(|source| StoreError::SetPermissions {
@@ -139,26 +144,11 @@ pub(crate) fn open_file(path: &Path, create: bool) -> Result<(File, bool), Store
                 source,
             })?;
     }
-    if existed {
-        // redb would quietly start a new, empty database in an empty file; a store that
-        // was ever written is not empty, so this one lost its contents.
-        let len = file
-            .metadata()
-            .map_err(|source| StoreError::Inspect {
-                path: path.to_path_buf(),
-                source,
-            })?
-            .len();
-        if len == 0 {
-            return Err(StoreError::Corrupt {
-                path: path.to_path_buf(),
-                detail: "the file is empty (0 bytes), so the counter and secrets it held are gone"
-                    .into(),
-            });
+    if !existed {
+        if let Some(parent) = path.parent() {
+            // The new file's directory entry is on disk before the first answer relies on it.
+            sync_dir(parent)?;
         }
-    } else if let Some(parent) = path.parent() {
-        // The new file's directory entry is on disk before the first answer relies on it.
-        sync_dir(parent)?;
     }
     Ok((file, !existed))
 }
