@@ -68,6 +68,11 @@ fn metrics_move_as_the_test_drives_them_and_readyz_follows_k_server() {
         Some(0.0),
         "{before}"
     );
+    assert_eq!(
+        metric_value(&before, "chromecard_sessions_undeleted"),
+        Some(0.0),
+        "{before}"
+    );
 
     let tok = c.login_ok("alice");
     c.counter_post(&tok).expect(200);

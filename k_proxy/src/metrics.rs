@@ -27,10 +27,16 @@ impl ProxyMetrics {
             "Login attempts by outcome (ok, or the error code returned).",
             "outcome",
         );
+        let live = sessions.clone();
         registry.gauge(
             "chromecard_sessions_live",
             "Sessions currently held (ended ones until the next sweep).",
-            move || sessions.len() as f64,
+            move || live.len() as f64,
+        );
+        registry.gauge(
+            "chromecard_sessions_undeleted",
+            "Ended sessions the --session-store file still holds because removing them failed (retried at every sweep).",
+            move || sessions.undeleted_len() as f64,
         );
         let forwarded = registry.labeled_counter(
             "chromecard_forwarded_requests_total",

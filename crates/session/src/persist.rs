@@ -52,6 +52,9 @@ pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
 pub struct SessionFile {
     db: Database,
     path: PathBuf,
+    /// Tests: make every write fail, as a full or failing disk would.
+    #[cfg(test)]
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for SessionFile {
@@ -90,6 +93,8 @@ impl SessionFile {
         let file = Self {
             db,
             path: path.to_owned(),
+            #[cfg(test)]
+            failing: std::sync::atomic::AtomicBool::new(false),
         };
         // Create the table so that a fresh file reads as empty.
         file.write(|_| Ok(()))?;
@@ -98,6 +103,12 @@ impl SessionFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&self, failing: bool) {
+        self.failing
+            .store(failing, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn database_error(&self, err: impl std::fmt::Display) -> PersistError {
@@ -112,6 +123,10 @@ impl SessionFile {
         &self,
         apply: impl FnOnce(&mut redb::Table<'_, &[u8], &[u8]>) -> Result<(), redb::StorageError>,
     ) -> Result<(), PersistError> {
+        #[cfg(test)]
+        if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(self.database_error("injected write failure"));
+        }
         let txn = self.db.begin_write().map_err(|e| self.database_error(e))?;
         {
             let mut table = txn

@@ -218,6 +218,12 @@ pub struct SessionStore {
     /// past a logout of all. A new session is made under it too (create). Validation
     /// never takes it.
     membership: Mutex<()>,
+    /// Ended sessions whose removal from the session file failed (a disk fault). They
+    /// are dead in memory at once; on disk they are retried with the next removal and at
+    /// every sweep, so that once the disk recovers a restart does not bring them back.
+    /// Each entry follows a login, and a login needs a touch of the key, so the list
+    /// cannot grow faster than a person can touch it.
+    undeleted: Mutex<Vec<TokenHash>>,
 }
 
 impl SessionStore {
@@ -230,6 +236,7 @@ impl SessionStore {
             settings,
             persist: None,
             membership: Mutex::new(()),
+            undeleted: Mutex::new(Vec::new()),
         }
     }
 
@@ -311,14 +318,47 @@ impl SessionStore {
         }
     }
 
-    /// Forgets ended sessions on disk. A failure is logged loudly: the session is already
-    /// dead in memory, but would come back after a restart.
+    /// Forgets ended sessions on disk, with any whose removal failed before. A failure
+    /// is logged loudly and kept for the next try: the sessions are already dead in
+    /// memory, but until a removal succeeds a restart would restore those not yet
+    /// expired.
     fn persist_delete(&self, hashes: &[TokenHash]) {
-        if let Some(file) = &self.persist {
-            if let Err(err) = file.delete(hashes) {
-                tracing::error!(error = %err, count = hashes.len(), "could not remove ended sessions from the session store; they would be restored after a restart");
-            }
+        let Some(file) = &self.persist else {
+            return;
+        };
+        let mut undeleted = self
+            .undeleted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if hashes.is_empty() && undeleted.is_empty() {
+            return;
         }
+        let retried = undeleted.len();
+        undeleted.extend_from_slice(hashes);
+        match file.delete(&undeleted) {
+            Ok(()) => {
+                if retried > 0 {
+                    tracing::warn!(
+                        count = retried,
+                        "removed ended sessions from the session store after an earlier failure"
+                    );
+                }
+                undeleted.clear();
+            }
+            Err(err) => tracing::error!(
+                error = %err,
+                pending = undeleted.len(),
+                "could not remove ended sessions from the session store; retrying at the next sweep (a restart before then would restore those not yet expired)"
+            ),
+        }
+    }
+
+    /// How many ended sessions are still waiting to be removed from the session file.
+    pub fn undeleted_len(&self) -> usize {
+        self.undeleted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Whether changes to sessions are written to a session file (`--session-store`).
@@ -1172,6 +1212,42 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         let text = String::from_utf8_lossy(&bytes);
         assert!(!text.contains(alive.expose()));
+    }
+
+    #[test]
+    fn a_logout_that_met_a_disk_fault_is_removed_from_disk_by_the_next_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.redb");
+        let (kept, ended_while_failing);
+        {
+            let (store, _) = store();
+            let store = store
+                .with_persistence(SessionFile::open(&path).unwrap())
+                .unwrap();
+            kept = login(&store, "alice").token;
+            ended_while_failing = login(&store, "bob").token;
+            store.persist.as_ref().unwrap().fail_writes(true);
+            // The logout takes effect in memory whatever the disk says.
+            store.revoke(ended_while_failing.expose()).unwrap();
+            assert!(store.validate(ended_while_failing.expose()).is_err());
+            assert_eq!(store.undeleted_len(), 1);
+            // Still failing: the sweep keeps it for later.
+            store.sweep();
+            assert_eq!(store.undeleted_len(), 1);
+            store.persist.as_ref().unwrap().fail_writes(false);
+            store.sweep();
+            assert_eq!(store.undeleted_len(), 0);
+        }
+        let (store, _) = store();
+        let store = store
+            .with_persistence(SessionFile::open(&path).unwrap())
+            .unwrap();
+        assert_eq!(store.len(), 1);
+        assert!(store.validate(kept.expose()).is_ok());
+        assert_eq!(
+            store.validate(ended_while_failing.expose()).map(|_| ()),
+            Err(SessionError::Unknown)
+        );
     }
 
     #[test]
