@@ -151,6 +151,68 @@ fn scope_limits_which_resources_a_session_reaches() {
 }
 
 #[test]
+fn a_scoped_session_manages_only_itself() {
+    let (_s, _p, c) = chain(&[]);
+    let full = c.login_ok("alice");
+    let scoped = token_of(&login_with(
+        &c,
+        r#"{"username":"alice","scope":["counter"]}"#,
+    ));
+    let json_post = |tok: &str, path: &str, body: &str| {
+        c.req(
+            "POST",
+            path,
+            &[&Client::bearer(tok), "Content-Type: application/json"],
+            &["--data-binary", body],
+        )
+    };
+    let listing = c
+        .req("GET", "/session/list", &[&Client::bearer(&full)], &[])
+        .expect(200);
+    let id_of = |current: bool| {
+        listing["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["current"] == json!(current))
+            .unwrap()["session_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (full_id, scoped_id) = (id_of(true), id_of(false));
+
+    // The user's other sessions are out of its reach...
+    c.req("GET", "/session/list", &[&Client::bearer(&scoped)], &[])
+        .expect_json_error(403, &["insufficient_scope"]);
+    json_post(&scoped, "/session/logout", r#"{"all":true}"#)
+        .expect_json_error(403, &["insufficient_scope"]);
+    json_post(
+        &scoped,
+        "/session/end",
+        &format!(r#"{{"session_id":"{full_id}"}}"#),
+    )
+    .expect_json_error(403, &["insufficient_scope"]);
+    c.status(&full).expect(200);
+    // ...while it still sees and ends itself, and a session without a scope ends others.
+    c.status(&scoped).expect(200);
+    let r = json_post(
+        &scoped,
+        "/session/end",
+        &format!(r#"{{"session_id":"{scoped_id}"}}"#),
+    );
+    assert_eq!(r.expect(200)["current"], true, "{}", r.ctx());
+    c.status(&scoped).expect_error(401, "logged_out");
+    let scoped = token_of(&login_with(
+        &c,
+        r#"{"username":"alice","scope":["counter"]}"#,
+    ));
+    let r = json_post(&full, "/session/logout", r#"{"all":true}"#);
+    assert_eq!(r.expect(200)["sessions_ended"], 2, "{}", r.ctx());
+    c.status(&scoped).expect_error(401, "logged_out");
+}
+
+#[test]
 fn idle_sessions_end_with_idle_timeout() {
     // 2 s idle limit, a use every 500 ms: 1.5 s of margin for a slow curl on a loaded
     // machine. Six uses take over 3 s, past bob's limit.

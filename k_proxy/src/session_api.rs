@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::authenticate::Authenticated;
+use crate::authorise;
 use crate::respond::{session_error, set_cookie, token_response};
 use crate::session_writes::changing_sessions;
 
@@ -59,6 +60,7 @@ pub async fn refresh(
 
 /// `GET /session/list`: the user's live sessions.
 pub fn list(app: &App, auth: &Authenticated<'_>) -> Result<HttpResponse, ApiError> {
+    authorise::other_sessions(auth.session())?;
     let (current, sessions) = app.sessions.list(auth.token()).map_err(session_error)?;
     let sessions: Vec<_> = sessions
         .iter()
@@ -91,6 +93,9 @@ pub async fn logout(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body_limited(body, MAX_LOGIN_BODY, BODY_READ_TIMEOUT).await?;
     let all = parse_logout(&parts.headers, &body)?;
+    if all {
+        authorise::other_sessions(auth.session())?;
+    }
     let token = auth.token().to_owned();
     let peer = conn.peer;
     // The audit lines are logged with the change (session_writes.rs).

@@ -21,6 +21,7 @@ use http_body_util::Full;
 use serde_json::json;
 
 use crate::authenticate::Authenticated;
+use crate::authorise;
 use crate::respond::session_error;
 use crate::session_writes::changing_sessions;
 
@@ -148,6 +149,9 @@ pub async fn end_session(
     require_json(&parts.headers)?;
     let body = read_body_limited(body, MAX_END_BODY, BODY_READ_TIMEOUT).await?;
     let id = parse_end(&body)?;
+    if id != auth.session().id {
+        authorise::other_sessions(auth.session())?;
+    }
     let token = auth.token().to_owned();
     let peer = conn.peer;
     let (current, ended) = changing_sessions(sessions, move |sessions| {
