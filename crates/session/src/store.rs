@@ -149,6 +149,9 @@ impl Record {
 struct Tombstone {
     reason: EndReason,
     until: Instant,
+    /// For a token a refresh replaced: its successor, so that a watcher that started
+    /// with the old token can follow the session to how it really ended.
+    successor: Option<TokenHash>,
 }
 
 /// A live session as seen by the request that presented its token.
@@ -450,7 +453,13 @@ impl SessionStore {
                 return Err(self.why_not_live(&old));
             }
             self.unindex(&record.username, &old);
-            self.bury(old, EndReason::Superseded, record.expires, now);
+            self.bury(
+                old,
+                EndReason::Superseded,
+                Some(token.hash()),
+                record.expires,
+                now,
+            );
             self.insert(token.hash(), record);
         }
         self.persist_delete(&[old]);
@@ -470,7 +479,7 @@ impl SessionStore {
             return Err(self.why_not_live(&hash));
         }
         self.unindex(&record.username, &hash);
-        self.bury(hash, EndReason::LoggedOut, record.expires, now);
+        self.bury(hash, EndReason::LoggedOut, None, record.expires, now);
         self.persist_delete(&[hash]);
         Ok(view(&record, now))
     }
@@ -551,7 +560,7 @@ impl SessionStore {
             return Ok((current, None));
         }
         self.unindex(&record.username, &hash);
-        self.bury(hash, EndReason::LoggedOut, record.expires, now);
+        self.bury(hash, EndReason::LoggedOut, None, record.expires, now);
         drop(membership);
         self.persist_delete(&[hash]);
         Ok((current, Some(ended_session(&record, EndReason::LoggedOut))))
@@ -574,8 +583,26 @@ impl SessionStore {
                 None => Ok(()),
                 Some(reason) => Err(SessionError::Ended(reason)),
             },
-            None => Err(self.why_not_live(seen)),
+            None => Err(self.why_session_ended(seen)),
         }
+    }
+
+    /// Why the session that had token `seen` is gone: the reason its last token ended,
+    /// following any refreshes since (a refresh moves a session; it does not end it).
+    fn why_session_ended(&self, seen: &TokenHash) -> SessionError {
+        let mut hash = *seen;
+        // Each refresh adds one link, each link lives until the session's expiry, and
+        // the tombstones are bounded: so is this walk.
+        for _ in 0..=self.settings.max_sessions {
+            let Some(tombstone) = self.tombstones.get(&hash).map(|entry| *entry) else {
+                return SessionError::Unknown;
+            };
+            match tombstone.successor {
+                Some(next) => hash = next,
+                None => return SessionError::Ended(tombstone.reason),
+            }
+        }
+        SessionError::Unknown
     }
 
     fn find_id(&self, username: &str, id: &str) -> Option<(TokenHash, Arc<Record>)> {
@@ -614,7 +641,7 @@ impl SessionStore {
             .into_iter()
             .map(|(hash, record, reason)| {
                 self.unindex(&record.username, &hash);
-                self.bury(hash, reason, now, now);
+                self.bury(hash, reason, None, now, now);
                 ended_session(&record, reason)
             })
             .collect()
@@ -684,12 +711,26 @@ impl SessionStore {
     /// Remembers why a token ended: until the session's own expiry for logout and
     /// supersede, for a grace period after the fact for expiry. Bounded: when full, the
     /// token simply becomes unknown, which is still a refusal.
-    fn bury(&self, hash: TokenHash, reason: EndReason, expires: Instant, now: Instant) {
+    fn bury(
+        &self,
+        hash: TokenHash,
+        reason: EndReason,
+        successor: Option<TokenHash>,
+        expires: Instant,
+        now: Instant,
+    ) {
         if self.tombstones.len() >= self.settings.max_sessions {
             return;
         }
         let until = expires.max(now + EXPIRY_TOMBSTONE_GRACE.min(self.settings.ttl));
-        self.tombstones.insert(hash, Tombstone { reason, until });
+        self.tombstones.insert(
+            hash,
+            Tombstone {
+                reason,
+                until,
+                successor,
+            },
+        );
     }
 
     /// Ends `username`'s sessions (but `keep`) in memory: the sessions ended, for the
@@ -712,7 +753,7 @@ impl SessionStore {
         for hash in hashes.iter().filter(|hash| Some(*hash) != keep) {
             if let Some((_, record)) = self.sessions.remove(hash) {
                 self.unindex(username, hash);
-                self.bury(*hash, reason, record.expires, now);
+                self.bury(*hash, reason, None, record.expires, now);
                 ended.push(ended_session(&record, reason));
                 removed.push(*hash);
             }
@@ -812,8 +853,16 @@ mod tests {
         let b = login(&store, "bob");
         let refreshed = store.refresh(b.token.expose()).unwrap();
         assert!(store.peek("bob", &b.session.id, &b.token.hash()).is_ok());
-        store.revoke(refreshed.token.expose()).unwrap();
-        assert!(store.peek("bob", &b.session.id, &b.token.hash()).is_err());
+        let twice = store.refresh(refreshed.token.expose()).unwrap();
+        assert!(store.peek("bob", &b.session.id, &b.token.hash()).is_ok());
+        store.revoke(twice.token.expose()).unwrap();
+        // Seen with its first token, the session reports how it ended, not the refreshes.
+        assert_eq!(
+            store
+                .peek("bob", &b.session.id, &b.token.hash())
+                .unwrap_err(),
+            SessionError::Ended(EndReason::LoggedOut)
+        );
         let c = login(&store, "carol");
         store.revoke(c.token.expose()).unwrap();
         assert_eq!(
