@@ -497,6 +497,9 @@ impl Store {
         }
         let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
         let Some(db) = guard.as_ref() else {
+            // Let go of `db` before taking `recovery`: try_reopen takes them the other
+            // way round, and holding both here deadlocked every caller for good.
+            drop(guard);
             let detail = self
                 .recovery
                 .lock()

@@ -5,6 +5,7 @@ use crate::fs::{data_dir_from, set_mode};
 use std::fs::{self as stdfs, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 /// Stores `value` as the counter (to reach the overflow without 2^64 increments).
@@ -765,4 +766,50 @@ fn a_stopped_writer_answers_writer_stopped_at_once_and_writes_nothing() {
     }
     assert_eq!(store.counter().unwrap(), 1);
     assert!(store.secret_names("alice").unwrap().is_empty());
+}
+
+/// A store whose reopen keeps failing (the file is gone) answers every caller, however
+/// many race the reopen attempts: with_db once held the database lock while it waited for
+/// the recovery lock, which try_reopen holds while it waits for the database lock, and
+/// the two deadlocked within the first second.
+#[test]
+fn callers_of_a_closed_store_do_not_deadlock_with_its_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let (store, fault) = open_with_fault(&dir);
+    store.increment().unwrap();
+    fault.fail.store(true, Ordering::SeqCst);
+    store.increment().unwrap_err();
+    fault.fail.store(false, Ordering::SeqCst);
+    // Every reopen now fails (the file is gone), so the store stays closed.
+    stdfs::remove_file(dir.join(DB_FILE_NAME)).unwrap();
+    let store = Arc::new(store);
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicU64::new(0));
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, stop, calls) = (store.clone(), stop.clone(), calls.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    assert!(store.counter().is_err());
+                    calls.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    // Each period spans more than one reopen attempt (REOPEN_INTERVAL in tests).
+    let mut before = 0;
+    for period in 0..6 {
+        std::thread::sleep(REOPEN_INTERVAL * 2);
+        let now = calls.load(Ordering::Relaxed);
+        assert!(
+            now > before,
+            "no call returned in period {period}: the callers are deadlocked"
+        );
+        before = now;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for caller in callers {
+        caller.join().unwrap();
+    }
 }
