@@ -6,7 +6,8 @@
 #   k_server.crt k_server.key     k_server's TLS server certificate  (EKU serverAuth)
 #   k_proxy.crt  k_proxy.key      k_proxy's server AND client certificate (EKU serverAuth, clientAuth)
 #
-# Keys are ECDSA P-256, PKCS#8 PEM, mode 0600, in a directory of mode 0700.
+# Keys are ECDSA P-256, PKCS#8 PEM, mode 0600, in a directory made 0700 (an existing one keeps
+# its mode, and is refused if other users can write to it).
 # Re-running without --force leaves an existing complete set untouched (exit 0).
 set -euo pipefail
 
@@ -33,7 +34,8 @@ Options:
   -h, --help   show this help
 
 Files written: ${FILES[*]}
-Keys are ECDSA P-256 (PKCS#8 PEM), mode 0600; the directory is mode 0700.
+Keys are ECDSA P-256 (PKCS#8 PEM), mode 0600; a missing --out directory is made 0700, an
+existing one keeps its mode and is refused if other users can write to it.
 If DIR already holds the complete set and --force is not given, nothing is changed.
 USAGE
 }
@@ -151,8 +153,15 @@ fi
 
 # ---- generate ---------------------------------------------------------------
 umask 077
-mkdir -p -- "${out_dir}"
-chmod 700 -- "${out_dir}"
+if [[ -d "${out_dir}" ]]; then
+    # A directory that was there keeps its mode (it may be shared: --out . or ~); the keys
+    # are 0600 whatever it is. One others can write to is refused: they could swap files.
+    if [[ -n "$(find "${out_dir}" -maxdepth 0 -perm /022)" ]]; then
+        die 2 "${out_dir} is writable by other users; give --out a directory of your own (it is made 0700 when missing)"
+    fi
+else
+    mkdir -p -m 700 -- "${out_dir}"
+fi
 out_dir="$(cd -- "${out_dir}" && pwd -P)"
 
 # Everything is made in a staging directory inside out_dir and moved into place only

@@ -42,6 +42,32 @@ fn modes_and_key_format() {
     assert!(leftovers.is_empty(), "stray files: {leftovers:?}");
 }
 
+/// An existing `--out` directory keeps its mode (the script once re-moded `--out .` or
+/// `--out ~` to 0700); one that others can write to is refused before anything is made.
+#[test]
+fn an_existing_out_directory_keeps_its_mode_and_a_shared_one_is_refused() {
+    let tmp = common::tempdir();
+    let own = tmp.path().join("own");
+    std::fs::create_dir(&own).unwrap();
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = run_script(&["--out", own.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(mode(&own), 0o755);
+    assert_eq!(mode(&own.join("k_proxy.key")), 0o600);
+
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = run_script(&["--out", shared.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("writable by other users"));
+    assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777,
+        0o1777
+    );
+}
+
 #[test]
 fn rerun_without_force_leaves_files_untouched() {
     let set = ours();
