@@ -121,14 +121,15 @@ impl App {
         if let Some(stream) = crate::events::Stream::of(&path) {
             if hyper_tungstenite::is_upgrade_request(&request) {
                 require_method(request.method(), &[Method::GET], "GET")?;
-                let first = match stream {
-                    crate::events::Stream::Counter => {
-                        let value = self.read_counter().await?;
-                        Some(json!({"type": "counter", "counter": value}).to_string())
-                    }
+                // Subscribed first: an increment while the value is read is not missed.
+                let subscription = self.events.subscribe();
+                let counter = match stream {
+                    crate::events::Stream::Counter => Some(self.read_counter().await?),
                     crate::events::Stream::Secrets => None,
                 };
-                return self.events.serve(request, stream, user, first);
+                return self
+                    .events
+                    .serve(request, stream, user, subscription, counter);
             }
         }
         match route {

@@ -65,7 +65,35 @@ impl Default for Events {
     }
 }
 
+/// A socket's subscription, taken before the value it starts with is read, so that an
+/// increment committed in between is not missed.
+pub struct Subscription(broadcast::Receiver<Event>);
+
+/// The counter values a socket sends: each higher than the last. Increments commit in
+/// order but are announced by whichever request finishes first, so N can come before
+/// N-1; and an increment between the subscription and the first read is announced with a
+/// value that read already gave.
+#[derive(Debug, Default)]
+struct CounterOrder {
+    last: Option<u64>,
+}
+
+impl CounterOrder {
+    fn admits(&mut self, value: u64) -> bool {
+        if self.last.is_some_and(|last| value <= last) {
+            return false;
+        }
+        self.last = Some(value);
+        true
+    }
+}
+
 impl Events {
+    /// Subscribes a socket to come: before the counter's current value is read for it.
+    pub fn subscribe(&self) -> Subscription {
+        Subscription(self.sender.subscribe())
+    }
+
     /// A new counter value (after it is on disk).
     pub fn counter(&self, value: u64) {
         let _ = self.sender.send(Event::Counter(value));
@@ -80,14 +108,15 @@ impl Events {
         });
     }
 
-    /// Upgrades the request and streams `stream`'s events for `user`; `first` is sent
-    /// first (the counter's current value).
+    /// Upgrades the request and streams `stream`'s events for `user` from `subscription`;
+    /// the counter's stream starts with `counter`, its value as read after subscribing.
     pub fn serve(
         &self,
         mut request: Request<RequestBody>,
         stream: Stream,
         user: &str,
-        first: Option<String>,
+        subscription: Subscription,
+        counter: Option<u64>,
     ) -> Result<HttpResponse, ApiError> {
         if self
             .open
@@ -120,8 +149,11 @@ impl Events {
                 ));
             }
         };
-        // Subscribed before the answer: no event after it is missed.
-        let mut events = self.sender.subscribe();
+        let Subscription(mut events) = subscription;
+        let mut order = CounterOrder::default();
+        let first = counter
+            .filter(|&value| order.admits(value))
+            .map(|value| json!({"type": "counter", "counter": value}).to_string());
         let user: Arc<str> = user.into();
         tokio::spawn(async move {
             let _open = Release(Some(Box::new(release)));
@@ -138,6 +170,9 @@ impl Events {
                     event = events.recv() => {
                         let text = match event {
                             Ok(Event::Counter(value)) if stream == Stream::Counter => {
+                                if !order.admits(value) {
+                                    continue;
+                                }
                                 json!({"type": "counter", "counter": value}).to_string()
                             }
                             Ok(Event::Secret { user: owner, name, added })
@@ -188,5 +223,22 @@ impl Drop for Release {
         if let Some(release) = self.0.take() {
             release();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_sends_each_counter_value_once_and_never_a_lower_one() {
+        let mut order = CounterOrder::default();
+        // Read after subscribing: 5. The increment to 5 is announced after that read,
+        // and the one to 7 before the one to 6.
+        let sent: Vec<u64> = [5, 5, 7, 6, 8]
+            .into_iter()
+            .filter(|&value| order.admits(value))
+            .collect();
+        assert_eq!(sent, [5, 7, 8]);
     }
 }
