@@ -45,6 +45,14 @@ fn k_server_refuses_certfile_without_keyfile() {
         .assert_refused(&["--tls-certfile"]);
 }
 
+/// Plain HTTP leaves the proxy token as the only check, in clear: loopback only.
+#[test]
+fn k_server_refuses_plain_http_beyond_loopback() {
+    k_server_with(&["--host", "0.0.0.0"])
+        .run_to_exit(LIMIT)
+        .assert_refused(&["--host 0.0.0.0", "--tls-certfile"]);
+}
+
 #[test]
 fn k_server_refuses_tls_without_client_ca() {
     let certs = Certs::generate();

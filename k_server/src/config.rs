@@ -39,6 +39,13 @@ pub fn make_config(args: &Args) -> anyhow::Result<Config> {
     let listen = SocketAddr::new(host, args.port);
 
     let Reloadable { tls, proxy_token } = load_reloadable(args)?;
+    if tls.is_none() && !host.is_loopback() {
+        // Without TLS the proxy token is the only check, and it would cross the network
+        // in clear: the client certificate is not something to give up beyond this VM.
+        anyhow::bail!(
+            "--host {host} without --tls-certfile and --tls-keyfile would serve plain HTTP, with the proxy token as the only check, beyond this machine; use --host 127.0.0.1 for the same-VM quickstart, or give the TLS files (and --client-ca-file) for mutual TLS"
+        );
+    }
     if tls.is_none() {
         tracing::warn!("serving plain HTTP without client certificates: only for the same-VM quickstart; pass --tls-certfile and --tls-keyfile for mutual TLS");
     }
