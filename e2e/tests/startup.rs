@@ -53,6 +53,39 @@ fn k_server_refuses_plain_http_beyond_loopback() {
         .assert_refused(&["--host 0.0.0.0", "--tls-certfile"]);
 }
 
+/// An expired certificate stops start-up, naming the flag, instead of failing every
+/// handshake later (k_proxy already did this; k_server only logged nothing).
+#[test]
+fn k_server_refuses_an_expired_certificate() {
+    let certs = Certs::generate();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // openssl req -x509 cannot back-date; `openssl ca` can.
+    let script = r#"set -e
+        printf '[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nnew_certs_dir = .\ndefault_md = sha256\npolicy = p\nserial = serial\n[p]\ncommonName = supplied\n' > ca.cnf
+        : > index.txt; echo 01 > serial
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt -subj /CN=old-ca -days 2
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout leaf.key -out leaf.csr -subj /CN=k_server
+        openssl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -in leaf.csr -out leaf.crt -startdate 20200101000000Z -enddate 20200102000000Z"#;
+    let made = Command::new("bash")
+        .args(["-c", script])
+        .current_dir(dir.path())
+        .output()
+        .expect("run openssl");
+    assert!(made.status.success(), "{made:?}");
+    let crt = dir.path().join("leaf.crt");
+    let key = dir.path().join("leaf.key");
+    k_server_with(&[
+        "--tls-certfile",
+        &s(&crt),
+        "--tls-keyfile",
+        &s(&key),
+        "--client-ca-file",
+        &s(certs.ca()),
+    ])
+    .run_to_exit(LIMIT)
+    .assert_refused(&["--tls-certfile", "expired"]);
+}
+
 #[test]
 fn k_server_refuses_tls_without_client_ca() {
     let certs = Certs::generate();

@@ -143,6 +143,13 @@ fn make_tls(
             beside
         }
     };
+    // As k_proxy does: an expired or not-yet-valid certificate stops start-up (or a
+    // reload) with its name and dates, instead of failing every handshake later.
+    let now = std::time::SystemTime::now();
+    chromecard_tls::check_certificate_file("--tls-certfile", cert, now)
+        .context("--tls-certfile")?;
+    chromecard_tls::check_certificate_file("--client-ca-file", &ca_file, now)
+        .context("--client-ca-file")?;
     let summary = chromecard_tls::ca_summary(&ca_file)
         .context("the client CA (--client-ca-file; default ca.crt beside --tls-certfile)")?;
     let server_config = chromecard_tls::make_server_config(
