@@ -20,8 +20,9 @@ use serde_json::{json, Value};
 use crate::peer::AllowList;
 
 /// Largest request body: a secret's JSON body, `{"value": "..."}`, with room for the
-/// value's escapes. The value itself is bounded by [`MAX_SECRET_BYTES`].
-const MAX_BODY_BYTES: usize = 2 * MAX_SECRET_BYTES + 1024;
+/// value written entirely in escapes (a control byte is six bytes as `\u0001`), so that a
+/// value within [`MAX_SECRET_BYTES`] is never refused for how the client encoded it.
+const MAX_BODY_BYTES: usize = 6 * MAX_SECRET_BYTES + 1024;
 /// Request heads k_server takes: k_proxy's own bound (100 fields, 16 KiB by default) plus
 /// room for what k_proxy adds (proxy token, user, Host), so that a request k_proxy
 /// accepted is not refused one hop later with a 431 the client cannot make sense of.
@@ -362,7 +363,7 @@ fn store_unavailable(err: &StoreError) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "store_unavailable",
-        "The durable store could not complete the request; nothing was changed. Try again later.",
+        "The durable store could not confirm the write: it may or may not have reached the disk (a failed commit can still land). Read the value back before trying again.",
     )
 }
 
@@ -506,6 +507,13 @@ mod tests {
             MAX_SECRET_BYTES
         );
         assert!(max.len() <= MAX_BODY_BYTES);
+        // The same value, every byte escaped, is still a body k_server reads.
+        let escaped = format!(r#"{{"value":"{}"}}"#, "\\u0001".repeat(MAX_SECRET_BYTES));
+        assert!(escaped.len() <= MAX_BODY_BYTES);
+        assert_eq!(
+            parse_secret_body(escaped.as_bytes()).unwrap().len(),
+            MAX_SECRET_BYTES
+        );
     }
 
     #[test]
