@@ -123,3 +123,45 @@ fn upstream_hanging_gives_504() {
     c.status(&tok).expect(200);
     p.assert_running();
 }
+
+/// Answers every connection's first request with `answer`, then closes it.
+fn fixed_upstream(answer: Vec<u8>) -> u16 {
+    use std::io::{Read, Write};
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = s.write_all(&answer);
+        }
+    });
+    port
+}
+
+/// An answer k_server began but k_proxy cannot take whole is a 502 that says which: too
+/// large, or cut off (not "could not be reached"); k_proxy keeps serving.
+#[test]
+fn upstream_answers_too_large_or_cut_off_give_502_saying_so() {
+    let big = 2 * 1024 * 1024;
+    let mut too_large = format!("HTTP/1.1 200 OK\r\ncontent-length: {big}\r\n\r\n").into_bytes();
+    too_large.resize(too_large.len() + big, b'x');
+    let cut_off = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"counter\":".to_vec();
+    for (answer, sentence) in [
+        (too_large, "larger than k_proxy forwards"),
+        (cut_off, "cut off before its end"),
+    ] {
+        let port = fixed_upstream(answer);
+        let (mut p, _port, c) =
+            start_proxy_plain(&format!("http://127.0.0.1:{port}"), &["--gate", "soft"]);
+        let tok = c.login_ok("alice");
+        let r = c.req("GET", "/resource/counter", &[&Client::bearer(&tok)], &[]);
+        r.expect_error(502, "upstream_unavailable");
+        assert!(r.body.contains(sentence), "{}", r.ctx());
+        c.status(&tok).expect(200);
+        p.assert_running();
+    }
+}

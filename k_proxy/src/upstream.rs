@@ -180,9 +180,7 @@ impl Upstream {
             let body = Limited::new(body, MAX_UPSTREAM_BODY)
                 .collect()
                 .await
-                .map_err(|err| {
-                    unavailable().with_cause(format!("k_server's answer could not be read: {err}"))
-                })?
+                .map_err(|err| unreadable_answer(&*err))?
                 .to_bytes();
             // Read whole: the connection may serve the next request.
             if let Some(lease) = lease {
@@ -428,6 +426,18 @@ fn retry_reason(method: &Method, err: &PoolError) -> Option<&'static str> {
         || h2_error.is_some_and(|e| e.is_go_away() || e.is_io())
         || causes().any(|e| e.is::<std::io::Error>());
     (idempotent && connection_failed && !hyper_err.is_timeout()).then_some("idempotent")
+}
+
+/// 502 for an answer k_server began but k_proxy could not take whole: over
+/// [`MAX_UPSTREAM_BODY`], or cut off. (k_server was reached: not "unreachable".)
+fn unreadable_answer(err: &(dyn std::error::Error + 'static)) -> ApiError {
+    let sentence = if err.is::<http_body_util::LengthLimitError>() {
+        "k_server's answer is larger than k_proxy forwards (1 MiB)."
+    } else {
+        "k_server's answer was cut off before its end; try again later."
+    };
+    ApiError::upstream(StatusCode::BAD_GATEWAY, "upstream_unavailable", sentence)
+        .with_cause(format!("k_server's answer could not be read: {err}"))
 }
 
 fn unavailable() -> ApiError {
