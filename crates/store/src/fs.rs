@@ -83,6 +83,19 @@ pub(crate) fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// Opens `path` read-write (creating it 0600 with `create`) with O_NOFOLLOW: a symlink
+/// swapped in after open_file's check is refused by the open itself (ELOOP), not followed.
+pub(crate) fn open_no_follow(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+}
+
 /// Opens the store file with mode 0600 without following a symlink. With `create`, a
 /// missing file is created (and the answer says so); without it, a missing file is an
 /// error, so that reopening after an I/O fault can never start again from zero.
@@ -109,17 +122,10 @@ pub(crate) fn open_file(path: &Path, create: bool) -> Result<(File, bool), Store
             })
         }
     };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .truncate(false)
-        .mode(FILE_MODE)
-        .open(path)
-        .map_err(|source| StoreError::OpenFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let file = open_no_follow(path, create).map_err(|source| StoreError::OpenFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let meta = file.metadata().map_err(|source| StoreError::Inspect {
         path: path.to_path_buf(),
         source,

@@ -1,7 +1,7 @@
 //! Unit tests of the store and of the group-commit writer.
 
 use super::*;
-use crate::fs::{data_dir_from, set_mode};
+use crate::fs::{data_dir_from, open_no_follow, set_mode};
 use std::fs::{self as stdfs, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -812,4 +812,23 @@ fn callers_of_a_closed_store_do_not_deadlock_with_its_reopen() {
     for caller in callers {
         caller.join().unwrap();
     }
+}
+
+/// The open itself refuses a symlink, so one swapped in between open_file's check and its
+/// open is not followed (to a file another user chose).
+#[test]
+fn the_store_file_open_does_not_follow_a_symlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("elsewhere.redb");
+    stdfs::write(&target, b"someone else's").unwrap();
+    let link = tmp.path().join(DB_FILE_NAME);
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    for create in [false, true] {
+        let err = open_no_follow(&link, create).unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(rustix::io::Errno::LOOP.raw_os_error())
+        );
+    }
+    assert!(open_no_follow(&target, false).is_ok());
 }
