@@ -170,7 +170,9 @@ impl Render for Histogram {
             cumulative += bucket.load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
-        let count = self.count();
+        // observe() counts after its bucket: a scrape between the two must still show
+        // +Inf no lower than the last bucket (Prometheus reads a drop as a reset).
+        let count = self.count().max(cumulative);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         let _ = writeln!(out, "{name}_sum {sum}");
