@@ -287,6 +287,9 @@ REQ_NO=0
 fail() {
     printf 'FAIL step %s: expected %s\n' "${STEP}" "$1" >&2
     printf '  got HTTP %s, body: %s\n' "${CODE}" "$(show_body "${BODY}")" >&2
+    if [[ -z "${CACERT}" ]] && grep -q '"tls_required"' "${BODY}" 2>/dev/null; then
+        printf '  k_proxy serves TLS on this port: pass --cacert tls/phase2/ca.crt\n' >&2
+    fi
     if [[ -n "${TOKEN}" && ${LOGGED_OUT} -eq 0 ]]; then
         # Best effort: do not leave a live session behind.
         curl -sS -o /dev/null --max-time 10 -X POST "${CURL_TLS[@]}" \

@@ -275,15 +275,29 @@ fn a_tls_handshake_is_bounded_in_time_refused_on_garbage_and_does_not_hold_the_d
         .args(["--tls-handshake-timeout", "2"])
         .start(sport);
 
-    // Plain HTTP on the TLS port: refused at once, and logged as such.
-    let mut garbage = TcpStream::connect(("127.0.0.1", sport)).expect("connect");
-    garbage
+    // Plain HTTP on the TLS port: a plain 400 that says to use https://, at once.
+    let mut plain = TcpStream::connect(("127.0.0.1", sport)).expect("connect");
+    plain
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: k_server\r\n\r\n")
         .expect("write");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    let mut answer = String::new();
+    let _ = plain.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 400 ") && answer.contains(r#""error":"tls_required""#),
+        "plain HTTP on the TLS port should get a 400 tls_required, got {answer:?}"
+    );
+    wait_for_log(&server, "plain HTTP on the TLS port", 1);
+
+    // Bytes that are neither TLS nor HTTP: the handshake refuses them at once.
+    let mut garbage = TcpStream::connect(("127.0.0.1", sport)).expect("connect");
+    garbage.write_all(b"\x00\x01garbage\r\n").expect("write");
     let refused = closed_after(garbage, Duration::from_secs(5));
     assert!(
         refused.is_some_and(|after| after < Duration::from_secs(2)),
-        "plain HTTP on the TLS port should be closed at once, was {refused:?}"
+        "garbage on the TLS port should be closed at once, was {refused:?}"
     );
     wait_for_log(&server, "TLS handshake refused", 1);
 
@@ -315,6 +329,40 @@ fn a_tls_handshake_is_bounded_in_time_refused_on_garbage_and_does_not_hold_the_d
         "the pending handshake held k_server's exit for {:?}",
         asked.elapsed()
     );
+}
+
+/// The runbook's plain `http://` lines against a k_proxy that serves TLS (the split-VM
+/// chain) get a JSON 400 that says to use https://, not an empty reply; runbook.sh says
+/// which flag to add; and k_proxy goes on serving TLS.
+#[test]
+fn plain_http_to_a_tls_k_proxy_gets_a_400_that_names_https() {
+    let certs = Certs::generate();
+    let (_server, _sport, mut proxy, c) = start_tls_chain(&certs);
+    let port = c.port();
+    let r = curl([
+        "-X",
+        "POST",
+        &format!("http://127.0.0.1:{port}/session/login"),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"username":"alice"}"#,
+    ]);
+    r.expect_json_error(400, &["tls_required"]);
+    assert!(r.body.contains("https://"), "{}", r.ctx());
+    let ran = run(
+        Command::new(workspace_file("scripts/runbook.sh")).args(["--port", &port.to_string()]),
+        None,
+        Duration::from_secs(60),
+    );
+    assert!(
+        !ran.success() && ran.stderr.contains("pass --cacert"),
+        "runbook.sh without --cacert against TLS should fail naming --cacert:\n{}\n{}",
+        ran.stdout,
+        ran.stderr
+    );
+    c.login_ok("alice");
+    proxy.assert_running();
 }
 
 #[test]

@@ -14,6 +14,7 @@ mod limits;
 mod linger;
 pub mod log_writer;
 mod open_files;
+mod plain_on_tls;
 mod serve;
 mod slot;
 mod spawn_boxed;

@@ -188,9 +188,25 @@ pub async fn serve<H, F, T>(
         let http = http.clone();
         let handler = handler.clone();
         let tls = tls.as_ref().map(ReloadableTls::current);
-        spawner.spawn_connection(stream, peer, move |stream| async move {
+        spawner.spawn_connection(stream, peer, move |mut stream| async move {
             let _slot = slot;
             let _ = stream.set_nodelay(true);
+            // One bound for the first byte and the handshake together.
+            let handshake_by = tokio::time::Instant::now() + settings.tls_handshake_timeout;
+            if tls.is_some() {
+                // Like the handshake, not waited for once shutdown has started.
+                let plain = tokio::select! {
+                    answered = crate::plain_on_tls::answered(
+                        &mut stream,
+                        settings.tls_handshake_timeout,
+                        peer,
+                    ) => answered,
+                    () = stopped(&mut stopping) => return,
+                };
+                if plain {
+                    return;
+                }
+            }
             // Under TLS too: the lingering close reads and discards raw bytes after the
             // close_notify, below the TLS layer.
             let stream = Linger::new(
@@ -219,7 +235,7 @@ pub async fn serve<H, F, T>(
                     let Some(stream) = handshake(
                         &acceptor,
                         stream,
-                        settings.tls_handshake_timeout,
+                        handshake_by.saturating_duration_since(tokio::time::Instant::now()),
                         &mut stopping,
                         peer,
                     )
