@@ -521,13 +521,11 @@ impl CredentialStore {
 
     /// Reads and checks the enrolment file. A missing file is an empty enrolment.
     pub fn load(&self) -> Result<Enrolments, StoreError> {
-        let exists = fsutil::check_not_writable_by_others(&self.path)
-            .map_err(|e| Self::io_err(&self.path, e))?;
-        if !exists {
+        let Some(text) = fsutil::read_checked(&self.path, MAX_FILE_BYTES)
+            .map_err(|e| Self::io_err(&self.path, e))?
+        else {
             return Ok(Enrolments::default());
-        }
-        let text = fsutil::read_small(&self.path, MAX_FILE_BYTES)
-            .map_err(|e| Self::io_err(&self.path, e))?;
+        };
         let e = Enrolments::parse(&text, &self.path.display().to_string())?;
         self.report(&e);
         Ok(e)
@@ -578,12 +576,11 @@ impl CredentialStore {
 
     fn read_counters(&self) -> Result<HashMap<(String, Vec<u8>), u32>, StoreError> {
         let p = &self.counters_path;
-        let exists = fsutil::check_not_writable_by_others(p).map_err(|e| Self::io_err(p, e))?;
         let mut map = HashMap::new();
-        if !exists {
+        let Some(text) = fsutil::read_checked(p, MAX_FILE_BYTES).map_err(|e| Self::io_err(p, e))?
+        else {
             return Ok(map);
-        }
-        let text = fsutil::read_small(p, MAX_FILE_BYTES).map_err(|e| Self::io_err(p, e))?;
+        };
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {

@@ -3,7 +3,7 @@
 //! users may write, replace a file atomically and durably, and lock one across processes.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -48,13 +48,20 @@ pub(crate) fn check_not_writable_by_others(path: &Path) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
+    check_file(path, &meta)?;
+    Ok(true)
+}
+
+/// The file's own part of [`check_not_writable_by_others`]: a regular file that this user
+/// or root owns and that group and others may not write.
+fn check_file(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
     if !meta.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} is not a regular file", path.display()),
         ));
     }
-    check_owner(path, &meta, "")?;
+    check_owner(path, meta, "")?;
     let mode = meta.mode();
     if mode & OTHERS_WRITE != 0 {
         return Err(io::Error::new(
@@ -67,7 +74,41 @@ pub(crate) fn check_not_writable_by_others(path: &Path) -> io::Result<bool> {
             ),
         ));
     }
-    Ok(true)
+    Ok(())
+}
+
+/// Reads `path` (at most `max` bytes) if [`check_not_writable_by_others`] allows it;
+/// `None` when it does not exist. A symbolic link is checked where it lies and where it
+/// leads: the target and the target's own directory pass the same checks. The target is
+/// then opened with O_NOFOLLOW and checked again on the open handle, and read from it, so
+/// a file swapped in after the checks is never the one read.
+pub(crate) fn read_checked(path: &Path, max: u64) -> io::Result<Option<String>> {
+    if !check_not_writable_by_others(path)? {
+        return Ok(None);
+    }
+    let real = fs::canonicalize(path)?;
+    check_not_writable_by_others(&real)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&real)?;
+    let meta = file.metadata()?;
+    check_file(&real, &meta)?;
+    let too_large = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is larger than the {max} bytes expected", path.display()),
+        )
+    };
+    if meta.len() > max {
+        return Err(too_large());
+    }
+    let mut text = String::new();
+    file.take(max + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(too_large());
+    }
+    Ok(Some(text))
 }
 
 /// Refuses `path` unless this process's effective user or root owns it.
@@ -103,21 +144,6 @@ pub(crate) fn check_private(path: &Path) -> io::Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Reads a small text file, refusing anything larger than `max` bytes.
-pub(crate) fn read_small(path: &Path, max: u64) -> io::Result<String> {
-    let len = fs::metadata(path)?.len();
-    if len > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{} is {len} bytes; more than the {max} expected",
-                path.display()
-            ),
-        ));
-    }
-    fs::read_to_string(path)
 }
 
 /// An exclusive lock (`flock`) on the file at `path`, created 0600 when missing, held
@@ -298,11 +324,40 @@ mod tests {
     }
 
     #[test]
-    fn read_small_refuses_big_files() {
+    fn read_checked_refuses_big_files_and_reads_nothing_that_is_missing() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
+        assert_eq!(read_checked(&p, 100).unwrap(), None);
         write_atomic(&p, &[b'a'; 100]).unwrap();
-        assert!(read_small(&p, 99).is_err());
-        assert_eq!(read_small(&p, 100).unwrap().len(), 100);
+        assert!(read_checked(&p, 99).is_err());
+        assert_eq!(read_checked(&p, 100).unwrap().unwrap().len(), 100);
+    }
+
+    /// A symlink is checked where it leads too: a file in a directory that others may
+    /// write (no sticky bit), reached through a link from a safe directory, is refused;
+    /// the same link to a safe place is followed.
+    #[test]
+    fn a_symlink_into_a_directory_others_may_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+        let target = shared.join("credentials");
+        write_atomic(&target, b"planted").unwrap();
+        let home = dir.path().join("home");
+        fs::create_dir(&home).unwrap();
+        fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
+        let link = home.join("credentials");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = read_checked(&link, 100).unwrap_err().to_string();
+        assert!(err.contains("writable by group or others"), "{err}");
+
+        let safe = dir.path().join("safe");
+        fs::create_dir(&safe).unwrap();
+        fs::set_permissions(&safe, fs::Permissions::from_mode(0o755)).unwrap();
+        write_atomic(&safe.join("credentials"), b"ours").unwrap();
+        fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(safe.join("credentials"), &link).unwrap();
+        assert_eq!(read_checked(&link, 100).unwrap().as_deref(), Some("ours"));
     }
 }

@@ -257,9 +257,9 @@ impl SoftAuthenticator {
     pub fn with_key_file(behavior: SoftBehavior, path: &Path) -> Result<Self, String> {
         let state = if path.exists() {
             fsutil::check_private(path).map_err(|e| e.to_string())?;
-            fsutil::check_not_writable_by_others(path).map_err(|e| e.to_string())?;
-            let text =
-                fsutil::read_small(path, 4096).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text = fsutil::read_checked(path, 4096)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .ok_or_else(|| format!("{}: vanished while being read", path.display()))?;
             let (master, counter, pin) = KeyState::parse(&text).ok_or_else(|| {
                 format!(
                     "{} is not a chromecard software authenticator key file",

@@ -74,12 +74,12 @@ impl AttestationRecords {
     /// Reads the file (missing: nobody attested). Refused when others may write it or a
     /// line does not parse: the caller fails closed.
     pub fn load(&self) -> Result<Map, StoreError> {
-        let exists = fsutil::check_not_writable_by_others(&self.path).map_err(|e| self.err(e))?;
         let mut map = Map::new();
-        if !exists {
+        let Some(text) =
+            fsutil::read_checked(&self.path, MAX_FILE_BYTES).map_err(|e| self.err(e))?
+        else {
             return Ok(map);
-        }
-        let text = fsutil::read_small(&self.path, MAX_FILE_BYTES).map_err(|e| self.err(e))?;
+        };
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
