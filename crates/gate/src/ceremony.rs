@@ -79,6 +79,21 @@ fn refuse_after_touch(
     Err(refusal)
 }
 
+/// `username`'s credentials as the enrolment file (and, with `require_attested`, the
+/// attestation records) hold them now: for the check after the touch.
+fn usable_credentials(
+    store: &CredentialStore,
+    username: &str,
+    require_attested: bool,
+) -> Result<Vec<Credential>, GateError> {
+    let enrolments = store.load().map_err(storage)?;
+    let creds = enrolments.credentials_of(username);
+    if require_attested && !creds.is_empty() {
+        return crate::attestation::only_attested(store, username, creds).map_err(storage);
+    }
+    Ok(creds.to_vec())
+}
+
 /// Login at assertion level: the user's credentials, a fresh challenge,
 /// getAssertion, verification, the signCount rule and its durable update.
 pub(crate) fn login(
@@ -146,6 +161,16 @@ pub(crate) fn login(
         tracing::warn!(user = ?username, device = %response.device, reason = %r, "assertion rejected");
         GateError::Rejected(r)
     })?;
+    // The touch may have taken seconds: a credential removed (or changed) meanwhile by
+    // `k_proxy enroll remove` or by hand does not log in. Read the files again and find
+    // the same credential, with the same key and options, for this user.
+    let still = usable_credentials(store, username, require_attested)?;
+    if !still.contains(cred) {
+        tracing::warn!(user = ?username, credential = %cred.label(), "the credential was removed from the enrolment while its login waited for the touch; login refused");
+        return Err(GateError::NotEnrolled {
+            username: username.to_string(),
+        });
+    }
     match store.check_and_commit(username, &cred.id, verified.sign_count) {
         Ok(_) => Ok(Passed {
             level: GateLevel::Assertion,
@@ -421,6 +446,69 @@ mod tests {
                 device: "the first key".into(),
             })
         }
+    }
+
+    /// A key whose touch comes only after someone removed its credential from the
+    /// enrolment (`k_proxy enroll remove` while the key blinks); then it signs correctly.
+    struct RemovedDuringTouch {
+        sk: p256::ecdsa::SigningKey,
+        id: Vec<u8>,
+        store: CredentialStore,
+    }
+    impl Authenticator for RemovedDuringTouch {
+        fn describe(&self) -> String {
+            "removed during the touch".into()
+        }
+        fn check_presence(&self, _: &CancelSignal) -> Result<crate::Presence, GateError> {
+            unreachable!("the assertion level does not ask")
+        }
+        fn get_assertion(
+            &self,
+            request: &GetAssertionRequest,
+            _: &CancelSignal,
+        ) -> Result<AssertionResponse, GateError> {
+            let mut enrolments = self.store.load().unwrap();
+            assert_eq!(enrolments.remove("alice", None), 1);
+            self.store.save(&enrolments).unwrap();
+            Ok(answer(&self.sk, request, Some(&self.id), FLAG_UP, 1))
+        }
+    }
+
+    #[test]
+    fn a_credential_removed_while_its_login_waits_for_the_touch_does_not_log_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CredentialStore::new(dir.path().join("credentials"));
+        let (sk, public_key) = key(3);
+        let id = b"cred-3".to_vec();
+        let mut enrolments = crate::Enrolments::default();
+        enrolments
+            .add(
+                "alice",
+                Credential {
+                    id: id.clone(),
+                    public_key,
+                    require_uv: false,
+                    require_pin: false,
+                },
+            )
+            .unwrap();
+        store.save(&enrolments).unwrap();
+        let key = RemovedDuringTouch {
+            sk,
+            id,
+            store: CredentialStore::new(store.path()),
+        };
+        let e = login(
+            &key,
+            "chromecard",
+            &store,
+            "alice",
+            false,
+            None,
+            &CancelSignal::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, GateError::NotEnrolled { .. }), "{e:?}");
     }
 
     #[test]
