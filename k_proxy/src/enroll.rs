@@ -219,6 +219,10 @@ fn qubes_policy(args: &Args, source: &str, target: &str) -> anyhow::Result<()> {
 
 fn remove(args: &Args, username: &str, prefix: Option<&str>) -> anyhow::Result<()> {
     let store = store(args)?;
+    // Held to the end: an enrolment finishing meanwhile must not put the credential back.
+    let _changing = store
+        .lock_for_change()
+        .context("cannot lock the enrolment file")?;
     let mut enrolments = store.load().context("cannot read the enrolment file")?;
     let removed = enrolments.remove(username, prefix);
     if removed == 0 {

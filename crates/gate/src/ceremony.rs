@@ -247,7 +247,9 @@ pub(crate) fn enrol(
         device: made.device,
         attested: attested.clone(),
     };
-    // Re-read just before writing, so an edit made while the key waited for a touch is kept.
+    // Re-read just before writing, so an edit made while the key waited for a touch is
+    // kept, and under the lock, so that one made while this writes is not lost.
+    let _changing = store.lock_for_change().map_err(storage)?;
     let mut now = store.load().map_err(storage)?;
     if now.credentials_of(username).iter().any(|c| c.id == cred.id) {
         return Err(GateError::AlreadyEnrolled);

@@ -469,6 +469,9 @@ pub struct CredentialStore {
     counters_path: PathBuf,
     /// `FILE.counters.lock`: held across each read-merge-write of the counters.
     counters_lock_path: PathBuf,
+    /// `FILE.lock`: held across each read-change-write of the enrolment file (enrol and
+    /// remove), so that two changes at once cannot undo each other.
+    enrolment_lock_path: PathBuf,
     /// (user, credential id) -> highest count seen; also the lock for counter updates.
     counters: Mutex<HashMap<(String, Vec<u8>), u32>>,
     /// The refused lines last logged (`None` before the first load), so that each
@@ -493,10 +496,13 @@ impl CredentialStore {
         counters_path.push(".counters");
         let mut counters_lock_path = counters_path.clone();
         counters_lock_path.push(".lock");
+        let mut enrolment_lock_path = path.clone().into_os_string();
+        enrolment_lock_path.push(".lock");
         Self {
             path,
             counters_path: counters_path.into(),
             counters_lock_path: counters_lock_path.into(),
+            enrolment_lock_path: enrolment_lock_path.into(),
             counters: Mutex::new(HashMap::new()),
             reported: Mutex::new(None),
         }
@@ -563,6 +569,18 @@ impl CredentialStore {
         let e = self.load()?;
         self.read_counters()?;
         Ok(e)
+    }
+
+    /// An exclusive lock for changing the enrolment file, shared by every process (each
+    /// `k_proxy enroll` and `enroll remove`): hold it from the [`CredentialStore::load`]
+    /// the change is made to until its [`CredentialStore::save`]. Waits a few seconds
+    /// for another holder, then gives up.
+    pub fn lock_for_change(&self) -> Result<EnrolmentLock, StoreError> {
+        let path = &self.enrolment_lock_path;
+        fsutil::check_not_writable_by_others(path)
+            .and_then(|_| fsutil::lock_exclusive(path, COUNTERS_LOCK_WAIT))
+            .map(EnrolmentLock)
+            .map_err(|e| Self::io_err(path, e))
     }
 
     /// Writes `enrolments` atomically.
@@ -678,6 +696,11 @@ impl CredentialStore {
 /// in practice) before it fails closed.
 const COUNTERS_LOCK_WAIT: Duration = Duration::from_secs(5);
 
+/// Held while the enrolment file is changed ([`CredentialStore::lock_for_change`]);
+/// released when dropped.
+#[must_use = "the lock is released when this is dropped"]
+pub struct EnrolmentLock(#[allow(dead_code)] std::fs::File);
+
 /// Why [`CredentialStore::check_and_commit`] refused.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -711,6 +734,49 @@ mod tests {
             require_uv: uv,
             require_pin: false,
         }
+    }
+
+    /// Two changes at once (an enrolment saving while `enroll remove` runs): with the
+    /// lock, the second reads what the first wrote, and neither undoes the other.
+    #[test]
+    fn changes_under_the_lock_do_not_undo_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials");
+        let store = CredentialStore::new(&path);
+        let mut start = Enrolments::default();
+        start.add("bob", cred(b"bob-1", 2, false)).unwrap();
+        store.save(&start).unwrap();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let enrolling = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let store = CredentialStore::new(&path);
+                let _changing = store.lock_for_change().unwrap();
+                let mut now = store.load().unwrap();
+                locked_tx.send(()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                now.add("alice", cred(b"alice-1", 1, false)).unwrap();
+                store.save(&now).unwrap();
+            })
+        };
+        locked_rx.recv().unwrap();
+        {
+            let _changing = store.lock_for_change().unwrap();
+            let mut now = store.load().unwrap();
+            assert_eq!(now.remove("bob", None), 1);
+            store.save(&now).unwrap();
+        }
+        enrolling.join().unwrap();
+        let end = store.load().unwrap();
+        assert_eq!(
+            end.credentials_of("alice").len(),
+            1,
+            "the enrolment was undone"
+        );
+        assert!(
+            end.credentials_of("bob").is_empty(),
+            "the removal was undone"
+        );
     }
 
     #[test]

@@ -48,7 +48,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use cancel::CancelSignal;
-pub use credentials::{Credential, CredentialStore, Enrolments, StoreError};
+pub use credentials::{Credential, CredentialStore, EnrolmentLock, Enrolments, StoreError};
 pub use fido2::Fido2Key;
 pub use gate::{Gate, GateSettings, LevelConfig};
 pub use outcome::{EnrolOptions, Enrolled, Passed};
