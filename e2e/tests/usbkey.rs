@@ -284,11 +284,14 @@ fn a_key_pulled_out_mid_login_is_a_clear_401_and_k_proxy_keeps_serving() {
     let mut pulled = usb.vkey("key", &["--no-touch", "--vanish-after-ms", "300"]);
     let t = Instant::now();
     let r = c.login("alice");
-    r.expect_json_error(401, &["device_error", "no_key", "touch_timeout"]);
+    // The removal itself is the answer (no_key when the key was gone before k_proxy
+    // looked), well before the 5 s touch timeout: waiting that out and answering
+    // touch_timeout would tell the user to touch a key that is no longer there.
+    r.expect_json_error(401, &["device_error", "no_key"]);
     assert!(!r.body.contains("session_token"), "{}", r.ctx());
     assert!(
-        t.elapsed() < Duration::from_secs(6),
-        "took {:?}",
+        t.elapsed() < Duration::from_secs(4),
+        "the removal was noticed only after {:?} (touch timeout 5 s)",
         t.elapsed()
     );
     assert!(pulled.proc.try_exited().is_some(), "the key should be gone");
