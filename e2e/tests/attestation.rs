@@ -158,12 +158,18 @@ fn attested_enrolment_and_require_attested_logins() {
     let side = f.path("credentials.attestation");
     let text = fs::read_to_string(&side).unwrap();
     let line = text.lines().find(|l| l.starts_with("alice:")).unwrap();
-    assert!(
-        line.ends_with(
-            ":6368726f6d65636172642d736f667421:packed:CN=Chromecard E2E Attestation Root"
-        ),
+    // user:credential_id:aaguid:fmt:key_sha256:root subject
+    let fields: Vec<&str> = line.splitn(6, ':').collect();
+    assert_eq!(
+        fields[2..4],
+        ["6368726f6d65636172642d736f667421", "packed"],
         "{line}"
     );
+    assert!(
+        fields[4].len() == 64 && fields[4].bytes().all(|b| b.is_ascii_hexdigit()),
+        "the record names the attested key by its SHA-256: {line}"
+    );
+    assert_eq!(fields[5], "CN=Chromecard E2E Attestation Root", "{line}");
     assert_eq!(
         fs::metadata(&side).unwrap().permissions().mode() & 0o777,
         0o600

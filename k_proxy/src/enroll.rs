@@ -237,8 +237,8 @@ fn remove(args: &Args, username: &str, prefix: Option<&str>) -> anyhow::Result<(
     store
         .save(&enrolments)
         .context("cannot write the enrolment file")?;
-    // The removed credentials' attestation records go too (a stale one would be harmless:
-    // records are keyed by user and credential id, but the file should say what is enrolled).
+    // The removed credentials' attestation records go too (a stale one vouches only for
+    // the key it names, but the file should say what is enrolled).
     let records = AttestationRecords::beside(store.path());
     records
         .retain(|user, id| enrolments.credentials_of(user).iter().any(|c| c.id == id))

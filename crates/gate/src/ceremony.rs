@@ -258,7 +258,11 @@ pub(crate) fn enrol(
     if let Some(a) = &attested {
         // Written before the enrolment: an enrolled attested credential always has its record.
         crate::attestation::AttestationRecords::beside(store.path())
-            .add(username, &id, a.into())
+            .add(
+                username,
+                &id,
+                crate::attestation::AttestationRecord::new(a, &cred.public_key),
+            )
             .map_err(storage)?;
     }
     now.add(username, cred).map_err(storage)?;

@@ -29,7 +29,7 @@ use rustls_pki_types::UnixTime;
 
 pub use chain::Root;
 pub use mds::Metadata;
-pub use records::{AttestationRecord, AttestationRecords};
+pub use records::{key_fingerprint, AttestationRecord, AttestationRecords};
 
 /// The attestation part of a makeCredential answer, as the key sent it.
 #[derive(Debug, Clone)]
@@ -369,7 +369,11 @@ pub(crate) fn only_attested(
     let records = AttestationRecords::beside(store.path()).load()?;
     Ok(creds
         .iter()
-        .filter(|c| records.contains_key(&(username.to_string(), c.id.clone())))
+        .filter(|c| {
+            records
+                .get(&(username.to_string(), c.id.clone()))
+                .is_some_and(|record| record.covers(&c.public_key))
+        })
         .cloned()
         .collect())
 }

@@ -2,8 +2,13 @@
 //! enrolment file (whose pam-u2f line format stays untouched), one line each:
 //!
 //! ```text
-//! user:credential_id_b64:aaguid_hex:fmt:root subject
+//! user:credential_id_b64:aaguid_hex:fmt:key_sha256_hex:root subject
 //! ```
+//!
+//! The key's hash ties the record to the public key that was attested, not only to the
+//! credential id, which a device chooses (and can learn from an allow list). A line of the
+//! first format, without it, still parses, but vouches for no key: with
+//! `--require-attested` that credential no longer logs in until it is enrolled again.
 //!
 //! Written atomically and durably (temporary file, fsync, rename, fsync of the
 //! directory), mode 0600, refused when others may write it: as the sign counts are.
@@ -14,8 +19,11 @@ use std::path::{Path, PathBuf};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
+use sha2::{Digest, Sha256};
+
 use crate::credentials::StoreError;
 use crate::fsutil;
+use crate::verify::PublicKey;
 
 use super::Attested;
 
@@ -31,16 +39,39 @@ pub struct AttestationRecord {
     pub fmt: String,
     /// The subject of the root the chain led to.
     pub root_subject: String,
+    /// SHA-256 (hex) of the attested public key ([`key_fingerprint`]); `None` in a line
+    /// written before records named their key, which then vouches for no key.
+    pub key_sha256: Option<String>,
 }
 
-impl From<&Attested> for AttestationRecord {
-    fn from(a: &Attested) -> Self {
+impl AttestationRecord {
+    /// The record of `a`, the attestation of the credential whose public key is `key`.
+    pub fn new(a: &Attested, key: &PublicKey) -> Self {
         Self {
             aaguid: a.aaguid.clone(),
             fmt: a.fmt.clone(),
             root_subject: a.root_subject.clone(),
+            key_sha256: Some(key_fingerprint(key)),
         }
     }
+
+    /// Whether this record vouches for `key`.
+    pub fn covers(&self, key: &PublicKey) -> bool {
+        self.key_sha256.as_deref() == Some(key_fingerprint(key).as_str())
+    }
+}
+
+/// SHA-256 (hex) of a public key's type and raw bytes.
+pub fn key_fingerprint(key: &PublicKey) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(key.kind().as_str().as_bytes());
+    hasher.update([0]);
+    hasher.update(key.to_raw());
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The side file.
@@ -94,20 +125,33 @@ impl AttestationRecords {
                     return None;
                 }
                 let fmt = it.next()?.to_string();
-                let root_subject = it.next()?.to_string();
+                let rest = it.next()?;
+                // The key's hash, when the line has one: 64 hex digits, then a colon.
+                let (key_sha256, root_subject) = match rest.split_at_checked(64) {
+                    Some((hash, subject))
+                        if hash.bytes().all(|b| b.is_ascii_hexdigit())
+                            && subject.starts_with(':') =>
+                    {
+                        (Some(hash.to_ascii_lowercase()), subject[1..].to_string())
+                    }
+                    _ => (None, rest.to_string()),
+                };
                 (!user.is_empty() && !fmt.is_empty()).then_some((
                     (user, id),
                     AttestationRecord {
                         aaguid: aaguid.to_ascii_lowercase(),
                         fmt,
                         root_subject,
+                        key_sha256,
                     },
                 ))
             };
             let (k, v) = parse().ok_or_else(|| StoreError::Parse {
                 path: self.path.display().to_string(),
                 line: i + 1,
-                reason: "expected user:credential_id_b64:aaguid_hex:fmt:root_subject".into(),
+                reason:
+                    "expected user:credential_id_b64:aaguid_hex:fmt:key_sha256_hex:root_subject"
+                        .into(),
             })?;
             map.insert(k, v);
         }
@@ -141,7 +185,7 @@ impl AttestationRecords {
 
     fn save(&self, map: &Map) -> Result<(), StoreError> {
         let mut text = String::from(
-            "# chromecard attested credentials: user:credential_id_b64:aaguid_hex:fmt:root_subject (written by k_proxy enroll)\n",
+            "# chromecard attested credentials: user:credential_id_b64:aaguid_hex:fmt:key_sha256_hex:root_subject (written by k_proxy enroll)\n",
         );
         for ((u, id), r) in map {
             // A subject is one line: control characters would break the format.
@@ -150,8 +194,13 @@ impl AttestationRecords {
                 .chars()
                 .map(|c| if c.is_control() { ' ' } else { c })
                 .collect();
+            let key = r
+                .key_sha256
+                .as_deref()
+                .map(|hash| format!("{hash}:"))
+                .unwrap_or_default();
             text.push_str(&format!(
-                "{u}:{}:{}:{}:{subject}\n",
+                "{u}:{}:{}:{}:{key}{subject}\n",
                 STANDARD.encode(id),
                 r.aaguid,
                 r.fmt

@@ -888,6 +888,7 @@ fn records_round_trip_and_retain_keeps_the_others() {
         aaguid: hex(&SOFT_AAGUID),
         fmt: "packed".into(),
         root_subject: format!("CN={s}, O=Colons: and\nnewlines"),
+        key_sha256: Some("ab".repeat(32)),
     };
     records.add("alice", b"id-a", rec("A")).unwrap();
     records.add("bob", b"id-b", rec("B")).unwrap();
@@ -904,4 +905,66 @@ fn records_round_trip_and_retain_keeps_the_others() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(records.path(), std::fs::Permissions::from_mode(0o666)).unwrap();
     assert!(records.load().is_err());
+}
+
+/// A record vouches for the key that was attested, not for whatever key later comes
+/// under the same credential id (which a device chooses, and can read from an allow
+/// list); a record of the first format, without a key, vouches for none.
+#[test]
+fn an_attestation_record_covers_only_the_key_it_was_made_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("credentials");
+    let store = crate::CredentialStore::new(&path);
+    let key = |seed: u8| {
+        PublicKey::Es256(
+            *p256::ecdsa::SigningKey::from_slice(&[seed; 32])
+                .unwrap()
+                .verifying_key(),
+        )
+    };
+    let cred = |id: &[u8], public_key: PublicKey| crate::Credential {
+        id: id.to_vec(),
+        public_key,
+        require_uv: false,
+        require_pin: false,
+    };
+    let attested = Attested {
+        aaguid: hex(&SOFT_AAGUID),
+        fmt: "packed".into(),
+        root_subject: "CN=root".into(),
+    };
+    let records = AttestationRecords::beside(&path);
+    records
+        .add("alice", b"id-a", AttestationRecord::new(&attested, &key(1)))
+        .unwrap();
+    // The key it was made for; the same id with another key (a stale record, an
+    // enrolment of a device that chose that id).
+    let usable = only_attested(&store, "alice", &[cred(b"id-a", key(1))]).unwrap();
+    assert_eq!(usable.len(), 1);
+    assert!(only_attested(&store, "alice", &[cred(b"id-a", key(2))])
+        .unwrap()
+        .is_empty());
+    // Written and read back, the key's hash is kept.
+    assert_eq!(
+        records.get("alice", b"id-a").unwrap().unwrap().key_sha256,
+        Some(key_fingerprint(&key(1)))
+    );
+    // A line of the first format parses, but covers no key.
+    std::fs::write(
+        records.path(),
+        format!(
+            "bob:{}:{}:packed:CN=old: root\n",
+            STANDARD.encode(b"id-b"),
+            hex(&SOFT_AAGUID)
+        ),
+    )
+    .unwrap();
+    let old = records.get("bob", b"id-b").unwrap().unwrap();
+    assert_eq!(
+        (old.key_sha256, old.root_subject.as_str()),
+        (None, "CN=old: root")
+    );
+    assert!(only_attested(&store, "bob", &[cred(b"id-b", key(1))])
+        .unwrap()
+        .is_empty());
 }
