@@ -160,10 +160,15 @@ fn list(args: &Args, only: Option<&str>) -> anyhow::Result<()> {
         }
         for c in creds {
             let count = store.stored_count(user, &c.id).unwrap_or(0);
-            let attestation = attested
-                .get(&(user.to_string(), c.id.clone()))
-                .map(|r| format!("attested {} ({})", r.fmt, r.root_subject))
-                .unwrap_or_else(|| "not attested".to_string());
+            let attestation = match attested.get(&(user.to_string(), c.id.clone())) {
+                Some(r) if r.covers(&c.public_key) => {
+                    format!("attested {} ({})", r.fmt, r.root_subject)
+                }
+                Some(_) => {
+                    "not attested (its record names another key, or none: enrol again)".to_string()
+                }
+                None => "not attested".to_string(),
+            };
             println!(
                 "{user}\t{}\t{}\t{}\tsign count {count}\t{attestation}",
                 c.label(),
