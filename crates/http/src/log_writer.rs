@@ -8,10 +8,13 @@
 //!
 //! The buffer takes the `write` system call (and, when stderr is a slow pipe, the wait)
 //! off the request path, and under load turns many small writes into a few large ones.
-//! It never drops a line: a line is appended whole (lines from different threads never
-//! interleave, and keep the order in which they were logged); past [`MAX_PENDING`] bytes
-//! waiting, a logging thread waits for the writer instead (as it used to wait for
-//! stderr); an access line reaches stderr within [`GATHER`] (the writer, woken by the
+//! A line is appended whole (lines from different threads never interleave, and keep
+//! the order in which they were logged). Past [`MAX_PENDING`] bytes waiting, a thread
+//! logging an access line waits for the writer (as it used to wait for stderr), but for
+//! at most [`ACCESS_LINE_WAIT`]: a stderr that takes nothing for that long (a reader that
+//! stopped) must not freeze every connection, so from then until the writer gets a write
+//! through, access lines are counted and not kept, and the count is written when stderr
+//! drains. No other line is ever dropped. An access line reaches stderr within [`GATHER`] (the writer, woken by the
 //! first line, gathers more for that long, or until [`BATCH`] bytes wait, so that under
 //! load one wake-up of the writer serves a hundred requests, not one); a line written now
 //! ([`write_lines_now`]) joins the buffer and its logger waits until the writer, which
@@ -32,6 +35,10 @@ pub const GATHER: Duration = Duration::from_millis(10);
 
 /// Bytes waiting at which the writer writes them out without waiting longer.
 pub const BATCH: usize = 32 * 1024;
+
+/// How long an access line ([`Sink::push`]) waits for room past [`MAX_PENDING`] before
+/// access lines are dropped (and counted) until stderr takes a write again.
+pub const ACCESS_LINE_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a line written now ([`Sink::push_now`]) waits for a stderr that takes
 /// nothing before its thread goes on (shutdown must not hang on a reader that stopped).
@@ -63,6 +70,11 @@ struct State {
     writing: bool,
     /// After [`Sink::stop`]: loggers write themselves, in order, under the lock.
     stopped: bool,
+    /// An access line gave up waiting for room: until the writer's next write comes
+    /// back, access lines that find no room are dropped at once.
+    shedding: bool,
+    /// Access lines dropped since the last report.
+    dropped: u64,
 }
 
 /// The buffer and its writer thread.
@@ -94,6 +106,8 @@ impl Sink {
                 waiters: 0,
                 writing: false,
                 stopped: false,
+                shedding: false,
+                dropped: 0,
             }),
             wake_writer: Condvar::new(),
             drained: Condvar::new(),
@@ -112,14 +126,21 @@ impl Sink {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends one or more whole lines.
+    /// Appends one or more whole lines (an access line): waits for room past
+    /// [`MAX_PENDING`] for at most [`ACCESS_LINE_WAIT`], then drops and counts them.
     pub fn push(&self, lines: &[u8]) {
+        let deadline = Instant::now() + ACCESS_LINE_WAIT;
         let mut state = self.lock();
         while !state.stopped
             && !state.pending.is_empty()
             && state.pending.len() + lines.len() > MAX_PENDING
         {
-            state = self.wait_for_writer(state, None);
+            if state.shedding || Instant::now() >= deadline {
+                state.shedding = true;
+                state.dropped += 1;
+                return;
+            }
+            state = self.wait_for_writer(state, Some(deadline));
         }
         if state.stopped {
             // After stop: written in place, in order.
@@ -242,6 +263,20 @@ impl Sink {
             state = self.lock();
             state.writing = false;
             state.written += taken;
+            // stderr took a write: access lines are kept again, and the count of those
+            // that were not goes out next.
+            state.shedding = false;
+            if state.dropped > 0 {
+                let report = format!(
+                    "WARN chromecard::log: {} access lines were not written: stderr took nothing for {} s with {} KiB waiting\n",
+                    state.dropped,
+                    ACCESS_LINE_WAIT.as_secs(),
+                    MAX_PENDING / 1024
+                );
+                state.dropped = 0;
+                state.pending.extend_from_slice(report.as_bytes());
+                state.appended += report.len() as u64;
+            }
             self.drained.notify_all();
         }
     }
@@ -621,6 +656,7 @@ mod tests {
     #[derive(Clone, Default)]
     struct Stuck {
         released: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        bytes: Arc<Mutex<Vec<u8>>>,
     }
 
     impl Write for Stuck {
@@ -630,11 +666,68 @@ mod tests {
             while !*released {
                 released = cv.wait(released).unwrap();
             }
+            self.bytes.lock().unwrap().extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// Access lines against a stderr that takes nothing: a logger waits for room at most
+    /// ACCESS_LINE_WAIT once, later ones do not wait at all, and when stderr drains the
+    /// lines kept come out followed by the count of those dropped.
+    #[test]
+    fn access_lines_to_a_stuck_stderr_are_counted_not_waited_for_forever() {
+        let out = Stuck::default();
+        let sink = Sink::start(Box::new(out.clone())).unwrap();
+        let line = [vec![b'x'; 64 * 1024 - 1], vec![b'\n']].concat();
+        // The writer takes some lines and blocks on them; the next fill the buffer, until
+        // one finds no room and waits its bound.
+        let mut kept = 0;
+        let first = loop {
+            let started = Instant::now();
+            sink.push(&line);
+            let took = started.elapsed();
+            if sink.lock().dropped > 0 {
+                break took;
+            }
+            assert!(
+                took < Duration::from_millis(500),
+                "a push with room took {took:?}"
+            );
+            kept += 1;
+            assert!(
+                kept <= 2 * MAX_PENDING / line.len() + 1,
+                "no push ever waited"
+            );
+        };
+        assert!(
+            first >= ACCESS_LINE_WAIT - Duration::from_millis(50)
+                && first < ACCESS_LINE_WAIT + Duration::from_secs(2),
+            "the first access line without room waited {first:?}"
+        );
+        let started = Instant::now();
+        for _ in 0..100 {
+            sink.push(&line);
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "later access lines waited {:?}",
+            started.elapsed()
+        );
+        assert_eq!(sink.lock().dropped, 101);
+        let (released, cv) = &*out.released;
+        *released.lock().unwrap() = true;
+        cv.notify_all();
+        assert!(sink.stop(Duration::from_secs(10)));
+        let text = String::from_utf8(out.bytes.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.ends_with("101 access lines were not written: stderr took nothing for 2 s with 1024 KiB waiting\n"),
+            "{}",
+            &text[text.len().saturating_sub(200)..]
+        );
+        assert_eq!(text.lines().filter(|l| l.starts_with('x')).count(), kept);
     }
 
     #[test]
