@@ -12,6 +12,7 @@ mod error;
 mod guards;
 mod limits;
 mod linger;
+mod log_limit;
 pub mod log_writer;
 mod open_files;
 mod plain_on_tls;

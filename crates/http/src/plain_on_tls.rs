@@ -11,6 +11,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::log_limit::OncePerSecond;
+
 /// The whole answer: a fixed text, so nothing of the request is reflected.
 const ANSWER_BODY: &str = r#"{"error":"tls_required","message":"This port speaks HTTPS only: send the request with https:// (with curl, give the chain CA with --cacert)."}"#;
 /// How long the answer may take to leave, and the client to close after it.
@@ -29,7 +31,10 @@ pub(crate) async fn answered(stream: &mut TcpStream, wait: Duration, peer: Socke
         Ok(Ok(1)) if first[0].is_ascii_uppercase() => {}
         _ => return false,
     }
-    tracing::info!(%peer, "plain HTTP on the TLS port: answered 400 tls_required");
+    static ANSWERED: OncePerSecond = OncePerSecond::new();
+    if let Some(left_out) = ANSWERED.allow() {
+        tracing::info!(%peer, left_out, "plain HTTP on the TLS port: answered 400 tls_required");
+    }
     let _ = tokio::time::timeout(ANSWER_WAIT, answer(stream)).await;
     true
 }

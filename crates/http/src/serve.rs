@@ -20,8 +20,14 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::MustClose;
+use crate::log_limit::OncePerSecond;
 use crate::workers::ConnectionWorkers;
 use crate::{DrainLimits, HttpResponse, Linger, LingerLimits, RequestBody, WriteStallLimit};
+
+/// Lines a client can cause per connection: at most one a second each (log_limit.rs).
+static LIMIT_REACHED: OncePerSecond = OncePerSecond::new();
+static HANDSHAKE_REFUSED: OncePerSecond = OncePerSecond::new();
+static HANDSHAKE_TIMED_OUT: OncePerSecond = OncePerSecond::new();
 
 /// The ALPN name of HTTP/2: a TLS connection that chose it is served as HTTP/2.
 const ALPN_H2: &[u8] = b"h2";
@@ -179,7 +185,9 @@ pub async fn serve<H, F, T>(
             () = &mut shutdown => break,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = settings.max_connections, "connection limit reached; closing new connection");
+            if let Some(left_out) = LIMIT_REACHED.allow() {
+                tracing::warn!(%peer, limit = settings.max_connections, left_out, "connection limit reached; closing new connection (left_out: like lines not logged since the last)");
+            }
             drop(stream);
             continue;
         };
@@ -484,11 +492,15 @@ where
     match outcome {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(err)) => {
-            tracing::info!(%peer, error = %err, "TLS handshake refused");
+            if let Some(left_out) = HANDSHAKE_REFUSED.allow() {
+                tracing::info!(%peer, error = %err, left_out, "TLS handshake refused");
+            }
             None
         }
         Err(_) => {
-            tracing::info!(%peer, "TLS handshake timed out");
+            if let Some(left_out) = HANDSHAKE_TIMED_OUT.allow() {
+                tracing::info!(%peer, left_out, "TLS handshake timed out");
+            }
             None
         }
     }
