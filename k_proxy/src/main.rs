@@ -73,8 +73,17 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(config: config::Config, args: args::Args) -> anyhow::Result<()> {
-    // A client's connection and the one to k_server it borrows (a WebSocket holds both).
-    chromecard_http::fit_open_file_limit(config.serve.max_connections, 2);
+    // Two files per client connection (it and the one to k_server it borrows), and two
+    // per WebSocket, which leaves the connection cap when it upgrades; the admin
+    // listener's connections are served under their own cap.
+    let admin = if config.admin_listen.is_some() {
+        config.serve.max_connections
+    } else {
+        0
+    };
+    chromecard_http::fit_open_file_limit(
+        (config.serve.max_connections + args.ws_max_sockets) * 2 + admin,
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -20,7 +20,7 @@ use tokio::sync::broadcast;
 /// Events buffered per socket; a socket that falls further behind is closed.
 const BACKLOG: usize = 256;
 /// Event sockets open at once.
-const MAX_SOCKETS: usize = 4096;
+pub const MAX_SOCKETS: usize = 4096;
 /// A message k_proxy does not take within this long closes the socket.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 

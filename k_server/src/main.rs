@@ -51,7 +51,9 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(config: config::Config, args: args::Args) -> anyhow::Result<()> {
-    chromecard_http::fit_open_file_limit(config.serve.max_connections, 1);
+    // One file per connection, and per event socket, which leaves the connection cap
+    // when it upgrades.
+    chromecard_http::fit_open_file_limit(config.serve.max_connections + events::MAX_SOCKETS);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -17,12 +17,11 @@ fn target(needed: u64, current: u64, maximum: Option<u64>) -> u64 {
     current.max(needed.min(ceiling))
 }
 
-/// Raises the open-file limit for `max_connections`, each needing `files_per_connection`
-/// (k_proxy: the client's and one to k_server), and warns when it cannot.
-pub fn fit_open_file_limit(max_connections: usize, files_per_connection: usize) {
-    let needed = (max_connections as u64)
-        .saturating_mul(files_per_connection as u64)
-        .saturating_add(RESERVE);
+/// Raises the open-file limit for `connection_files` (the most files the connection
+/// caps allow: the caller counts each kind of connection it serves, and the files each
+/// holds) plus a reserve, and warns when it cannot.
+pub fn fit_open_file_limit(connection_files: usize) {
+    let needed = (connection_files as u64).saturating_add(RESERVE);
     let limit = getrlimit(Resource::Nofile);
     let Some(current) = limit.current else {
         return; // unlimited
@@ -40,7 +39,7 @@ pub fn fit_open_file_limit(max_connections: usize, files_per_connection: usize) 
                 tracing::info!(
                     from = current,
                     to = wanted,
-                    "raised the open-file limit for --max-connections"
+                    "raised the open-file limit for the connection caps"
                 );
                 wanted
             }
@@ -54,11 +53,11 @@ pub fn fit_open_file_limit(max_connections: usize, files_per_connection: usize) 
     };
     if now < needed {
         tracing::warn!(
-            max_connections,
+            connection_files,
             needed,
             limit = now,
             hard_limit = ?limit.maximum,
-            "--max-connections allows more connections than open files: past the limit, accept fails instead of refusing cleanly; raise the limit (LimitNOFILE= in the unit, or ulimit -n) or lower --max-connections"
+            "the connection caps (--max-connections, and the WebSocket caps) allow more connections than open files: past the limit, accept fails instead of refusing cleanly; raise the limit (LimitNOFILE= in the unit, or ulimit -n) or lower the caps"
         );
     }
 }
