@@ -33,7 +33,7 @@ use http::request::Parts;
 use http::Request;
 
 use crate::admit::{self, Site};
-use crate::authenticate::authenticate;
+use crate::authenticate::{authenticate, Use};
 use crate::host_allow::AllowedHosts;
 use crate::metrics::ProxyMetrics;
 use crate::route::{route, Authed, Open, Route};
@@ -175,7 +175,11 @@ impl App {
             Authed::Resource => checked_resource_path(&parts.uri)?,
             _ => String::new(),
         };
-        let auth = authenticate(&self.sessions, site, &parts.headers, &parts.method)?;
+        let counts = match authed {
+            Authed::WsTicket => Use::DoesNotCount,
+            _ => Use::Counts,
+        };
+        let auth = authenticate(&self.sessions, site, &parts.headers, &parts.method, counts)?;
         *user = Some(auth.username());
         match authed {
             Authed::Status => Ok(session_api::status(&auth)),

@@ -12,6 +12,15 @@ use http::{HeaderMap, Method};
 use crate::admit::Site;
 use crate::respond::session_error;
 
+/// Whether a request is a use of its session, restarting `--idle-timeout`'s clock: what
+/// a person does is; what a page does by itself (a ticket for its live updates, which it
+/// asks for again whenever a socket drops) is not, so an unattended page still idles out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    Counts,
+    DoesNotCount,
+}
+
 /// A request whose credential names a live session. The fields are private: the only way
 /// to hold one is through [`authenticate`].
 pub struct Authenticated<'h> {
@@ -49,9 +58,14 @@ pub fn authenticate<'h>(
     site: &Site,
     headers: &'h HeaderMap,
     method: &Method,
+    counts: Use,
 ) -> Result<Authenticated<'h>, ApiError> {
     let credential = take_credential(headers, method, &|origin: &str| site.allows_origin(origin))?;
-    let session = sessions.validate(credential.token).map_err(session_error)?;
+    let session = match counts {
+        Use::Counts => sessions.validate(credential.token),
+        Use::DoesNotCount => sessions.validate_without_use(credential.token),
+    }
+    .map_err(session_error)?;
     Ok(Authenticated {
         credential,
         session,

@@ -13,6 +13,8 @@
     expiresAt: 0,
     idleAt: 0,
     sockets: new Map(),
+    // Per stream: how long the last reconnect waited (doubling while drops come soon).
+    retryWait: new Map(),
     tick: null,
     active: false,
     leaving: false,
@@ -80,7 +82,8 @@
     } catch (err) {
       data = {};
     }
-    if (response.ok) {
+    // A ticket for live updates is the page's own doing, not a use of the session.
+    if (response.ok && path !== '/session/ws-ticket') {
       used();
     }
     return { ok: response.ok, status: response.status, data: data, retryAfter: response.headers.get('Retry-After') };
@@ -407,6 +410,7 @@
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const url = scheme + '//' + location.host + '/resource/' + name + '/events?ticket=' + encodeURIComponent(t.data.ticket);
     const ws = new WebSocket(url);
+    const opened = Date.now();
     state.sockets.set(name, ws);
     ws.addEventListener('open', liveStatus);
     ws.addEventListener('message', (event) => {
@@ -429,10 +433,15 @@
         return;
       }
       if (state.active && !state.leaving) {
-        notice('Live updates for ' + name + ' stopped (' + (event.reason || 'connection closed') + '); reconnecting.');
+        // 3 s, then twice as long after each drop that came soon after its open, up to
+        // a minute: a k_server that keeps refusing is not asked every 3 s for ever.
+        const lasted = Date.now() - opened;
+        const wait = lasted > 60000 ? 3000 : Math.min(60000, (state.retryWait.get(name) || 1500) * 2);
+        state.retryWait.set(name, wait);
+        notice('Live updates for ' + name + ' stopped (' + (event.reason || 'connection closed') + '); reconnecting in ' + Math.round(wait / 1000) + ' s.');
         setTimeout(() => {
           if (state.active && !state.sockets.has(name)) openSocket(name, onMessage);
-        }, 3000);
+        }, wait);
       }
     });
   }

@@ -432,6 +432,16 @@ impl SessionStore {
         Ok(view(&record, now))
     }
 
+    /// As [`SessionStore::validate`], but not a use of the session: the idle clock runs
+    /// on. For what a page does by itself (live updates and their tickets), so that an
+    /// unattended page still ends at `--idle-timeout`.
+    pub fn validate_without_use(&self, presented: &str) -> Result<SessionView, SessionError> {
+        let hash = TokenHash::parse_presented(presented)?;
+        let now = self.clock.now();
+        let record = self.live_record(&hash, now)?;
+        Ok(view(&record, now))
+    }
+
     /// Replaces the presented token with a new one for the same session; the old token
     /// answers `superseded` from now on. The absolute expiry does not move.
     pub fn refresh(&self, presented: &str) -> Result<Issued, SessionError> {
@@ -834,6 +844,21 @@ mod tests {
             SessionError::Ended(EndReason::LoggedOut)
         );
         assert!(store.validate(a1.token.expose()).is_ok());
+    }
+
+    #[test]
+    fn validating_without_use_leaves_the_idle_clock_running() {
+        let (store, clock) = store_with(Some(secs(60)), 100);
+        let a = login(&store, "alice");
+        for _ in 0..5 {
+            clock.advance(secs(11));
+            assert!(store.validate_without_use(a.token.expose()).is_ok());
+        }
+        clock.advance(secs(5));
+        assert_eq!(
+            store.validate_without_use(a.token.expose()).map(|_| ()),
+            Err(SessionError::Ended(EndReason::IdleTimeout))
+        );
     }
 
     #[test]

@@ -95,8 +95,9 @@ pub fn admit(
     let origin = origin_of(request.headers())?;
     let redeemed = sockets.redeem(ticket, origin)?;
     if let Some(presented) = presented {
+        // Not a use of the session: the socket is the page's own doing.
         let same = sessions
-            .validate(presented)
+            .validate_without_use(presented)
             .is_ok_and(|view| view.id == redeemed.session_id);
         if !same {
             return Err(refused(
