@@ -347,5 +347,28 @@ async fn the_page_in_chromium_through_the_whole_chain() {
         .await
         .unwrap();
     assert_eq!(live, json!("off"));
+
+    // A session cookie no page of this k_proxy started in this browser is not adopted:
+    // a page on another port of the host can set one (browsers do not keep cookies per
+    // port), to sign the user in as someone else. The page asks for a login instead.
+    let planted = c.login_ok("mallory");
+    let mut cookie = fantoccini::cookies::Cookie::new("chromecard_session", planted);
+    cookie.set_path("/");
+    cookie.set_domain("127.0.0.1");
+    b.add_cookie(cookie).await.unwrap();
+    b.goto(&url).await.unwrap();
+    until(
+        Duration::from_secs(10),
+        "the login form, not mallory's session",
+        || visible(&b, "login-view"),
+    )
+    .await;
+    let said = text(&b, "notice").await;
+    assert!(
+        said.contains("no page of this k_proxy started here"),
+        "{said}"
+    );
+    assert!(!visible(&b, "session-view").await);
+    shot(&b, "09-planted-cookie-not-adopted.png").await;
     b.close().await.unwrap();
 }

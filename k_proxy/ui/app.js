@@ -10,6 +10,8 @@
   let config = { touch_timeout: 30, session_ttl: 300, idle_timeout: null };
   const state = {
     user: null,
+    // The public id of the session this page shows.
+    sessionId: null,
     expiresAt: 0,
     idleAt: 0,
     sockets: new Map(),
@@ -144,6 +146,7 @@
     const r = await api('POST', '/session/login', { username: username, cookie: true });
     touchPrompt(false);
     if (r.ok) {
+      remember(r.data.session_id);
       enter(r.data);
       return;
     }
@@ -159,6 +162,30 @@
 
   // ---- the session -------------------------------------------------------------------
 
+  // Which session this browser's pages started here, by its public id, in this origin's
+  // storage. A browser sends the cookie to every port of the host, and a page on another
+  // port can set it (to its own session, to sign the user in as someone else); it cannot
+  // write this origin's storage. So a page adopts a session on load only if one of its
+  // pages started it.
+  const OWN = 'chromecard.session_id';
+
+  function ownSession() {
+    try {
+      return localStorage.getItem(OWN);
+    } catch (err) {
+      return null;
+    }
+  }
+
+  function remember(id) {
+    try {
+      if (id) localStorage.setItem(OWN, id);
+      else if (ownSession() === state.sessionId) localStorage.removeItem(OWN);
+    } catch (err) {
+      // No storage: every load asks for a login.
+    }
+  }
+
   function enter(data) {
     state.active = true;
     state.generation += 1;
@@ -166,6 +193,7 @@
     state.socketEnd = null;
     state.leaving = false;
     state.user = data.username;
+    state.sessionId = data.session_id;
     state.expiresAt = Date.now() + data.expires_in * 1000;
     used();
     $('s-user').textContent = data.username;
@@ -202,6 +230,7 @@
   function ended(code, own, bySocket) {
     if (!state.active) return;
     state.active = false;
+    remember(null);
     state.leaving = true;
     clearInterval(state.tick);
     closeSockets();
@@ -474,10 +503,21 @@
     } catch (err) {
       // keep the defaults
     }
+    // Another tab of this browser logged in (perhaps as someone else): the cookie now
+    // names that session, so this page's view of its own is over.
+    window.addEventListener('storage', (event) => {
+      // (Removed: another tab's session ended; this one hears why from k_proxy.)
+      if (event.key === OWN && state.active && event.newValue && event.newValue !== state.sessionId) {
+        ended(null, 'A login in another tab of this browser replaced this page\'s session. Log in again to continue.');
+      }
+    });
     const status = await api('POST', '/session/status');
-    if (status.ok) {
+    if (status.ok && status.data.session_id && status.data.session_id === ownSession()) {
       enter(status.data);
     } else {
+      if (status.ok) {
+        notice('This browser holds a session that no page of this k_proxy started here (another site on this host can set its cookie); log in to replace it.');
+      }
       show('login-view');
       $('username').focus();
     }
