@@ -131,18 +131,20 @@ impl Sink {
     /// Appends one or more whole lines (an access line): waits for room past
     /// [`MAX_PENDING`] for at most [`ACCESS_LINE_WAIT`], then drops and counts them.
     pub fn push(&self, lines: &[u8]) {
-        let deadline = Instant::now() + ACCESS_LINE_WAIT;
         let mut state = self.lock();
+        // Read the clock only when there is no room: not on every request.
+        let mut deadline = None;
         while !state.stopped
             && !state.pending.is_empty()
             && state.pending.len() + lines.len() > MAX_PENDING
         {
-            if state.stalled || Instant::now() >= deadline {
+            let until = *deadline.get_or_insert_with(|| Instant::now() + ACCESS_LINE_WAIT);
+            if state.stalled || Instant::now() >= until {
                 state.stalled = true;
                 state.dropped += 1;
                 return;
             }
-            state = self.wait_for_writer(state, Some(deadline));
+            state = self.wait_for_writer(state, Some(until));
         }
         if state.stopped {
             // After stop: written in place, in order.
