@@ -189,7 +189,14 @@ impl Sink {
         state.pending.extend_from_slice(lines);
         state.appended += lines.len() as u64;
         let mine = state.appended;
-        while state.written < mine && !state.stalled {
+        while state.written < mine {
+            // A stalled stderr is not waited for again while these lines fit in the room
+            // kept for them beside the access lines' [`MAX_PENDING`]; past it, each waits
+            // its bound as before, so that lines a client can cause (a refused login, a
+            // wrong Host) cannot grow the buffer faster than that.
+            if state.stalled && state.pending.len() <= 2 * MAX_PENDING {
+                break;
+            }
             if Instant::now() >= deadline {
                 state.stalled = true;
                 break;
@@ -742,6 +749,36 @@ mod tests {
             &text[text.len().saturating_sub(200)..]
         );
         assert_eq!(text.lines().filter(|l| l.starts_with('x')).count(), kept);
+    }
+
+    /// Lines written now to a stalled stderr do not wait while they fit in their room,
+    /// and past it each waits its bound: the buffer grows no faster than that.
+    #[test]
+    fn lines_written_now_to_a_stalled_stderr_are_held_back_past_their_room() {
+        let out = Stuck::default();
+        let sink = Sink::start(Box::new(out.clone())).unwrap();
+        sink.push_now(b"stalls\n");
+        let line = [vec![b'a'; 64 * 1024 - 1], vec![b'\n']].concat();
+        let started = Instant::now();
+        while sink.lock().pending.len() + line.len() <= 2 * MAX_PENDING {
+            sink.push_now(&line);
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "a line within the room waited"
+            );
+        }
+        let started = Instant::now();
+        sink.push_now(&line);
+        let took = started.elapsed();
+        assert!(
+            took >= PUSH_NOW_WAIT - Duration::from_millis(50),
+            "a line past the room waited only {took:?}"
+        );
+        assert!(sink.lock().pending.len() <= 2 * MAX_PENDING + 2 * line.len());
+        let (released, cv) = &*out.released;
+        *released.lock().unwrap() = true;
+        cv.notify_all();
+        assert!(sink.stop(Duration::from_secs(10)));
     }
 
     #[test]
