@@ -156,7 +156,7 @@ umask 077
 if [[ -d "${out_dir}" ]]; then
     # A directory that was there keeps its mode (it may be shared: --out . or ~); the keys
     # are 0600 whatever it is. One others can write to is refused: they could swap files.
-    if [[ -n "$(find "${out_dir}" -maxdepth 0 -perm /022)" ]]; then
+    if [[ -n "$(find -H "${out_dir}" -maxdepth 0 -perm /022)" ]]; then
         die 2 "${out_dir} is writable by other users; give --out a directory of your own (it is made 0700 when missing)"
     fi
 else

@@ -462,11 +462,11 @@ fn a_socket_closes_within_a_second_of_expiry_and_idle_timeout() {
     assert_closed_within_a_second(&mut s, login_at + Duration::from_secs(2), "expired");
     drop(ch);
 
-    let ch = chain(&["--idle-timeout", "2"]);
+    let ch = chain(&["--idle-timeout", "3"]);
     let (c, port) = (&ch.c, ch.port);
     // The login is the session's last use: neither the socket nor its ticket is one (a
     // page that keeps reconnecting its live updates must still idle out), so the session
-    // ends 2 s after the login was answered, no sooner than 2 s after it was sent.
+    // ends 3 s after the login was answered, no sooner than 3 s after it was sent.
     let used_at = Instant::now();
     let tok = c.login_ok("alice");
     let t = ticket(c, &tok, Some(&origin(port)));
@@ -474,7 +474,7 @@ fn a_socket_closes_within_a_second_of_expiry_and_idle_timeout() {
     // A second ticket 1.5 s in: were it a use, the socket would close 1.5 s late.
     std::thread::sleep(Duration::from_millis(1500));
     let _ = ticket(c, &tok, Some(&origin(port)));
-    assert_closed_within_a_second(&mut s, used_at + Duration::from_secs(2), "idle_timeout");
+    assert_closed_within_a_second(&mut s, used_at + Duration::from_secs(3), "idle_timeout");
     mint(c, &tok, Some(&origin(port))).expect_error(401, "idle_timeout");
 }
 

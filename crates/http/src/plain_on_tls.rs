@@ -42,11 +42,19 @@ pub(crate) async fn answered(stream: &mut TcpStream, wait: Duration, peer: Socke
 async fn answer(stream: &mut TcpStream) -> std::io::Result<()> {
     let mut request = vec![0u8; MAX_REQUEST_READ];
     let mut read = 0;
-    while read < request.len() && !request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut request[read..]).await? {
-            0 => break,
-            n => read += n,
+    // Only the new bytes (and the three before them) are searched for the head's end: a
+    // client sending a byte at a time must not make this quadratic.
+    let mut searched = 0;
+    while read < request.len() {
+        let n = stream.read(&mut request[read..]).await?;
+        if n == 0 {
+            break;
         }
+        read += n;
+        if request[searched..read].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+        searched = read.saturating_sub(3);
     }
     let head = format!(
         "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
@@ -90,6 +98,23 @@ mod tests {
         let body = reply.split("\r\n\r\n").nth(1).unwrap();
         let json: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(json["error"], "tls_required");
+    }
+
+    /// A head sent a byte at a time is still found whole (its end spans reads).
+    #[tokio::test]
+    async fn a_head_sent_a_byte_at_a_time_is_answered() {
+        let (mut client, mut server, peer) = pair().await;
+        let serving =
+            tokio::spawn(async move { answered(&mut server, Duration::from_secs(1), peer).await });
+        for byte in b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" {
+            client.write_all(&[*byte]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut reply = String::new();
+        client.read_to_string(&mut reply).await.unwrap();
+        drop(client);
+        assert!(serving.await.unwrap());
+        assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
     }
 
     #[tokio::test]

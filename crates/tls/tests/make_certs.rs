@@ -55,6 +55,16 @@ fn an_existing_out_directory_keeps_its_mode_and_a_shared_one_is_refused() {
     assert_eq!(mode(&own), 0o755);
     assert_eq!(mode(&own.join("k_proxy.key")), 0o600);
 
+    // A symlink to a directory of one's own is judged by that directory, not the link.
+    let link = tmp.path().join("link");
+    let real = tmp.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let out = run_script(&["--out", link.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(mode(&real.join("k_server.key")), 0o600);
+
     let shared = tmp.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
