@@ -163,7 +163,10 @@ pub(crate) fn login(
     })?;
     // The touch may have taken seconds: a credential removed (or changed) meanwhile by
     // `k_proxy enroll remove` or by hand does not log in. Read the files again and find
-    // the same credential, with the same key and options, for this user.
+    // the same credential, with the same key and options, for this user; under the lock
+    // `enroll` and `enroll remove` change the file under, held to the commit, so that no
+    // removal lands in between.
+    let _no_changes = store.lock_for_change().map_err(storage)?;
     let still = usable_credentials(store, username, require_attested)?;
     if !still.contains(cred) {
         tracing::warn!(user = ?username, credential = %cred.label(), "the credential was removed from the enrolment while its login waited for the touch; login refused");
