@@ -370,5 +370,42 @@ async fn the_page_in_chromium_through_the_whole_chain() {
     );
     assert!(!visible(&b, "session-view").await);
     shot(&b, "09-planted-cookie-not-adopted.png").await;
+
+    // Replaced under an open page, the cookie does not carry the page's requests into the
+    // other session: k_proxy refuses them (session_mismatch) and the page says why.
+    b.find(Locator::Id("username"))
+        .await
+        .unwrap()
+        .send_keys(&format!("carol{ENTER}"))
+        .await
+        .unwrap();
+    until(Duration::from_secs(10), "carol's session view", || async {
+        visible(&b, "session-view").await && text(&b, "s-user").await == "carol"
+    })
+    .await;
+    let planted = c.login_ok("mallory");
+    let mut cookie = fantoccini::cookies::Cookie::new("chromecard_session", planted.clone());
+    cookie.set_path("/");
+    cookie.set_domain("127.0.0.1");
+    b.add_cookie(cookie).await.unwrap();
+    let before = counter_of(&c.counter_get(&planted));
+    b.find(Locator::Id("increment"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(Duration::from_secs(5), "the ended view", || {
+        visible(&b, "ended-view")
+    })
+    .await;
+    let why = text(&b, "ended-why").await;
+    assert!(why.contains("now names another session"), "{why}");
+    assert_eq!(
+        counter_of(&c.counter_get(&planted)),
+        before,
+        "the click reached k_server in mallory's session"
+    );
+    shot(&b, "10-cookie-replaced-under-the-page.png").await;
     b.close().await.unwrap();
 }

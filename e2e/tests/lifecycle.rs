@@ -212,6 +212,40 @@ fn a_scoped_session_manages_only_itself() {
     c.status(&scoped).expect_error(401, "logged_out");
 }
 
+/// A request that names the session it expects (as the page does) is refused when its
+/// credential names another: a cookie replaced under an open page must not carry the
+/// page's requests into that session.
+#[test]
+fn a_request_expecting_another_session_is_refused() {
+    let (_s, _p, c) = chain(&[]);
+    let alice = token_of(&login_with(&c, r#"{"username":"alice"}"#));
+    let bob = login_with(&c, r#"{"username":"bob"}"#);
+    let bob_id = bob.expect(200)["session_id"].as_str().unwrap().to_owned();
+    let alice_id = c.status(&alice).expect(200)["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let with = |id: &str| {
+        c.req(
+            "POST",
+            "/resource/counter",
+            &[
+                &Client::bearer(&alice),
+                &format!("X-Chromecard-Session: {id}"),
+            ],
+            &[],
+        )
+    };
+    let before = counter_of(&c.counter_get(&alice));
+    with(&alice_id).expect(200);
+    with(&bob_id).expect_error(401, "session_mismatch");
+    with("not-an-id").expect_error(401, "session_mismatch");
+    // Refused before it reached k_server: only the first increment counted.
+    assert_eq!(counter_of(&c.counter_get(&alice)), before + 1);
+    // The header is optional, and the session is not ended by a mismatch.
+    c.status(&alice).expect(200);
+}
+
 #[test]
 fn idle_sessions_end_with_idle_timeout() {
     // 2 s idle limit, a use every 500 ms: 1.5 s of margin for a slow curl on a loaded

@@ -12,6 +12,9 @@ use http::{HeaderMap, Method};
 use crate::admit::Site;
 use crate::respond::session_error;
 
+/// Sent by the page with every request: the public id of the session it shows.
+const EXPECTED_SESSION: &str = "x-chromecard-session";
+
 /// Whether a request is a use of its session, restarting `--idle-timeout`'s clock: what
 /// a person does is; what a page does by itself (a ticket for its live updates, which it
 /// asks for again whenever a socket drops) is not, so an unattended page still idles out.
@@ -66,6 +69,17 @@ pub fn authenticate<'h>(
         Use::DoesNotCount => sessions.validate_without_use(credential.token),
     }
     .map_err(session_error)?;
+    // The page names the session it shows: a cookie replaced under it (a login in another
+    // tab, or a cookie set by a site on another port of the host: browsers do not keep
+    // cookies per port) must not carry its requests into that other session.
+    if let Some(expected) = headers.get(EXPECTED_SESSION) {
+        if expected.as_bytes() != session.id.as_bytes() {
+            return Err(ApiError::unauthorized(
+                "session_mismatch",
+                "The session this request's credential names is not the one X-Chromecard-Session expects (a login in another tab, or a cookie set by another site on this host); log in again.",
+            ));
+        }
+    }
     Ok(Authenticated {
         credential,
         session,

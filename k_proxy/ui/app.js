@@ -57,6 +57,7 @@
     logged_out: 'You were logged out, here or in another window ("Log out everywhere" ends every session).',
     expired: 'Your session reached its time limit.',
     idle_timeout: 'Your session was unused for too long.',
+    session_mismatch: 'This browser\'s session cookie now names another session than the one this page showed (a login in another tab, or a cookie set by another site on this host).',
     superseded: 'A newer login replaced this session.',
     invalid_token: 'k_proxy no longer knows this session (it may have restarted).',
   };
@@ -67,6 +68,9 @@
 
   async function api(method, path, body) {
     const headers = { 'X-Chromecard-CSRF': '1', Accept: 'application/json' };
+    // The session this page shows: k_proxy refuses the request (session_mismatch) if the
+    // cookie now names another one.
+    if (state.active && state.sessionId) headers['X-Chromecard-Session'] = state.sessionId;
     const init = { method: method, headers: headers, credentials: 'same-origin', cache: 'no-store' };
     if (body !== undefined) {
       headers['Content-Type'] = 'application/json';
