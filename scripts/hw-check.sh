@@ -171,10 +171,12 @@ prompt "DO NOT TOUCH THE KEY now; wait about ${TIMEOUT} s."
 login "$USERNAME"
 code="$(field error)"
 if [[ "$STATUS" == 401 && ( "$code" == touch_timeout || "$code" == key_refused ) ]]; then
-    if python3 -c "import sys; sys.exit(0 if $ELAPSED <= $TIMEOUT + 1.5 else 1)"; then
-        ok "401 ${code} after ${ELAPSED} s (limit ${TIMEOUT} s + 1 s)"
+    # The touch bound, plus the CANCEL's round trip and a slow machine's share (a VM
+    # under load took 5.1 s with --timeout 3): what this catches is a bound not kept.
+    if python3 -c "import sys; sys.exit(0 if $ELAPSED <= $TIMEOUT + 3 else 1)"; then
+        ok "401 ${code} after ${ELAPSED} s (limit ${TIMEOUT} s + 3 s)"
     else
-        bad "401 ${code}, but only after ${ELAPSED} s (limit ${TIMEOUT} s + 1 s)"
+        bad "401 ${code}, but only after ${ELAPSED} s (limit ${TIMEOUT} s + 3 s)"
     fi
 else
     bad "expected 401 touch_timeout, got ${STATUS}: ${BODY}"
