@@ -7,13 +7,14 @@ use std::sync::Arc;
 use chromecard_http::ApiError;
 use chromecard_request::{take_credential, Credential, CredentialSource};
 use chromecard_session::{SessionStore, SessionView};
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, Method};
 
 use crate::admit::Site;
 use crate::respond::session_error;
 
-/// Sent by the page with every request: the public id of the session it shows.
-const EXPECTED_SESSION: &str = "x-chromecard-session";
+/// Sent by the page with every request: the public id of the session it shows. A static
+/// name: looked up on every request, it is not parsed from text each time.
+static EXPECTED_SESSION: HeaderName = HeaderName::from_static("x-chromecard-session");
 
 /// Whether a request is a use of its session, restarting `--idle-timeout`'s clock: what
 /// a person does is; what a page does by itself (a ticket for its live updates, which it
@@ -72,7 +73,7 @@ pub fn authenticate<'h>(
     // The page names the session it shows: a cookie replaced under it (a login in another
     // tab, or a cookie set by a site on another port of the host: browsers do not keep
     // cookies per port) must not carry its requests into that other session.
-    if let Some(expected) = headers.get(EXPECTED_SESSION) {
+    if let Some(expected) = headers.get(&EXPECTED_SESSION) {
         if expected.as_bytes() != session.id.as_bytes() {
             return Err(ApiError::unauthorized(
                 "session_mismatch",
