@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 const OTHERS_WRITE: u32 = 0o022;
 /// The sticky bit: in a sticky directory only a file's owner may rename or delete it.
 const STICKY: u32 = 0o1000;
+/// Lock files ([`lock_exclusive`]): empty, readable by all, written by nobody.
+const LOCK_FILE_MODE: u32 = 0o644;
 
 /// Refuses `path` when its group or others may write it, when another user (not this
 /// process's effective user, not root) owns it, and when its directory may be written by
@@ -161,13 +163,40 @@ pub(crate) fn lock_exclusive(path: &Path, wait: Duration) -> io::Result<File> {
             ),
         ));
     }
-    let file = OpenOptions::new()
+    // Readable by all (it holds nothing), so that one made by another user (root running
+    // `k_proxy enroll`) can still be opened by the service: a read-only descriptor takes
+    // the lock as well. Written by nobody.
+    let file = match OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o600)
-        .open(path)?;
+        .mode(LOCK_FILE_MODE)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+    {
+        Ok(file) => {
+            // Whatever the umask took away (root's may be 077): read by the service.
+            if file.metadata()?.mode() & 0o777 != LOCK_FILE_MODE {
+                file.set_permissions(fs::Permissions::from_mode(LOCK_FILE_MODE))?;
+            }
+            file
+        }
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{}: {e}; it belongs to another user: `chmod 644` it, or remove it (it holds nothing)",
+                        path.display()
+                    ),
+                )
+            })?,
+        Err(e) => return Err(e),
+    };
     let deadline = Instant::now() + wait;
     loop {
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
@@ -321,6 +350,31 @@ mod tests {
     fn missing_file_is_not_an_error() {
         let dir = tempfile::tempdir().unwrap();
         assert!(!check_not_writable_by_others(&dir.path().join("nope")).unwrap());
+    }
+
+    #[test]
+    fn a_lock_file_is_readable_by_all_and_a_read_only_descriptor_takes_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("credentials.lock");
+        let held = lock_exclusive(&p, Duration::from_secs(1)).unwrap();
+        // 0644 whatever the umask, so that the service can open one that root made (as
+        // root ran `k_proxy enroll`).
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o644);
+        // What the service does with a file it may only read: the lock still excludes.
+        let read_only = File::open(&p).unwrap();
+        assert_eq!(
+            rustix::fs::flock(
+                &read_only,
+                rustix::fs::FlockOperation::NonBlockingLockExclusive
+            ),
+            Err(rustix::io::Errno::WOULDBLOCK)
+        );
+        drop(held);
+        rustix::fs::flock(
+            &read_only,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        )
+        .unwrap();
     }
 
     #[test]
