@@ -246,6 +246,33 @@ fn a_request_expecting_another_session_is_refused() {
     c.status(&alice).expect(200);
 }
 
+/// A request refused for naming another session is no use of the session its credential
+/// names: a page clicking under a planted cookie does not keep that session alive.
+#[test]
+fn a_mismatched_request_does_not_restart_the_idle_clock() {
+    let (_s, _p, c) = chain(&["--idle-timeout", "3"]);
+    let login_at = std::time::Instant::now();
+    let alice = token_of(&login_with(&c, r#"{"username":"alice"}"#));
+    let bob = login_with(&c, r#"{"username":"bob"}"#);
+    let bob_id = bob.expect(200)["session_id"].as_str().unwrap().to_owned();
+    thread::sleep(Duration::from_millis(1500));
+    c.req(
+        "POST",
+        "/session/status",
+        &[
+            &Client::bearer(&alice),
+            &format!("X-Chromecard-Session: {bob_id}"),
+        ],
+        &[],
+    )
+    .expect_error(401, "session_mismatch");
+    // 3 s after alice's login (were the refused request a use: 1.5 s short of her limit).
+    thread::sleep(
+        Duration::from_secs(3).saturating_sub(login_at.elapsed()) + Duration::from_millis(300),
+    );
+    c.status(&alice).expect_error(401, "idle_timeout");
+}
+
 #[test]
 fn idle_sessions_end_with_idle_timeout() {
     // 2 s idle limit, a use every 500 ms: 1.5 s of margin for a slow curl on a loaded

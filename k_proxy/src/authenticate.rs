@@ -65,22 +65,26 @@ pub fn authenticate<'h>(
     counts: Use,
 ) -> Result<Authenticated<'h>, ApiError> {
     let credential = take_credential(headers, method, &|origin: &str| site.allows_origin(origin))?;
-    let session = match counts {
-        Use::Counts => sessions.validate(credential.token),
-        Use::DoesNotCount => sessions.validate_without_use(credential.token),
-    }
-    .map_err(session_error)?;
     // The page names the session it shows: a cookie replaced under it (a login in another
     // tab, or a cookie set by a site on another port of the host: browsers do not keep
-    // cookies per port) must not carry its requests into that other session.
+    // cookies per port) must not carry its requests into that other session, nor count
+    // as a use of it. Checked before the use is counted.
     if let Some(expected) = headers.get(&EXPECTED_SESSION) {
-        if expected.as_bytes() != session.id.as_bytes() {
+        let named = sessions
+            .validate_without_use(credential.token)
+            .map_err(session_error)?;
+        if expected.as_bytes() != named.id.as_bytes() {
             return Err(ApiError::unauthorized(
                 "session_mismatch",
                 "The session this request's credential names is not the one X-Chromecard-Session expects (a login in another tab, or a cookie set by another site on this host); log in again.",
             ));
         }
     }
+    let session = match counts {
+        Use::Counts => sessions.validate(credential.token),
+        Use::DoesNotCount => sessions.validate_without_use(credential.token),
+    }
+    .map_err(session_error)?;
     Ok(Authenticated {
         credential,
         session,
