@@ -28,6 +28,15 @@ fn browser_available() -> bool {
     present
 }
 
+/// Sets the session cookie to `token`, as a page on another port of the host could
+/// (browsers keep cookies per host, not per port).
+async fn plant_session_cookie(b: &Browser, token: &str) {
+    let mut cookie = fantoccini::cookies::Cookie::new("chromecard_session", token.to_owned());
+    cookie.set_path("/");
+    cookie.set_domain("127.0.0.1");
+    b.add_cookie(cookie).await.unwrap();
+}
+
 fn shots_dir() -> PathBuf {
     let dir = workspace_root().join("target").join("ui-shots");
     std::fs::create_dir_all(&dir).unwrap();
@@ -351,11 +360,7 @@ async fn the_page_in_chromium_through_the_whole_chain() {
     // A session cookie no page of this k_proxy started in this browser is not adopted:
     // a page on another port of the host can set one (browsers do not keep cookies per
     // port), to sign the user in as someone else. The page asks for a login instead.
-    let planted = c.login_ok("mallory");
-    let mut cookie = fantoccini::cookies::Cookie::new("chromecard_session", planted);
-    cookie.set_path("/");
-    cookie.set_domain("127.0.0.1");
-    b.add_cookie(cookie).await.unwrap();
+    plant_session_cookie(&b, &c.login_ok("mallory")).await;
     b.goto(&url).await.unwrap();
     until(
         Duration::from_secs(10),
@@ -384,10 +389,7 @@ async fn the_page_in_chromium_through_the_whole_chain() {
     })
     .await;
     let planted = c.login_ok("mallory");
-    let mut cookie = fantoccini::cookies::Cookie::new("chromecard_session", planted.clone());
-    cookie.set_path("/");
-    cookie.set_domain("127.0.0.1");
-    b.add_cookie(cookie).await.unwrap();
+    plant_session_cookie(&b, &planted).await;
     let before = counter_of(&c.counter_get(&planted));
     b.find(Locator::Id("increment"))
         .await

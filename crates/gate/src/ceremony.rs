@@ -80,7 +80,8 @@ fn refuse_after_touch(
 }
 
 /// `username`'s credentials as the enrolment file (and, with `require_attested`, the
-/// attestation records) hold them now: for the check after the touch.
+/// attestation records) hold them now, read again at each call: before the touch, and
+/// after it. [`GateError::NotAttested`] when the user has credentials but none attested.
 fn usable_credentials(
     store: &CredentialStore,
     username: &str,
@@ -88,10 +89,14 @@ fn usable_credentials(
 ) -> Result<Vec<Credential>, GateError> {
     let enrolments = store.load().map_err(storage)?;
     let creds = enrolments.credentials_of(username);
-    if require_attested && !creds.is_empty() {
-        return crate::attestation::only_attested(store, username, creds).map_err(storage);
+    if !require_attested || creds.is_empty() {
+        return Ok(creds.to_vec());
     }
-    Ok(creds.to_vec())
+    let attested = crate::attestation::only_attested(store, username, creds).map_err(storage)?;
+    if attested.is_empty() {
+        return Err(GateError::NotAttested);
+    }
+    Ok(attested)
 }
 
 /// Login at assertion level: the user's credentials, a fresh challenge,
@@ -106,16 +111,13 @@ pub(crate) fn login(
     cancel: &CancelSignal,
 ) -> Result<Passed, GateError> {
     // Re-read at every login: `k_proxy enroll` may have changed it.
-    let enrolments = store.load().map_err(storage)?;
-    let attested;
-    let mut creds = enrolments.credentials_of(username);
-    if require_attested && !creds.is_empty() {
-        attested = crate::attestation::only_attested(store, username, creds).map_err(storage)?;
-        creds = &attested;
-        if creds.is_empty() {
-            return refuse_after_touch(auth, cancel, GateError::NotAttested);
+    let creds = match usable_credentials(store, username, require_attested) {
+        Err(GateError::NotAttested) => {
+            return refuse_after_touch(auth, cancel, GateError::NotAttested)
         }
-    }
+        usable => usable?,
+    };
+    let creds = creds.as_slice();
     if creds.is_empty() {
         let not_enrolled = GateError::NotEnrolled {
             username: username.to_string(),
@@ -167,7 +169,10 @@ pub(crate) fn login(
     // `enroll` and `enroll remove` change the file under, held to the commit, so that no
     // removal lands in between.
     let _no_changes = store.lock_for_change().map_err(storage)?;
-    let still = usable_credentials(store, username, require_attested)?;
+    let still = match usable_credentials(store, username, require_attested) {
+        Err(GateError::NotAttested) => Vec::new(),
+        usable => usable?,
+    };
     if !still.contains(cred) {
         tracing::warn!(user = ?username, credential = %cred.label(), "the credential was removed from the enrolment while its login waited for the touch; login refused");
         return Err(GateError::NotEnrolled {

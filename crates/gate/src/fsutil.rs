@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 const OTHERS_WRITE: u32 = 0o022;
 /// The sticky bit: in a sticky directory only a file's owner may rename or delete it.
 const STICKY: u32 = 0o1000;
+/// `open` refuses a symbolic link in the last place of the path (ELOOP).
+const NO_FOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
 /// Lock files ([`lock_exclusive`]): empty, readable by all, written by nobody.
 const LOCK_FILE_MODE: u32 = 0o644;
 
@@ -92,7 +94,7 @@ pub(crate) fn read_checked(path: &Path, max: u64) -> io::Result<Option<String>> 
     check_not_writable_by_others(&real)?;
     let file = OpenOptions::new()
         .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .custom_flags(NO_FOLLOW)
         .open(&real)?;
     let meta = file.metadata()?;
     check_file(&real, &meta)?;
@@ -172,7 +174,7 @@ pub(crate) fn lock_exclusive(path: &Path, wait: Duration) -> io::Result<File> {
         .create(true)
         .truncate(false)
         .mode(LOCK_FILE_MODE)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .custom_flags(NO_FOLLOW)
         .open(path)
     {
         Ok(file) => {
@@ -184,7 +186,7 @@ pub(crate) fn lock_exclusive(path: &Path, wait: Duration) -> io::Result<File> {
         }
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => OpenOptions::new()
             .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .custom_flags(NO_FOLLOW)
             .open(path)
             .map_err(|e| {
                 io::Error::new(

@@ -425,20 +425,25 @@ impl SessionStore {
 
     /// The live session behind a presented token; restarts its idle clock.
     pub fn validate(&self, presented: &str) -> Result<SessionView, SessionError> {
-        let hash = TokenHash::parse_presented(presented)?;
-        let now = self.clock.now();
-        let record = self.live_record(&hash, now)?;
-        record.touch(now);
-        Ok(view(&record, now))
+        self.live_view(presented, true)
     }
 
     /// As [`SessionStore::validate`], but not a use of the session: the idle clock runs
     /// on. For what a page does by itself (live updates and their tickets), so that an
     /// unattended page still ends at `--idle-timeout`.
     pub fn validate_without_use(&self, presented: &str) -> Result<SessionView, SessionError> {
+        self.live_view(presented, false)
+    }
+
+    /// The presented token's live session, counted as a use (the idle clock restarts)
+    /// when `used`.
+    fn live_view(&self, presented: &str, used: bool) -> Result<SessionView, SessionError> {
         let hash = TokenHash::parse_presented(presented)?;
         let now = self.clock.now();
         let record = self.live_record(&hash, now)?;
+        if used {
+            record.touch(now);
+        }
         Ok(view(&record, now))
     }
 

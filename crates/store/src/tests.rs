@@ -580,17 +580,24 @@ fn a_failed_commit_writes_nothing_and_the_store_recovers_without_reset() {
     assert_eq!(Store::open(&dir).unwrap().counter().unwrap(), 3);
 }
 
-#[test]
-fn reopening_never_creates_a_new_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    let (store, fault) = open_with_fault(&dir);
+/// A store in `dir` that one failed commit marked broken, and whose file is then gone, so
+/// that every reopen fails.
+fn broken_without_its_file(dir: &Path) -> Store {
+    let (store, fault) = open_with_fault(dir);
     store.increment().unwrap();
     fault.fail.store(true, Ordering::SeqCst);
     store.increment().unwrap_err();
     fault.fail.store(false, Ordering::SeqCst);
-    // The file disappears while k_server runs: it must not come back empty.
     stdfs::remove_file(dir.join(DB_FILE_NAME)).unwrap();
+    store
+}
+
+#[test]
+fn reopening_never_creates_a_new_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    // The file disappears while k_server runs: it must not come back empty.
+    let store = broken_without_its_file(&dir);
     std::thread::sleep(REOPEN_INTERVAL + Duration::from_millis(50));
     let err = store.increment().unwrap_err();
     assert!(
@@ -776,14 +783,8 @@ fn a_stopped_writer_answers_writer_stopped_at_once_and_writes_nothing() {
 fn callers_of_a_closed_store_do_not_deadlock_with_its_reopen() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let (store, fault) = open_with_fault(&dir);
-    store.increment().unwrap();
-    fault.fail.store(true, Ordering::SeqCst);
-    store.increment().unwrap_err();
-    fault.fail.store(false, Ordering::SeqCst);
     // Every reopen now fails (the file is gone), so the store stays closed.
-    stdfs::remove_file(dir.join(DB_FILE_NAME)).unwrap();
-    let store = Arc::new(store);
+    let store = Arc::new(broken_without_its_file(&dir));
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicU64::new(0));
     let callers: Vec<_> = (0..4)
