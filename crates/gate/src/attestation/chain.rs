@@ -191,6 +191,11 @@ impl LeafInfo {
         })
     }
 
+    /// Whether the certificate carries the AAGUID extension (checked by `check_packed`).
+    pub(super) fn names_aaguid(&self) -> bool {
+        self.aaguid_ext.is_some()
+    }
+
     /// WebAuthn §8.2.1: the packed attestation certificate's requirements.
     pub(super) fn check_packed(&self, aaguid: &[u8; 16]) -> Result<(), AttestationError> {
         let bad = |m: &str| Err(AttestationError::BadCertificate(m.to_string()));

@@ -225,6 +225,22 @@ impl Metadata {
         self.entries.is_empty()
     }
 
+    /// How many of the blob's models list `root` among their attestation roots.
+    pub fn models_under(&self, root: &Root) -> usize {
+        self.entries
+            .iter()
+            .filter(|entry| {
+                entry.metadata_statement.as_ref().is_some_and(|st| {
+                    st.attestation_root_certificates.iter().any(|b64| {
+                        STANDARD
+                            .decode(b64.trim())
+                            .is_ok_and(|der| der == root.der())
+                    })
+                })
+            })
+            .count()
+    }
+
     /// The entry for a key: by AAGUID for `packed` (a non-zero AAGUID), else by the
     /// attestation certificate's key identifier (fido-u2f).
     pub fn entry_for(&self, aaguid: &[u8; 16], key_identifier: &str, fmt: &str) -> Option<&Entry> {

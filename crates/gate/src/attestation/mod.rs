@@ -85,6 +85,16 @@ pub enum AttestationError {
         "the attestation certificate's AAGUID {cert} is not the authenticator's AAGUID {auth_data}"
     )]
     AaguidMismatch { cert: String, auth_data: String },
+    /// A packed certificate without the AAGUID extension under a root that the metadata
+    /// blob lists for several models: nothing binds the key to the model it claims, whose
+    /// status was the one checked (FIDO Metadata Statement §3.1: such certificates must
+    /// carry the extension).
+    #[error(
+        "the attestation certificate carries no AAGUID extension, and its root ({root}) \
+         vouches for {models} authenticator models in the metadata blob: which model the key \
+         is, and so its status, cannot be checked"
+    )]
+    AaguidUnbound { root: String, models: usize },
     /// The statement's signature does not verify with the attestation certificate's key.
     #[error("the attestation signature does not verify with the attestation certificate")]
     BadSignature,
@@ -116,6 +126,7 @@ impl AttestationError {
             AttestationError::BadChain(_) => "attestation_bad_chain",
             AttestationError::BadCertificate(_) => "attestation_bad_certificate",
             AttestationError::AaguidMismatch { .. } => "attestation_aaguid_mismatch",
+            AttestationError::AaguidUnbound { .. } => "attestation_aaguid_unbound",
             AttestationError::BadSignature => "attestation_bad_signature",
             AttestationError::Revoked { .. } => "attestation_revoked",
             AttestationError::MdsSigner(_) => "mds_bad_signer",
@@ -272,6 +283,20 @@ pub fn verify(
         }
     }
     let root = chain::verify_chain(leaf, intermediates, &roots, now)?;
+    // The status above is the claimed model's. A root shared by several models binds a
+    // certificate to one of them only through its AAGUID extension: without it, a key of
+    // a revoked model could claim a sound model's AAGUID.
+    if statement.fmt == "packed" && !leaf_info.names_aaguid() {
+        if let Some(md) = &policy.metadata {
+            let models = md.models_under(root);
+            if models > 1 {
+                return Err(AttestationError::AaguidUnbound {
+                    root: root.subject().to_string(),
+                    models,
+                });
+            }
+        }
+    }
     Ok(Attested {
         fmt: statement.fmt.clone(),
         aaguid: hex(key.aaguid),

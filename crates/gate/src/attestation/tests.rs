@@ -703,6 +703,81 @@ fn a_fido_u2f_key_is_found_by_its_key_identifier() {
     }
 }
 
+/// A root that the blob lists for two models: a revoked one, and the sound one whose AAGUID
+/// the key claims. A certificate without the AAGUID extension cannot say which it is.
+#[test]
+fn a_certificate_without_aaguid_under_a_root_of_several_models_is_refused() {
+    let m = mds();
+    let blob = |root: &Ca| {
+        let mut revoked = entry_for_aaguid(root, &[("REVOKED", "2025-01-01")]);
+        revoked["aaguid"] = aaguid_dashed(&[0x5a; 16]).into();
+        let sound = entry_for_aaguid(root, &[("FIDO_CERTIFIED", "2021-01-01")]);
+        let mut body = payload(sound, "2026-07-01");
+        body["entries"].as_array_mut().unwrap().push(revoked);
+        Metadata::from_jwt(&m.sign(&body), &[m.root.as_root()], now()).unwrap()
+    };
+    let without = pki_with(
+        &LeafSpec {
+            aaguid: None,
+            ..LeafSpec::default()
+        },
+        SoftAttestationFormat::Packed,
+    );
+    let e = check(
+        &attested_by(&without.identity),
+        &Policy::new(Vec::new())
+            .with_metadata(blob(&without.root))
+            .at(now()),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        AttestationError::AaguidUnbound {
+            root: "CN=Chromecard Test Attestation Root".into(),
+            models: 2
+        }
+    );
+    assert_eq!(e.code(), "attestation_aaguid_unbound");
+    // So it is, too, when the operator trusts the root directly as well.
+    let e = check(
+        &attested_by(&without.identity),
+        &Policy::new(vec![without.root.as_root()])
+            .with_metadata(blob(&without.root))
+            .at(now()),
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), "attestation_aaguid_unbound");
+    // With the extension the certificate names its model: accepted under the same blob.
+    let with = pki();
+    check(
+        &attested_by(&with.identity),
+        &Policy::new(Vec::new())
+            .with_metadata(blob(&with.root))
+            .at(now()),
+    )
+    .unwrap();
+    // Without it, a root of one model, or no blob at all, leaves nothing to confuse.
+    let one_model = Metadata::from_jwt(
+        &m.sign(&payload(
+            entry_for_aaguid(&without.root, &[("FIDO_CERTIFIED", "2021-01-01")]),
+            "2026-07-01",
+        )),
+        &[m.root.as_root()],
+        now(),
+    )
+    .unwrap();
+    check(
+        &attested_by(&without.identity),
+        &Policy::new(Vec::new()).with_metadata(one_model).at(now()),
+    )
+    .unwrap();
+    check(
+        &attested_by(&without.identity),
+        &policy(vec![without.root.as_root()]),
+    )
+    .unwrap();
+}
+
 #[test]
 fn a_blob_from_another_signer_is_refused() {
     let m = mds();
