@@ -154,15 +154,22 @@ fi
 # ---- generate ---------------------------------------------------------------
 umask 077
 if [[ -d "${out_dir}" ]]; then
-    # A directory that was there keeps its mode (it may be shared: --out . or ~); the keys
-    # are 0600 whatever it is. One others can write to is refused: they could swap files.
-    if [[ -n "$(find -H "${out_dir}" -maxdepth 0 -perm /022)" ]]; then
+    # Checked where it really is (a symlink resolved first), since that is where the
+    # files go. A directory that was there keeps its mode (it may be shared: --out . or
+    # ~); the keys are 0600 whatever it is. One that others can write to, or that belongs
+    # to another user, is refused: they could swap the files, the CA key included.
+    out_dir="$(cd -- "${out_dir}" && pwd -P)"
+    if [[ -n "$(find "${out_dir}" -maxdepth 0 -perm /022)" ]]; then
         die 2 "${out_dir} is writable by other users; give --out a directory of your own (it is made 0700 when missing)"
+    fi
+    owner="$(stat -c '%u' -- "${out_dir}")"
+    if [[ "${owner}" != "$(id -u)" && "${owner}" != 0 ]]; then
+        die 2 "${out_dir} belongs to another user ($(stat -c '%U' -- "${out_dir}")), who could replace the keys; give --out a directory of your own (it is made 0700 when missing)"
     fi
 else
     mkdir -p -m 700 -- "${out_dir}"
+    out_dir="$(cd -- "${out_dir}" && pwd -P)"
 fi
-out_dir="$(cd -- "${out_dir}" && pwd -P)"
 
 # Everything is made in a staging directory inside out_dir and moved into place only
 # after it verified, so a failure never leaves a half-written set behind.

@@ -78,6 +78,38 @@ fn an_existing_out_directory_keeps_its_mode_and_a_shared_one_is_refused() {
     );
 }
 
+/// A directory that belongs to another user is refused: its owner could replace the keys
+/// (the CA key too) between the script's checks and their use, or at any time after.
+/// Only root can make such a directory to test with; others skip.
+#[test]
+fn an_out_directory_of_another_user_is_refused() {
+    // We are root when root owns our /proc/self.
+    let root =
+        std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+    if !root {
+        eprintln!("skipped: only root can make a directory owned by another user");
+        return;
+    }
+    let tmp = common::tempdir();
+    let theirs = tmp.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let out = run_script(&["--out", theirs.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("belongs to another user"),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0);
+    // Reached through a symlink of one's own, it is judged where it really is.
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&theirs, &link).unwrap();
+    let out = run_script(&["--out", link.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0);
+}
+
 #[test]
 fn rerun_without_force_leaves_files_untouched() {
     let set = ours();
