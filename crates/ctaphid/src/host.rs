@@ -14,7 +14,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{cmd, err, fragment, Assembly, FrameError, Packet, BROADCAST_CID, PACKET_SIZE};
+use crate::{
+    cmd, err, fragment, Assembly, FrameError, Packet, BROADCAST_CID, MAX_MESSAGE, PACKET_SIZE,
+};
 
 /// Moves reports to and from one HID device.
 pub trait Port {
@@ -42,6 +44,9 @@ pub enum HostError {
     /// The device's answer broke the framing.
     #[error("the device's answer is malformed: {0}")]
     Protocol(String),
+    /// The request is longer than a CTAPHID message can be; nothing was sent.
+    #[error("the request is {0} bytes, more than a CTAPHID message carries ({MAX_MESSAGE})")]
+    RequestTooLong(usize),
 }
 
 /// A name for a CTAPHID_ERROR code.
@@ -105,14 +110,19 @@ pub struct Channel<P: Port> {
 impl<P: Port> Channel<P> {
     /// CTAPHID_INIT on the broadcast channel: allocates a channel. `nonce` must be
     /// fresh random bytes; answers carrying another nonce are someone else's.
+    ///
+    /// A CTAPHID_ERROR on the broadcast channel carries no nonce: it may answer another
+    /// client's INIT (every client of the device reads every report). It ends the wait
+    /// only at the deadline, as the reason no answer came, unless our answer comes first.
     pub fn open(mut port: P, nonce: [u8; 8], deadline: Instant) -> Result<Self, HostError> {
         for r in fragment(BROADCAST_CID, cmd::INIT, &nonce)? {
             send_by(&mut port, &r, deadline, HostError::Timeout)?;
         }
+        let mut broadcast_error = None;
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return Err(HostError::Timeout);
+                return Err(broadcast_error.map_or(HostError::Timeout, HostError::Device));
             }
             let Some(raw) = port.recv(deadline - now)? else {
                 continue;
@@ -149,7 +159,7 @@ impl<P: Port> Channel<P> {
                     cmd: cmd::ERROR,
                     data,
                     ..
-                } => return Err(HostError::Device(data[0])),
+                } => broadcast_error = Some(data[0]),
                 // Another client's traffic, or a stale answer: not ours.
                 _ => continue,
             }
@@ -205,7 +215,13 @@ impl<P: Port> Channel<P> {
         cancelled: &dyn Fn() -> bool,
         on_keepalive: &mut dyn FnMut(u8),
     ) -> Result<Answer, HostError> {
-        for r in fragment(self.cid, command, payload)? {
+        // Too long is this side's fault, found before a byte is sent: not the device's
+        // malformed answer, and no CANCEL for a request it never got.
+        let reports = fragment(self.cid, command, payload).map_err(|e| match e {
+            FrameError::TooLong(n) => HostError::RequestTooLong(n),
+            other => other.into(),
+        })?;
+        for r in reports {
             send_by(&mut self.port, &r, limits.deadline, HostError::Timeout)?;
         }
         let cancel_report = self.cancel_report()?;
@@ -393,6 +409,60 @@ mod tests {
         for r in fragment(cid, command, payload).unwrap() {
             ch.port.to_host.push_back(Some(r));
         }
+    }
+
+    /// An ERROR on the broadcast channel may be another client's: the wait goes on, and
+    /// our answer after it opens the channel.
+    #[test]
+    fn a_broadcast_error_does_not_end_the_init_that_is_answered_after_it() {
+        let mut script = Script::default();
+        script.to_host.push_back(Some(
+            fragment(BROADCAST_CID, cmd::ERROR, &[err::INVALID_LEN]).unwrap()[0],
+        ));
+        opened(script);
+    }
+
+    /// With no answer of ours, the error seen is the reason given at the deadline.
+    #[test]
+    fn a_broadcast_error_without_an_answer_is_reported_at_the_deadline() {
+        let mut script = Script::default();
+        script.to_host.push_back(Some(
+            fragment(BROADCAST_CID, cmd::ERROR, &[err::CHANNEL_BUSY]).unwrap()[0],
+        ));
+        let started = Instant::now();
+        let e = Channel::open(script, [5; 8], started + Duration::from_millis(60))
+            .err()
+            .unwrap();
+        assert_eq!(e, HostError::Device(err::CHANNEL_BUSY));
+        assert!(started.elapsed() >= Duration::from_millis(60));
+        let e = Channel::open(
+            Script::default(),
+            [5; 8],
+            Instant::now() + Duration::from_millis(20),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e, HostError::Timeout);
+    }
+
+    /// A request too long for CTAPHID is refused before anything is written: it is not
+    /// the device's malformed answer, and no CANCEL goes out for it.
+    #[test]
+    fn a_request_too_long_is_refused_before_it_is_sent() {
+        let mut ch = opened(Script::default());
+        let before = ch.port.written.len();
+        let e = ch
+            .transact(
+                cmd::CBOR,
+                &vec![0; MAX_MESSAGE + 1],
+                &limits(1000),
+                &|| false,
+                &mut |_| {},
+            )
+            .unwrap_err();
+        assert_eq!(e, HostError::RequestTooLong(MAX_MESSAGE + 1));
+        assert!(e.to_string().contains("7610 bytes"), "{e}");
+        assert_eq!(ch.port.written.len(), before, "nothing written, no CANCEL");
     }
 
     #[test]

@@ -151,7 +151,8 @@ pub(crate) fn login(
             refusal @ (GateError::PinInvalid { .. }
             | GateError::PinRetriesLow { .. }
             | GateError::PinBlocked
-            | GateError::PinAuthBlocked),
+            | GateError::PinAuthBlocked
+            | GateError::UvBlocked),
         ) => return refuse_after_touch(auth, cancel, refusal),
         other => other?,
     };

@@ -63,6 +63,8 @@ pub mod status {
     pub const NO_CREDENTIALS: u8 = 0x2e;
     /// CTAP2_ERR_USER_ACTION_TIMEOUT
     pub const USER_ACTION_TIMEOUT: u8 = 0x2f;
+    /// CTAP2_ERR_NOT_ALLOWED
+    pub const NOT_ALLOWED: u8 = 0x30;
     /// CTAP2_ERR_PIN_INVALID
     pub const PIN_INVALID: u8 = 0x31;
     /// CTAP2_ERR_PIN_BLOCKED
@@ -77,10 +79,20 @@ pub mod status {
     pub const PIN_REQUIRED: u8 = 0x36;
     /// CTAP2_ERR_PIN_POLICY_VIOLATION
     pub const PIN_POLICY_VIOLATION: u8 = 0x37;
+    /// CTAP 2.0's CTAP2_ERR_PIN_TOKEN_EXPIRED (reserved in 2.1).
+    pub const PIN_TOKEN_EXPIRED: u8 = 0x38;
+    /// CTAP2_ERR_REQUEST_TOO_LARGE
+    pub const REQUEST_TOO_LARGE: u8 = 0x39;
+    /// CTAP2_ERR_ACTION_TIMEOUT
+    pub const ACTION_TIMEOUT: u8 = 0x3a;
     /// CTAP2_ERR_UP_REQUIRED
-    pub const UP_REQUIRED: u8 = 0x3c;
+    pub const UP_REQUIRED: u8 = 0x3b;
     /// CTAP2_ERR_UV_BLOCKED
-    pub const UV_BLOCKED: u8 = 0x3d;
+    pub const UV_BLOCKED: u8 = 0x3c;
+    /// CTAP2_ERR_INTEGRITY_FAILURE
+    pub const INTEGRITY_FAILURE: u8 = 0x3d;
+    /// CTAP2_ERR_INVALID_SUBCOMMAND
+    pub const INVALID_SUBCOMMAND: u8 = 0x3e;
     /// CTAP2_ERR_UV_INVALID
     pub const UV_INVALID: u8 = 0x3f;
     /// CTAP2_ERR_UNAUTHORIZED_PERMISSION
@@ -108,6 +120,7 @@ pub mod status {
             KEEPALIVE_CANCEL => "CTAP2_ERR_KEEPALIVE_CANCEL",
             NO_CREDENTIALS => "CTAP2_ERR_NO_CREDENTIALS",
             USER_ACTION_TIMEOUT => "CTAP2_ERR_USER_ACTION_TIMEOUT",
+            NOT_ALLOWED => "CTAP2_ERR_NOT_ALLOWED",
             PIN_INVALID => "CTAP2_ERR_PIN_INVALID",
             PIN_BLOCKED => "CTAP2_ERR_PIN_BLOCKED",
             PIN_AUTH_INVALID => "CTAP2_ERR_PIN_AUTH_INVALID",
@@ -115,8 +128,13 @@ pub mod status {
             PIN_NOT_SET => "CTAP2_ERR_PIN_NOT_SET",
             PIN_REQUIRED => "CTAP2_ERR_PUAT_REQUIRED",
             PIN_POLICY_VIOLATION => "CTAP2_ERR_PIN_POLICY_VIOLATION",
+            PIN_TOKEN_EXPIRED => "CTAP2_ERR_PIN_TOKEN_EXPIRED",
+            REQUEST_TOO_LARGE => "CTAP2_ERR_REQUEST_TOO_LARGE",
+            ACTION_TIMEOUT => "CTAP2_ERR_ACTION_TIMEOUT",
             UP_REQUIRED => "CTAP2_ERR_UP_REQUIRED",
             UV_BLOCKED => "CTAP2_ERR_UV_BLOCKED",
+            INTEGRITY_FAILURE => "CTAP2_ERR_INTEGRITY_FAILURE",
+            INVALID_SUBCOMMAND => "CTAP2_ERR_INVALID_SUBCOMMAND",
             UV_INVALID => "CTAP2_ERR_UV_INVALID",
             UNAUTHORIZED_PERMISSION => "CTAP2_ERR_UNAUTHORIZED_PERMISSION",
             // CTAP1_ERR_OTHER among them.
@@ -133,13 +151,17 @@ pub fn status_error(code: u8, label: &str, what: &str) -> GateError {
         KEEPALIVE_CANCEL => GateError::Cancelled,
         NO_CREDENTIALS | INVALID_CREDENTIAL => GateError::NoCredential,
         CREDENTIAL_EXCLUDED => GateError::AlreadyEnrolled,
-        OPERATION_DENIED | USER_ACTION_TIMEOUT => GateError::Refused { detail },
+        OPERATION_DENIED | USER_ACTION_TIMEOUT | ACTION_TIMEOUT => GateError::Refused { detail },
+        UV_BLOCKED => GateError::UvBlocked,
         PIN_INVALID => GateError::PinInvalid { retries: None },
         PIN_BLOCKED => GateError::PinBlocked,
         PIN_AUTH_BLOCKED => GateError::PinAuthBlocked,
         PIN_NOT_SET => GateError::PinNotSet,
         // CTAP 2.0's PIN_REQUIRED, CTAP 2.1's PUAT_REQUIRED: the key wants a PIN for this.
         PIN_REQUIRED => GateError::PinRequired,
+        // The PIN token this side sent did not verify, or the key failed a check of its
+        // own: faults in the exchange, not features the key lacks.
+        PIN_AUTH_INVALID | PIN_TOKEN_EXPIRED | INTEGRITY_FAILURE => GateError::Device { detail },
         INVALID_COMMAND
         | UNSUPPORTED_ALGORITHM
         | UNSUPPORTED_OPTION
@@ -530,6 +552,30 @@ mod tests {
         out
     }
 
+    /// The codes as CTAP 2.1 §8.2 (and libfido2's err.h) number them, and what each
+    /// means at the gate.
+    #[test]
+    fn statuses_are_named_and_mapped_as_ctap_numbers_them() {
+        use status::*;
+        for (code, want) in [
+            (0x3a, "CTAP2_ERR_ACTION_TIMEOUT"),
+            (0x3b, "CTAP2_ERR_UP_REQUIRED"),
+            (0x3c, "CTAP2_ERR_UV_BLOCKED"),
+            (0x3d, "CTAP2_ERR_INTEGRITY_FAILURE"),
+            (0x3f, "CTAP2_ERR_UV_INVALID"),
+        ] {
+            assert_eq!(name(code), want, "{code:#04x}");
+        }
+        let code = |c: u8| status_error(c, "key", "getAssertion").code();
+        assert_eq!(code(ACTION_TIMEOUT), "key_refused");
+        assert_eq!(code(USER_ACTION_TIMEOUT), "key_refused");
+        assert_eq!(code(UV_BLOCKED), "uv_blocked");
+        assert_eq!(code(PIN_AUTH_INVALID), "device_error");
+        assert_eq!(code(INTEGRITY_FAILURE), "device_error");
+        assert_eq!(code(UNSUPPORTED_OPTION), "key_unsupported");
+        assert_eq!(code(UP_REQUIRED), "key_unsupported");
+    }
+
     #[test]
     fn requests_are_canonical_cbor_maps() {
         let r = get_assertion("rp", &[7; 32], &[vec![1, 2]], false, false, None);
@@ -585,7 +631,7 @@ mod tests {
         assert_eq!(status_error(0x32, "k", "op").code(), "pin_blocked");
         assert_eq!(status_error(0x34, "k", "op").code(), "pin_auth_blocked");
         assert_eq!(status_error(0x35, "k", "op").code(), "pin_not_set");
-        assert_eq!(status_error(0x33, "k", "op").code(), "key_unsupported");
+        assert_eq!(status_error(0x33, "k", "op").code(), "device_error");
         assert_eq!(status_error(0x01, "k", "op").code(), "key_unsupported");
         assert_eq!(status_error(0x7f, "k", "op").code(), "device_error");
         let d = status_error(0x33, "key", "makeCredential").to_string();

@@ -179,6 +179,10 @@ struct Opened {
 fn transport_error(label: &str, what: &str, e: HostError) -> GateError {
     match e {
         HostError::Cancelled => GateError::Cancelled,
+        // Ours, not the key's: an allow or exclude list too long for one message.
+        too_long @ HostError::RequestTooLong(_) => GateError::Unsupported {
+            detail: format!("{label}: {what}: {too_long}"),
+        },
         other => GateError::Device {
             detail: format!("{label}: {what}: {other}"),
         },
@@ -372,7 +376,9 @@ impl Fido2Key {
                 tracing::warn!(devices = ?labels, "several FIDO2 devices claim the same credential; one is not what it says");
                 Err(GateError::Device {
                     detail: format!(
-                        "{n} attached devices claim to hold the user's credential, which only                          one key can: detach the device you do not know ({}), or name the                          key with --device",
+                        "{n} attached devices claim to hold the user's credential, which only \
+                         one key can: detach the device you do not know ({}), or name the \
+                         key with --device",
                         labels.join(", ")
                     ),
                 })

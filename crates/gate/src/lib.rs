@@ -300,6 +300,10 @@ pub enum GateError {
     /// The enrolment needs a PIN and the key has none set.
     #[error("the key has no PIN set")]
     PinNotSet,
+    /// The key's built-in user verification (a fingerprint) is blocked after too many
+    /// failed tries (CTAP2_ERR_UV_BLOCKED).
+    #[error("the key's built-in user verification is blocked")]
+    UvBlocked,
 }
 
 impl GateError {
@@ -328,6 +332,7 @@ impl GateError {
             GateError::PinBlocked => "pin_blocked",
             GateError::PinAuthBlocked => "pin_auth_blocked",
             GateError::PinNotSet => "pin_not_set",
+            GateError::UvBlocked => "uv_blocked",
         }
     }
 
@@ -435,6 +440,10 @@ impl GateError {
             GateError::PinNotSet => "This login needs the key's PIN, but the key has no PIN \
                  set; set one with a FIDO2 tool and enrol again."
                 .to_string(),
+            GateError::UvBlocked => "The key's built-in user verification (its fingerprint \
+                 reader) is blocked after too many failed tries; unblock it by entering the \
+                 key's PIN in a FIDO2 tool, then try again."
+                .to_string(),
         }
     }
 }
@@ -499,6 +508,7 @@ mod tests {
             GateError::PinBlocked,
             GateError::PinAuthBlocked,
             GateError::PinNotSet,
+            GateError::UvBlocked,
         ]
     }
 
@@ -531,6 +541,7 @@ mod tests {
                 "pin_blocked",
                 "pin_auth_blocked",
                 "pin_not_set",
+                "uv_blocked",
             ]
         );
         let mut dedup = codes.clone();
