@@ -170,6 +170,40 @@ fn always_sends_every_forwarded_request_over_http2() {
     p.assert_running();
 }
 
+/// An answer to HEAD carries no body on HTTP/2 either: k_server used to send its JSON
+/// refusal as DATA, which curl calls a PROTOCOL_ERROR and which made a client's HEAD
+/// through k_proxy a 502 (k_server's fault, logged as such) instead of the 405.
+#[test]
+fn head_over_http2_is_answered_without_a_body() {
+    let certs = Certs::generate();
+    let (_server, sport) = start_server_tls(&certs);
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--http2", "-I", "--max-time", "10"])
+        .args(["-w", "|%{http_code} %{http_version}|"]);
+    as_k_proxy(&mut cmd, &certs).arg(format!("https://127.0.0.1:{sport}/resource/counter"));
+    let ran = run(&mut cmd, None, Duration::from_secs(20));
+    assert!(
+        ran.success(),
+        "curl --http2 -I straight to k_server: {ran:?}"
+    );
+    assert!(ran.stdout.contains("|405 2|"), "{ran:?}");
+
+    let (mut p, c, admin) = proxy_with_metrics(&certs, sport, &["--upstream-http2", "always"]);
+    let tok = c.login_ok("alice");
+    let ran = run(
+        Command::new("curl")
+            .args(["-sS", "-I", "--max-time", "10", "-o", "/dev/null"])
+            .args(["-w", "%{http_code}"])
+            .args(["-H", &Client::bearer(&tok)])
+            .arg(c.url("/resource/counter")),
+        None,
+        Duration::from_secs(20),
+    );
+    assert_eq!(ran.stdout.trim(), "405", "HEAD through k_proxy: {ran:?}");
+    assert_eq!(by_protocol(admin), (1.0, 0.0), "it went over HTTP/2");
+    p.assert_running();
+}
+
 #[test]
 fn concurrent_keeps_a_lone_request_on_http1_and_multiplexes_a_burst() {
     let certs = Certs::generate();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper::Request;
+use hyper::{Method, Request};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -432,12 +432,22 @@ async fn serve_connection_h2<IO, H, F>(
     let peer = info.peer;
     let drain = settings.drain;
     let service = service_fn(move |request: Request<Incoming>| {
+        let head = request.method() == Method::HEAD;
         // Boxed for the same reason as in serve_connection.
         let response = Box::pin(handler(
             bounded(request, drain, Arc::default()),
             info.clone(),
         ));
-        async move { Ok::<_, std::convert::Infallible>(response.await) }
+        async move {
+            let mut response = response.await;
+            // HTTP/1.1 in hyper drops the body of an answer to HEAD; HTTP/2 would send it
+            // as DATA, which a HEAD answer must not have (RFC 9110 §9.3.2): the client
+            // (k_proxy) fails the stream, and a client's HEAD became k_proxy's 502.
+            if head {
+                *response.body_mut() = Default::default();
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let mut http = http2::Builder::new(crate::BoxedSpawn);
     http.timer(TokioTimer::new())
