@@ -1,10 +1,13 @@
 //! Allow lists as long as the key takes them (CTAP 2.1 section 6.4: getInfo's
-//! maxCredentialCountInList and maxCredentialIdLength). A key answers a longer list
-//! with CTAP2_ERR_LIMIT_EXCEEDED (or worse), and a user may have more credentials
-//! than that. So, as browsers and libfido2 do, the list goes to the key in chunks it
+//! maxCredentialCountInList, maxCredentialIdLength, and maxMsgSize for the whole request,
+//! 1024 bytes when the key does not say). A key answers a longer list with
+//! CTAP2_ERR_LIMIT_EXCEEDED or a length error (or worse), and a user may have more
+//! credentials than that. So, as browsers and libfido2 do, the list goes to the key in chunks it
 //! takes, each asked without a touch (`up: false`) until one holds a credential; the
 //! touch is then asked for that credential alone. Ids longer than the key takes
 //! cannot be its own and are left out.
+
+use chromecard_ctaphid::MAX_MESSAGE;
 
 use crate::ctap2::{self, Info};
 use crate::pin_client::Transact;
@@ -13,13 +16,18 @@ use crate::GateError;
 /// Credential ids, in the order they go to the key.
 pub(crate) type Ids = Vec<Vec<u8>>;
 
+/// maxMsgSize when a key does not state it (CTAP 2.1 section 6.4).
+const DEFAULT_MAX_MSG_SIZE: usize = 1024;
+
 /// What one allow list may hold on a key (`None`: no limit said).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ListLimits {
     /// maxCredentialCountInList.
     pub count: Option<usize>,
     /// maxCredentialIdLength.
     pub id_len: Option<usize>,
+    /// maxMsgSize (or its default), within what one CTAPHID message carries.
+    pub msg_size: usize,
 }
 
 impl ListLimits {
@@ -28,28 +36,47 @@ impl ListLimits {
         Self {
             count: info.max_creds_in_list,
             id_len: info.max_cred_id_len,
+            msg_size: info
+                .max_msg_size
+                .unwrap_or(DEFAULT_MAX_MSG_SIZE)
+                .min(MAX_MESSAGE),
         }
     }
 
-    /// Whether `allow` goes to the key as it is, in one request.
-    pub fn fits(&self, allow: &[Vec<u8>]) -> bool {
+    /// Whether `allow` goes to the key as it is, in one request; `request_len` is the
+    /// length of that request with a given list.
+    pub fn fits(&self, allow: &[Vec<u8>], request_len: impl Fn(&[Vec<u8>]) -> usize) -> bool {
         self.count.is_none_or(|n| allow.len() <= n)
             && self
                 .id_len
                 .is_none_or(|n| allow.iter().all(|id| id.len() <= n))
+            && request_len(allow) <= self.msg_size
     }
 
-    /// `allow` in chunks the key takes: ids it cannot take left out, in their order.
-    /// Empty when no id is left (never an empty chunk: an empty allow list would ask
-    /// for the key's resident credentials instead).
-    pub fn chunks(&self, allow: &[Vec<u8>]) -> Vec<Ids> {
-        let kept: Ids = allow
-            .iter()
-            .filter(|id| self.id_len.is_none_or(|n| id.len() <= n))
-            .cloned()
-            .collect();
-        let size = self.count.unwrap_or(kept.len()).max(1);
-        kept.chunks(size).map(<[Vec<u8>]>::to_vec).collect()
+    /// `allow` in chunks the key takes, each request (as `request_len` measures it) no
+    /// longer than maxMsgSize: ids it cannot take left out, in their order. Empty when
+    /// no id is left (never an empty chunk: an empty allow list would ask for the key's
+    /// resident credentials instead).
+    pub fn chunks(&self, allow: &[Vec<u8>], request_len: impl Fn(&[Vec<u8>]) -> usize) -> Vec<Ids> {
+        let count = self.count.unwrap_or(usize::MAX).max(1);
+        let mut chunks: Vec<Ids> = Vec::new();
+        let mut current: Ids = Vec::new();
+        for id in allow {
+            if self.id_len.is_some_and(|n| id.len() > n)
+                || request_len(std::slice::from_ref(id)) > self.msg_size
+            {
+                continue; // no request with it fits: it cannot be this key's
+            }
+            current.push(id.clone());
+            if current.len() > count || request_len(&current) > self.msg_size {
+                let next = current.pop().into_iter().collect();
+                chunks.push(std::mem::replace(&mut current, next));
+            }
+        }
+        if !current.is_empty() {
+            chunks.push(current);
+        }
+        chunks
     }
 }
 
@@ -92,26 +119,69 @@ mod tests {
     const RP: &str = "chromecard";
 
     fn limits(count: Option<usize>, id_len: Option<usize>) -> ListLimits {
-        ListLimits { count, id_len }
+        ListLimits {
+            count,
+            id_len,
+            msg_size: MAX_MESSAGE,
+        }
+    }
+
+    /// The touched getAssertion with a PIN/UV parameter: the longest a list makes.
+    fn assertion_len(ids: &[Vec<u8>]) -> usize {
+        ctap2::get_assertion(RP, &[3; 32], ids, true, true, Some((&[0; 32], 2))).len()
     }
 
     #[test]
     fn chunks_keep_to_the_count_and_leave_out_ids_too_long() {
         let ids: Vec<Vec<u8>> = (1..=5u8).map(|n| vec![n; usize::from(n)]).collect();
         let none = limits(None, None);
-        assert!(none.fits(&ids));
-        assert_eq!(none.chunks(&ids), vec![ids.clone()]);
+        assert!(none.fits(&ids, assertion_len));
+        assert_eq!(none.chunks(&ids, assertion_len), vec![ids.clone()]);
         let two = limits(Some(2), None);
-        assert!(!two.fits(&ids));
+        assert!(!two.fits(&ids, assertion_len));
         assert_eq!(
-            two.chunks(&ids),
+            two.chunks(&ids, assertion_len),
             vec![ids[0..2].to_vec(), ids[2..4].to_vec(), ids[4..].to_vec()]
         );
         let short = limits(Some(8), Some(3));
-        assert!(!short.fits(&ids));
-        assert_eq!(short.chunks(&ids), vec![ids[0..3].to_vec()]);
-        assert!(limits(Some(8), Some(1)).chunks(&ids[1..]).is_empty());
-        assert!(limits(Some(5), Some(5)).fits(&ids));
+        assert!(!short.fits(&ids, assertion_len));
+        assert_eq!(short.chunks(&ids, assertion_len), vec![ids[0..3].to_vec()]);
+        assert!(limits(Some(8), Some(1))
+            .chunks(&ids[1..], assertion_len)
+            .is_empty());
+        assert!(limits(Some(5), Some(5)).fits(&ids, assertion_len));
+    }
+
+    /// A key that states no count (CTAP 2.0 keys often do not) still takes only so many
+    /// bytes: 24 ids of 300 bytes make a request of about 7.7 KB, past even what one
+    /// CTAPHID message carries, and far past the 1024 a key that says nothing promises.
+    #[test]
+    fn chunks_keep_each_request_within_the_message_size() {
+        let ids: Vec<Vec<u8>> = (0..24u8).map(|n| vec![n; 300]).collect();
+        let silent = ListLimits::of(&Info {
+            versions: vec!["FIDO_2_0".into()],
+            ..Info::default()
+        });
+        assert_eq!(silent.msg_size, 1024);
+        assert!(assertion_len(&ids) > MAX_MESSAGE);
+        assert!(!silent.fits(&ids, assertion_len));
+        let chunks = silent.chunks(&ids, assertion_len);
+        // Each id takes 323 bytes in the request (its descriptor map): two and the
+        // request's other fields fit in 1024, three do not.
+        assert_eq!(chunks.len(), 12);
+        assert!(chunks.iter().all(|c| c.len() == 2));
+        assert!(chunks.iter().all(|c| assertion_len(c) <= 1024));
+        assert_eq!(chunks.concat(), ids, "every id, in order");
+        // A key that states a size is taken at its word, up to what CTAPHID carries.
+        let roomy = ListLimits::of(&Info {
+            max_msg_size: Some(1 << 20),
+            ..Info::default()
+        });
+        assert_eq!(roomy.msg_size, MAX_MESSAGE);
+        assert_eq!(roomy.chunks(&ids, assertion_len).len(), 2);
+        // An id that no request can carry is left out, as one longer than the key takes.
+        let huge = vec![vec![9; 2000], vec![1; 16]];
+        assert_eq!(silent.chunks(&huge, assertion_len), vec![vec![vec![1; 16]]]);
     }
 
     /// A key over the software authenticator's credentials that takes at most `max`
@@ -210,7 +280,7 @@ mod tests {
     }
 
     fn find(key: &mut LimitedKey, allow: &[Vec<u8>]) -> Result<Option<Ids>, GateError> {
-        let chunks = limits(Some(key.max), None).chunks(allow);
+        let chunks = limits(Some(key.max), None).chunks(allow, assertion_len);
         find_held(RP, &[3; 32], &chunks, "key", &mut |r, _, touch| {
             assert!(!touch);
             Ok(key.answer(r))

@@ -332,6 +332,9 @@ pub struct Info {
     pub max_creds_in_list: Option<usize>,
     /// maxCredentialIdLength: the longest credential id the key takes (`None` as above).
     pub max_cred_id_len: Option<usize>,
+    /// maxMsgSize: the longest request message the key takes (`None` as above; CTAP's
+    /// default is 1024 bytes).
+    pub max_msg_size: Option<usize>,
 }
 
 impl Info {
@@ -398,12 +401,14 @@ pub fn parse_info(answer: &[u8], label: &str) -> Result<Info, GateError> {
     };
     let max_creds_in_list = limit(7, "maxCredentialCountInList")?;
     let max_cred_id_len = limit(8, "maxCredentialIdLength")?;
+    let max_msg_size = limit(5, "maxMsgSize")?;
     Ok(Info {
         versions,
         options,
         pin_protocols,
         max_creds_in_list,
         max_cred_id_len,
+        max_msg_size,
     })
 }
 
@@ -688,13 +693,14 @@ mod tests {
         let versions = (int(1), Value::Array(vec![text("FIDO_2_1")]));
         let limited = body(Value::Map(vec![
             versions.clone(),
+            (int(5), int(1200)),
             (int(7), int(8)),
             (int(8), int(128)),
         ]));
         let i = parse_info(&limited, "k").unwrap();
         assert_eq!(
-            (i.max_creds_in_list, i.max_cred_id_len),
-            (Some(8), Some(128))
+            (i.max_creds_in_list, i.max_cred_id_len, i.max_msg_size),
+            (Some(8), Some(128), Some(1200))
         );
         let unlimited = body(Value::Map(vec![
             versions.clone(),
@@ -703,6 +709,7 @@ mod tests {
         ]));
         let i = parse_info(&unlimited, "k").unwrap();
         assert_eq!((i.max_creds_in_list, i.max_cred_id_len), (None, None));
+        assert_eq!(i.max_msg_size, None);
         let wrong = body(Value::Map(vec![versions, (int(7), text("8"))]));
         assert!(parse_info(&wrong, "k").is_err());
         assert!(parse_empty(&[0], "k", "selection").is_ok());

@@ -170,6 +170,12 @@ fn random<const N: usize>() -> Result<[u8; N], GateError> {
     Ok(c)
 }
 
+/// How long a getAssertion for `rp_id` with a given allow list is, at its longest (the
+/// touched request, with a PIN/UV parameter): what must fit in the key's maxMsgSize.
+fn assertion_len(rp_id: &str) -> impl Fn(&[Vec<u8>]) -> usize + '_ {
+    move |ids| ctap2::get_assertion(rp_id, &[0; 32], ids, true, true, Some((&[0; 32], 2))).len()
+}
+
 /// An open key: one CTAPHID channel on it.
 struct Opened {
     channel: Channel<HidPort>,
@@ -339,7 +345,8 @@ impl Fido2Key {
             // In the chunks this key takes (one, unless the user has more credentials
             // than it takes in a list).
             let outcome = opened.info(cancel).and_then(|info| {
-                let chunks = ListLimits::of(&info).chunks(&request.allow);
+                let chunks =
+                    ListLimits::of(&info).chunks(&request.allow, assertion_len(&request.rp_id));
                 opened.find_held(&request.rp_id, &chunks, cancel)
             });
             match outcome {
@@ -465,11 +472,23 @@ fn exclude_list(
         return Ok(Vec::new());
     }
     let limits = ListLimits::of(&opened.info(cancel)?);
-    if limits.fits(&request.exclude) {
+    let with_exclude = |ids: &[Vec<u8>]| {
+        ctap2::make_credential(&ctap2::MakeCredential {
+            client_data_hash: &[0; 32],
+            rp_id: &request.rp_id,
+            user_id: &request.user_id,
+            user_name: &request.user_name,
+            exclude: ids,
+            uv: true,
+            pin_uv: Some((&[0; 32], 2)),
+        })
+        .len()
+    };
+    if limits.fits(&request.exclude, with_exclude) {
         return Ok(request.exclude.clone());
     }
     tracing::info!(device = %opened.label, credentials = request.exclude.len(), max_in_list = ?limits.count, max_id_len = ?limits.id_len, "the exclude list is longer than the key takes: asking it chunk by chunk without a touch");
-    let chunks = limits.chunks(&request.exclude);
+    let chunks = limits.chunks(&request.exclude, assertion_len(&request.rp_id));
     Ok(opened
         .find_held(&request.rp_id, &chunks, cancel)?
         .unwrap_or_default())
@@ -589,10 +608,10 @@ impl Authenticator for Fido2Key {
                 // A key takes only so many credentials in one list (getInfo); a user may
                 // have more. Asked without a touch chunk by chunk, then touched for the one.
                 let limits = ListLimits::of(&opened.info(cancel)?);
-                if limits.fits(&request.allow) {
+                if limits.fits(&request.allow, assertion_len(&request.rp_id)) {
                     request.allow.clone()
                 } else {
-                    let chunks = limits.chunks(&request.allow);
+                    let chunks = limits.chunks(&request.allow, assertion_len(&request.rp_id));
                     let Some(first) = chunks.first().cloned() else {
                         // No id this key could take: none is its. Refused after a touch, as
                         // a key refuses a credential it does not hold.
