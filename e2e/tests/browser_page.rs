@@ -197,3 +197,24 @@ fn session_answers_are_not_cached_and_one_session_can_be_ended_by_id() {
         .expect_error(401, "logged_out");
     end(&mine, &[csrf]).expect_error(401, "logged_out");
 }
+
+/// A browser sends every cookie of the host in one header, whatever port set it: another
+/// application's cookie with UTF-8 in its value (as browsers send it, raw) must not hide
+/// the session cookie (it did: the page fell back to its login with `missing_token`).
+#[test]
+fn a_neighbour_cookie_with_utf8_leaves_the_session_cookie_usable() {
+    let (_server, mut proxy, c) = plain_chain(&[]);
+    let login = c.req(
+        "POST",
+        "/session/login",
+        &["Content-Type: application/json"],
+        &["--data-binary", r#"{"username":"alice","cookie":true}"#],
+    );
+    login.expect(200);
+    let cookie_line = login.header("set-cookie").expect("cookie").to_string();
+    let ours = cookie_line.split(';').next().unwrap();
+    let header = format!("Cookie: y=\u{e9}t\u{e9}; {ours}; z=\u{2603}");
+    let v = c.req("GET", "/session/list", &[&header], &[]).expect(200);
+    assert_eq!(v["sessions"].as_array().map(Vec::len), Some(1), "{v}");
+    proxy.assert_running();
+}

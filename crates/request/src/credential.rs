@@ -68,21 +68,35 @@ pub fn take_credential<'a>(
 
 /// The session cookie's value, if sent. Two copies are refused: a sibling site may have
 /// planted one (cookie tossing), and we cannot tell which is ours.
+///
+/// Read as bytes: a browser sends every cookie of the host in one header, whatever port
+/// set it, and another application's cookie with UTF-8 in its value must not hide ours.
 fn session_cookie(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let mut found = None;
     for value in headers.get_all(header::COOKIE) {
-        let Ok(value) = value.to_str() else { continue };
-        for pair in value.split(';') {
-            let Some((name, token)) = pair.trim().split_once('=') else {
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
                 continue;
             };
-            if name == SESSION_COOKIE {
+            let (name, token) = (&pair[..eq], &pair[eq + 1..]);
+            if name == SESSION_COOKIE.as_bytes() {
                 if found.is_some() {
                     return Err(ApiError::unauthorized(
                         "malformed_cookie",
                         "The session cookie was sent more than once; clear this site's cookies and log in again.",
                     ));
                 }
+                // Ours is plain ASCII (a b64token); anything else was not set by us.
+                let token = std::str::from_utf8(token)
+                    .ok()
+                    .filter(|token| token.is_ascii())
+                    .ok_or_else(|| {
+                        ApiError::unauthorized(
+                            "malformed_cookie",
+                            "The session cookie is not one k_proxy set; clear this site's cookies and log in again.",
+                        )
+                    })?;
                 found = Some(token);
             }
         }
@@ -293,6 +307,36 @@ mod tests {
         assert_eq!(
             take(&cross_site, &Method::POST).unwrap_err().code,
             "csrf_check_failed"
+        );
+    }
+
+    /// Another application on the same host (any port) may set a cookie with UTF-8 in it;
+    /// the browser sends it in the same header as ours, which must still be found.
+    #[test]
+    fn a_neighbour_cookie_with_utf8_does_not_hide_ours() {
+        let no_origin = |_: &str| false;
+        let mut map = HeaderMap::new();
+        map.append(
+            header::COOKIE,
+            HeaderValue::from_bytes("y=\u{e9}; chromecard_session=abc; z=\u{c3}".as_bytes())
+                .unwrap(),
+        );
+        let credential = take_credential(&map, &Method::GET, &no_origin).unwrap();
+        assert_eq!(
+            (credential.token, credential.source),
+            ("abc", CredentialSource::Cookie)
+        );
+        // Our own cookie with such bytes was not set by k_proxy.
+        let mut ours = HeaderMap::new();
+        ours.append(
+            header::COOKIE,
+            HeaderValue::from_bytes("chromecard_session=a\u{e9}".as_bytes()).unwrap(),
+        );
+        assert_eq!(
+            take_credential(&ours, &Method::GET, &no_origin)
+                .unwrap_err()
+                .code,
+            "malformed_cookie"
         );
     }
 
