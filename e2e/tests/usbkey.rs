@@ -257,6 +257,55 @@ fn a_key_that_takes_one_credential_per_list_enrols_and_logs_in_a_user_with_three
     proxy.assert_running();
 }
 
+/// A key that states no count limit but a maxMsgSize (the virtual key: 1200 bytes, and
+/// it refuses longer messages with ERR_INVALID_LEN, as real keys do): a user whose allow
+/// list is longer than that is asked in requests within it, and logs in.
+#[test]
+#[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
+fn a_long_allow_list_goes_to_the_key_in_requests_within_its_max_msg_size() {
+    use base64::Engine as _;
+    let usb = UsbKeyring::new();
+    let key = usb.vkey("key", &[]);
+    usb.enroll_ok("alice");
+    // Five more credentials of alice's, with 250-byte ids of no key attached here, ahead
+    // of hers: about 1.6 KB of allow list.
+    let text = std::fs::read_to_string(usb.creds()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("alice:"))
+        .expect("alice's line");
+    let hers = &line["alice:".len()..];
+    let (_, key_and_options) = hers.split_once(',').unwrap();
+    let fakes: Vec<String> = (0..5u8)
+        .map(|n| {
+            let id = base64::engine::general_purpose::STANDARD.encode(vec![n; 250]);
+            format!("{id},{key_and_options}")
+        })
+        .collect();
+    let longer = format!("alice:{}:{hers}", fakes.join(":"));
+    std::fs::write(usb.creds(), text.replace(line, &longer)).unwrap();
+
+    let (mut proxy, c) = usb.proxy("10", &[]);
+    let touches_before = key.count("waiting for a touch");
+    c.login_ok("alice");
+    let log = key.log();
+    assert!(
+        !log.contains("message longer than maxMsgSize"),
+        "every request within 1200 bytes: {log}"
+    );
+    // Probes without a touch until the one holding hers, then the touch for it alone.
+    assert!(
+        key.count("CTAP2 request command=\"authenticatorGetAssertion\"") >= 3,
+        "{log}"
+    );
+    assert_eq!(
+        key.count("waiting for a touch"),
+        touches_before + 1,
+        "{log}"
+    );
+    proxy.assert_running();
+}
+
 #[test]
 #[ignore = "needs /dev/uhid: scripts/test.sh runs it in a VM"]
 fn two_devices_claiming_one_credential_are_neither_asked_for_a_touch() {

@@ -53,7 +53,9 @@ pub use fido2::Fido2Key;
 pub use gate::{Gate, GateSettings, LevelConfig};
 pub use outcome::{EnrolOptions, Enrolled, Passed};
 pub use pin::{Pin, PinError, MAX_PIN_BYTES, MIN_PIN_CODE_POINTS};
-pub use soft::{SelfAttested, SoftAuthenticator, SoftBehavior, UnknownSoftBehavior};
+pub use soft::{
+    SelfAttested, SoftAuthenticator, SoftBehavior, UnknownSoftBehavior, SOFT_MAX_MSG_SIZE,
+};
 pub use soft_attestation::{SoftAttestation, SoftAttestationFormat};
 pub use verify::Rejection;
 

@@ -47,6 +47,10 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// The AAGUID the software authenticator reports: "chromecard-soft!" (not a real model).
 const SOFT_AAGUID: [u8; 16] = *b"chromecard-soft!";
+
+/// The longest request message the software authenticator states it takes (getInfo's
+/// maxMsgSize); the virtual key refuses longer ones, as real keys do.
+pub const SOFT_MAX_MSG_SIZE: usize = 1200;
 /// How long a `slow` touch takes.
 const SLOW_TOUCH: Duration = Duration::from_millis(250);
 /// The relying party a `wrong-rp` answer claims.
@@ -713,7 +717,10 @@ impl SoftAuthenticator {
             (Value::Integer(1.into()), Value::Array(versions)),
             (Value::Integer(3.into()), Value::Bytes(SOFT_AAGUID.to_vec())),
             (Value::Integer(4.into()), Value::Map(options)),
-            (Value::Integer(5.into()), Value::Integer(1200.into())),
+            (
+                Value::Integer(5.into()),
+                Value::Integer(SOFT_MAX_MSG_SIZE.into()),
+            ),
             (Value::Integer(6.into()), Value::Array(protocols)),
         ])
     }

@@ -12,7 +12,7 @@ use chromecard_ctaphid::{
     capability, cmd, err, fragment, init_response, Assembly, Message, Packet, BROADCAST_CID,
     PACKET_SIZE,
 };
-use chromecard_gate::CancelSignal;
+use chromecard_gate::{CancelSignal, SOFT_MAX_MSG_SIZE};
 
 /// How the transport behaves; the defaults are a CTAP 2.1 key's.
 #[derive(Debug, Clone)]
@@ -219,6 +219,16 @@ impl Transport {
             );
             return vec![error(cid, err::CHANNEL_BUSY)];
         }
+        // Longer than getInfo's maxMsgSize says: refused at its first packet, as real
+        // keys refuse what does not fit their buffer (CanoKey: ERR_INVALID_LEN).
+        if usize::from(len) > SOFT_MAX_MSG_SIZE {
+            tracing::info!(
+                cid = format_args!("{cid:#010x}"),
+                len,
+                "<- message longer than maxMsgSize"
+            );
+            return vec![error(cid, err::INVALID_LEN)];
+        }
         match Assembly::begin(cid, command, len, data) {
             Err(e) => vec![error(cid, e.error_code())],
             Ok(a) if a.is_complete() => self.on_message(a.finish()),
@@ -347,6 +357,27 @@ mod tests {
         assert_eq!(reply, fragment(a, cmd::PING, &payload).unwrap());
     }
 
+    /// A message longer than getInfo's maxMsgSize is refused at its first packet; one
+    /// exactly that long is taken.
+    #[test]
+    fn a_message_longer_than_max_msg_size_is_invalid_len() {
+        let mut t = t();
+        let cid = init(&mut t);
+        let long = fragment(cid, cmd::PING, &vec![1; SOFT_MAX_MSG_SIZE + 1]).unwrap();
+        assert_eq!(
+            error_code(&one(t.on_report(&long[0], Instant::now()))),
+            err::INVALID_LEN
+        );
+        let mut out = Vec::new();
+        for p in fragment(cid, cmd::PING, &vec![2; SOFT_MAX_MSG_SIZE]).unwrap() {
+            out.extend(t.on_report(&p, Instant::now()));
+        }
+        assert_eq!(
+            one(out),
+            fragment(cid, cmd::PING, &vec![2; SOFT_MAX_MSG_SIZE]).unwrap()
+        );
+    }
+
     #[test]
     fn unknown_channels_broadcast_and_zero_are_invalid_channel() {
         let mut t = t();
@@ -430,14 +461,15 @@ mod tests {
 
     #[test]
     fn the_message_timeout_counts_from_the_last_packet_not_the_first() {
-        // A 7609-byte PING (129 packets) whose packets come 100 ms apart takes longer than
-        // the timeout in all, with every gap far below it: real keys (OpenSK's message
-        // assembler, for one) time the gap since the last packet, so does this one.
+        // A PING as long as the key takes (1200 bytes, 21 packets) whose packets come
+        // 100 ms apart takes longer than the timeout in all, with every gap far below it:
+        // real keys (OpenSK's message assembler, for one) time the gap since the last
+        // packet, so does this one.
         let mut t = t();
         let a = init(&mut t);
-        let payload: Vec<u8> = (0..7609).map(|i| i as u8).collect();
+        let payload: Vec<u8> = (0..SOFT_MAX_MSG_SIZE).map(|i| i as u8).collect();
         let packets = fragment(a, cmd::PING, &payload).unwrap();
-        assert_eq!(packets.len(), 129);
+        assert_eq!(packets.len(), 21);
         let start = Instant::now();
         let gap = Duration::from_millis(100);
         let mut reply = Vec::new();
