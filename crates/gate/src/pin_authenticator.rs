@@ -485,6 +485,18 @@ impl PinAuthenticator {
         }
         Ok(())
     }
+
+    /// After a makeCredential or getAssertion whose user presence test passed: a CTAP 2.1
+    /// key clears the token's permissions (all but lbw, which this key does not grant;
+    /// CTAP 2.1 sections 6.1.2 and 6.2.2, clearPinUvAuthTokenPermissionsExceptLbw), so a
+    /// token serves one touched operation. A CTAP 2.0 pinToken stays good until power-down.
+    pub fn clear_token_permissions(&mut self) {
+        if let Some(token) = &mut self.token {
+            if token.permissions.is_some() {
+                token.permissions = Some(0);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -602,6 +614,48 @@ mod tests {
                 a.verify_param(Some(&pv), &param, &[6; 32], permission::GA, "rp"),
                 Err(status::PIN_AUTH_INVALID)
             );
+            // Once a touched operation used it, the token is good for nothing more.
+            a.clear_token_permissions();
+            assert_eq!(
+                a.verify_param(Some(&pv), &param, &cdh, permission::GA, "rp"),
+                Err(status::PIN_AUTH_INVALID)
+            );
+        }
+    }
+
+    /// A CTAP 2.0 pinToken has no permissions to clear: it serves until power-down.
+    #[test]
+    fn a_ctap_2_0_pin_token_serves_more_than_one_operation() {
+        let mut a = PinAuthenticator::power_up(PinRecord::default(), vec![PinProtocol::One], false)
+            .unwrap();
+        set_pin(&mut a, PinProtocol::One, b"1234").unwrap();
+        // getPinToken (CTAP 2.0 has no permissions to ask for).
+        let (ours, secret) = agree(&mut a, PinProtocol::One);
+        let enc = PinProtocol::One
+            .encrypt(&secret, &pin_hash(b"1234")[..])
+            .unwrap();
+        let answer = a
+            .client_pin(&map(vec![
+                (1, int(1)),
+                (2, int(5)),
+                (3, ours.public().to_value()),
+                (6, Value::Bytes(enc)),
+            ]))
+            .unwrap();
+        let Some(Value::Map(m)) = answer else {
+            panic!("a getPinToken answer")
+        };
+        let Some(Value::Bytes(encrypted)) = get(&m, 2) else {
+            panic!("a token")
+        };
+        let t = PinProtocol::One.decrypt(&secret, encrypted).unwrap();
+        let cdh = [5u8; 32];
+        let param = PinProtocol::One.authenticate(&t, &cdh);
+        let pv = int(1);
+        for _ in 0..2 {
+            a.verify_param(Some(&pv), &param, &cdh, permission::GA, "rp")
+                .unwrap();
+            a.clear_token_permissions();
         }
     }
 

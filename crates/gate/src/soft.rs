@@ -753,6 +753,12 @@ impl SoftAuthenticator {
             .verify_param(protocol, param, client_data_hash, permission, rp_id)
     }
 
+    /// A makeCredential or getAssertion passed its user presence test: the PIN/UV token
+    /// loses its permissions (see [`PinAuthenticator::clear_token_permissions`]).
+    pub fn user_presence_used(&self) {
+        self.key().pin.clear_token_permissions();
+    }
+
     /// Whether a PIN is set.
     pub fn pin_is_set(&self) -> bool {
         self.key().pin.is_set()

@@ -392,6 +392,8 @@ impl Key {
             return Err(status::CREDENTIAL_EXCLUDED);
         }
         self.wait_for_touch(cancel)?;
+        // CTAP 2.1: a token serves one touched operation.
+        self.soft.user_presence_used();
         let made = self
             .soft
             .make_credential_for_hash(rp_id, &cdh, &exclude, true, verified)
@@ -430,6 +432,8 @@ impl Key {
         }
         if up {
             self.wait_for_touch(cancel)?;
+            // CTAP 2.1: a token serves one touched operation.
+            self.soft.user_presence_used();
         }
         let a = self
             .soft
