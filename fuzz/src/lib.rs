@@ -150,11 +150,13 @@ pub fn credential(data: &[u8]) {
         match &taken {
             Ok(c) => {
                 assert_eq!(c.source, CredentialSource::Cookie);
-                let in_a_cookie = headers
-                    .get_all(header::COOKIE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .any(|v| v.contains(c.token));
+                // Read as bytes: another cookie in the same header may hold UTF-8.
+                let in_a_cookie = headers.get_all(header::COOKIE).iter().any(|v| {
+                    c.token.is_empty()
+                        || v.as_bytes()
+                            .windows(c.token.len())
+                            .any(|w| w == c.token.as_bytes())
+                });
                 assert!(
                     in_a_cookie,
                     "cookie token {:?} not in any Cookie header",
@@ -410,7 +412,10 @@ pub fn enrolment(data: &[u8]) {
     if let Ok(e) = Enrolments::parse(&text, "fuzz") {
         let lines = text.lines().count();
         for (user, creds) in e.iter() {
-            assert!(chromecard_hop::validate_username(user).is_ok(), "user {user:?}");
+            assert!(
+                chromecard_hop::validate_username(user).is_ok(),
+                "user {user:?}"
+            );
             assert!((1..=MAX_CREDENTIALS_PER_USER).contains(&creds.len()));
             for c in creds {
                 let raw = c.public_key.to_raw();
