@@ -460,7 +460,7 @@ fn python_fido2_client_pin_sets_the_pin_and_gets_uv_with_protocols_1_and_2() {
         "PASS setPIN (protocol 2), getPINRetries",
         "PASS protocol 2: token with permissions, makeCredential and getAssertion with UV",
         "PASS protocol 1: token with permissions, makeCredential and getAssertion with UV",
-        "PASS protocol 1: getPinToken (legacy), makeCredential and getAssertion with UV",
+        "PASS protocol 1: getPinToken (legacy), makeCredential and getAssertion with UV, the token spent by the first",
         "PASS a token bound to another rpId is refused",
         "PASS protocol 2: a wrong PIN costs one retry, the right one restores them",
         "PASS protocol 1: a wrong PIN costs one retry, the right one restores them",

@@ -437,21 +437,19 @@ def uv_ceremony(ctap2, protocol, pin, legacy):
     check(att.auth_data.is_user_verified(), f"makeCredential flags {att.auth_data.flags:#x}")
     cred = att.auth_data.credential_data
     allow = [{"type": "public-key", "id": cred.credential_id}]
-    if legacy:
-        ga_token = mc_token
-    else:
-        # An mc token is no ga token.
-        cdh = sha256(b"mc token for ga")
-        expect_ctap_error(
-            CtapError.ERR.PIN_AUTH_INVALID,
-            ctap2.get_assertion,
-            RP_ID,
-            cdh,
-            allow,
-            pin_uv_param=cp.protocol.authenticate(mc_token, cdh),
-            pin_uv_protocol=cp.protocol.VERSION,
-        )
-        ga_token = cp.get_pin_token(pin, P.GET_ASSERTION, RP_ID)
+    # An mc token is no ga token; and on a CTAP 2.1 key even getPinToken's token (mc and
+    # ga) is spent by the touched makeCredential (clearPinUvAuthTokenPermissionsExceptLbw).
+    cdh = sha256(b"mc token for ga")
+    expect_ctap_error(
+        CtapError.ERR.PIN_AUTH_INVALID,
+        ctap2.get_assertion,
+        RP_ID,
+        cdh,
+        allow,
+        pin_uv_param=cp.protocol.authenticate(mc_token, cdh),
+        pin_uv_protocol=cp.protocol.VERSION,
+    )
+    ga_token = cp.get_pin_token(pin) if legacy else cp.get_pin_token(pin, P.GET_ASSERTION, RP_ID)
     cdh = sha256(b"pin getAssertion " + os.urandom(8))
     a = ctap2.get_assertion(
         RP_ID,
@@ -538,7 +536,7 @@ def mode_pin(path):
         uv_ceremony, ctap2, PinProtocolV1(), PIN, False,
     )
     run(
-        "protocol 1: getPinToken (legacy), makeCredential and getAssertion with UV",
+        "protocol 1: getPinToken (legacy), makeCredential and getAssertion with UV, the token spent by the first",
         uv_ceremony, ctap2, PinProtocolV1(), PIN, True,
     )
     if cred is not None:
