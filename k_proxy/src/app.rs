@@ -39,7 +39,7 @@ use crate::metrics::ProxyMetrics;
 use crate::route::{route, Authed, Open, Route};
 use crate::throttle::LoginThrottle;
 use crate::upstream::Upstream;
-use crate::{forward, log, login, probes, session_api, ui, ws};
+use crate::{forward, log, login, probes, respond, session_api, ui, ws};
 
 /// Sessions policy that is k_proxy's choice, not the store's mechanism.
 #[derive(Debug, Clone, Copy)]
@@ -80,13 +80,14 @@ impl App {
         // A clone of the Uri shares hyper's buffer (a reference count, not a copy).
         let uri = request.uri().clone();
         let mut user: Option<Arc<str>> = None;
-        let response = match self.process(request, &conn, &mut user).await {
+        let mut response = match self.process(request, &conn, &mut user).await {
             Ok(response) => response,
             Err(err) => {
                 log::failure(conn.peer, &err);
                 err.into_response()
             }
         };
+        respond::browser_guards(&mut response);
         chromecard_http::access_line(
             conn.peer,
             &method,

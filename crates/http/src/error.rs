@@ -2,7 +2,7 @@
 //! `{"error": "<snake_case_code>", "message": "<one human sentence>"}`.
 
 use bytes::Bytes;
-use http::{header, HeaderName, HeaderValue, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
 
@@ -223,17 +223,6 @@ pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Htt
         HeaderValue::from_static("application/json"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    // Answers may hold a user's secrets: never read as anything but JSON, and not
-    // embeddable by another origin (a page on another port of the same host is same-site,
-    // so the session cookie goes with its requests).
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        HeaderName::from_static("cross-origin-resource-policy"),
-        HeaderValue::from_static("same-origin"),
-    );
     response
 }
 
@@ -253,14 +242,6 @@ mod tests {
             ApiError::bad_request("invalid_json", "The body is not JSON.").into_response();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
-        assert_eq!(
-            response.headers()[header::X_CONTENT_TYPE_OPTIONS],
-            "nosniff"
-        );
-        assert_eq!(
-            response.headers()["cross-origin-resource-policy"],
-            "same-origin"
-        );
         let body = body_json(response).await;
         assert_eq!(body["error"], "invalid_json");
         assert_eq!(body["message"], "The body is not JSON.");
