@@ -97,6 +97,11 @@ pub struct Answer {
     pub cancels_sent: u32,
 }
 
+/// How long INIT still waits for its own answer after an error on the broadcast channel,
+/// which may have been another client's: a device answers an INIT within milliseconds,
+/// and one that answers ours with an error is not kept waiting on for long.
+pub const BROADCAST_ERROR_GRACE: Duration = Duration::from_millis(250);
+
 /// The CTAPHID protocol version this client speaks (the INIT answer's byte 12).
 pub const PROTOCOL_VERSION: u8 = 2;
 
@@ -112,12 +117,14 @@ impl<P: Port> Channel<P> {
     /// fresh random bytes; answers carrying another nonce are someone else's.
     ///
     /// A CTAPHID_ERROR on the broadcast channel carries no nonce: it may answer another
-    /// client's INIT (every client of the device reads every report). It ends the wait
-    /// only at the deadline, as the reason no answer came, unless our answer comes first.
+    /// client's INIT (every client of the device reads every report). So it ends the wait
+    /// only [`BROADCAST_ERROR_GRACE`] later (or at the deadline, if sooner), as the reason
+    /// no answer came, unless our answer comes first.
     pub fn open(mut port: P, nonce: [u8; 8], deadline: Instant) -> Result<Self, HostError> {
         for r in fragment(BROADCAST_CID, cmd::INIT, &nonce)? {
             send_by(&mut port, &r, deadline, HostError::Timeout)?;
         }
+        let mut deadline = deadline;
         let mut broadcast_error = None;
         loop {
             let now = Instant::now();
@@ -159,7 +166,12 @@ impl<P: Port> Channel<P> {
                     cmd: cmd::ERROR,
                     data,
                     ..
-                } => broadcast_error = Some(data[0]),
+                } => {
+                    if broadcast_error.is_none() {
+                        deadline = deadline.min(Instant::now() + BROADCAST_ERROR_GRACE);
+                    }
+                    broadcast_error = Some(data[0]);
+                }
                 // Another client's traffic, or a stale answer: not ours.
                 _ => continue,
             }
@@ -435,6 +447,21 @@ mod tests {
             .unwrap();
         assert_eq!(e, HostError::Device(err::CHANNEL_BUSY));
         assert!(started.elapsed() >= Duration::from_millis(60));
+        // With a long deadline, the error ends the wait after the grace, not at the end.
+        let mut script = Script::default();
+        script.to_host.push_back(Some(
+            fragment(BROADCAST_CID, cmd::ERROR, &[err::CHANNEL_BUSY]).unwrap()[0],
+        ));
+        let started = Instant::now();
+        let e = Channel::open(script, [5; 8], started + Duration::from_secs(5))
+            .err()
+            .unwrap();
+        assert_eq!(e, HostError::Device(err::CHANNEL_BUSY));
+        let waited = started.elapsed();
+        assert!(
+            waited >= BROADCAST_ERROR_GRACE && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
         let e = Channel::open(
             Script::default(),
             [5; 8],
