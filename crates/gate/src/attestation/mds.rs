@@ -225,8 +225,10 @@ impl Metadata {
         self.entries.is_empty()
     }
 
-    /// How many of the blob's models list `root` among their attestation roots.
-    pub fn models_under(&self, root: &Root) -> usize {
+    /// How many of the blob's models list one of `chain`'s certificates (DER) among their
+    /// attestation roots: a model may anchor at a vendor's intermediate as well as at
+    /// its root.
+    pub fn models_anchored_in(&self, chain: &[&[u8]]) -> usize {
         self.entries
             .iter()
             .filter(|entry| {
@@ -234,7 +236,7 @@ impl Metadata {
                     st.attestation_root_certificates.iter().any(|b64| {
                         STANDARD
                             .decode(b64.trim())
-                            .is_ok_and(|der| der == root.der())
+                            .is_ok_and(|der| chain.contains(&der.as_slice()))
                     })
                 })
             })

@@ -85,14 +85,14 @@ pub enum AttestationError {
         "the attestation certificate's AAGUID {cert} is not the authenticator's AAGUID {auth_data}"
     )]
     AaguidMismatch { cert: String, auth_data: String },
-    /// A packed certificate without the AAGUID extension under a root that the metadata
-    /// blob lists for several models: nothing binds the key to the model it claims, whose
-    /// status was the one checked (FIDO Metadata Statement §3.1: such certificates must
-    /// carry the extension).
+    /// A packed certificate without the AAGUID extension whose chain the metadata blob
+    /// lists as the anchor of several models (at its root or an intermediate): nothing
+    /// binds the key to the model it claims, whose status was the one checked (FIDO
+    /// Metadata Statement §3.1: such certificates must carry the extension).
     #[error(
-        "the attestation certificate carries no AAGUID extension, and its root ({root}) \
-         vouches for {models} authenticator models in the metadata blob: which model the key \
-         is, and so its status, cannot be checked"
+        "the attestation certificate carries no AAGUID extension, and its chain (to {root}) \
+         anchors {models} authenticator models in the metadata blob: which model the key is, \
+         and so its status, cannot be checked"
     )]
     AaguidUnbound { root: String, models: usize },
     /// The statement's signature does not verify with the attestation certificate's key.
@@ -283,12 +283,17 @@ pub fn verify(
         }
     }
     let root = chain::verify_chain(leaf, intermediates, &roots, now)?;
-    // The status above is the claimed model's. A root shared by several models binds a
-    // certificate to one of them only through its AAGUID extension: without it, a key of
-    // a revoked model could claim a sound model's AAGUID.
+    // The status above is the claimed model's. A chain that anchors several models (at
+    // its root, or one at the root and another at an intermediate) binds a certificate to
+    // one of them only through its AAGUID extension: without it, a key of a revoked model
+    // could claim a sound model's AAGUID.
     if statement.fmt == "packed" && !leaf_info.names_aaguid() {
         if let Some(md) = &policy.metadata {
-            let models = md.models_under(root);
+            let chain: Vec<&[u8]> = std::iter::once(leaf.as_slice())
+                .chain(intermediates.iter().map(Vec::as_slice))
+                .chain(std::iter::once(root.der()))
+                .collect();
+            let models = md.models_anchored_in(&chain);
             if models > 1 {
                 return Err(AttestationError::AaguidUnbound {
                     root: root.subject().to_string(),

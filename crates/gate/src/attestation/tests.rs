@@ -778,6 +778,46 @@ fn a_certificate_without_aaguid_under_a_root_of_several_models_is_refused() {
     .unwrap();
 }
 
+/// The same, when the revoked model anchors at the vendor's intermediate and the sound one
+/// at its root: one chain, two models.
+#[test]
+fn a_certificate_without_aaguid_under_an_intermediate_of_another_model_is_refused() {
+    let m = mds();
+    let root = Ca::root("Chromecard Test Vendor Root");
+    let inter = root.intermediate("Chromecard Test Vendor CA 1");
+    let (sk, leaf_der) = leaf(
+        &inter,
+        &LeafSpec {
+            aaguid: None,
+            ..LeafSpec::default()
+        },
+    );
+    let identity = SoftAttestation::new(
+        sk,
+        vec![leaf_der, inter.der.clone()],
+        SoftAttestationFormat::Packed,
+    )
+    .unwrap();
+    let sound = entry_for_aaguid(&root, &[("FIDO_CERTIFIED", "2021-01-01")]);
+    let mut revoked = entry_for_aaguid(&inter, &[("REVOKED", "2025-01-01")]);
+    revoked["aaguid"] = aaguid_dashed(&[0x5a; 16]).into();
+    let mut body = payload(sound, "2026-07-01");
+    body["entries"].as_array_mut().unwrap().push(revoked);
+    let md = Metadata::from_jwt(&m.sign(&body), &[m.root.as_root()], now()).unwrap();
+    let e = check(
+        &attested_by(&identity),
+        &Policy::new(Vec::new()).with_metadata(md).at(now()),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        AttestationError::AaguidUnbound {
+            root: "CN=Chromecard Test Vendor Root".into(),
+            models: 2
+        }
+    );
+}
+
 #[test]
 fn a_blob_from_another_signer_is_refused() {
     let m = mds();
