@@ -488,7 +488,15 @@ fn exclude_list(
         return Ok(request.exclude.clone());
     }
     tracing::info!(device = %opened.label, credentials = request.exclude.len(), max_in_list = ?limits.count, max_id_len = ?limits.id_len, "the exclude list is longer than the key takes: asking it chunk by chunk without a touch");
-    let chunks = limits.chunks(&request.exclude, assertion_len(&request.rp_id));
+    // What the probes find goes out as the makeCredential's exclude list (the id the key
+    // named, or the whole chunk): each chunk must fit that request too, which is the
+    // longer of the two. An id too long for it cannot be excluded on this key; it is
+    // left out, as an id longer than the key takes is (at worst the key is enrolled twice
+    // for the user: the README's known limits).
+    let probe_len = assertion_len(&request.rp_id);
+    let chunks = limits.chunks(&request.exclude, |ids| {
+        probe_len(ids).max(with_exclude(ids))
+    });
     Ok(opened
         .find_held(&request.rp_id, &chunks, cancel)?
         .unwrap_or_default())
