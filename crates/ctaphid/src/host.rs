@@ -423,39 +423,44 @@ mod tests {
         }
     }
 
+    /// A device whose first report is a CTAPHID_ERROR `code` on the broadcast channel.
+    fn broadcast_error(code: u8) -> Script {
+        let mut script = Script::default();
+        script.to_host.push_back(Some(
+            fragment(BROADCAST_CID, cmd::ERROR, &[code]).unwrap()[0],
+        ));
+        script
+    }
+
     /// An ERROR on the broadcast channel may be another client's: the wait goes on, and
     /// our answer after it opens the channel.
     #[test]
     fn a_broadcast_error_does_not_end_the_init_that_is_answered_after_it() {
-        let mut script = Script::default();
-        script.to_host.push_back(Some(
-            fragment(BROADCAST_CID, cmd::ERROR, &[err::INVALID_LEN]).unwrap()[0],
-        ));
-        opened(script);
+        opened(broadcast_error(err::INVALID_LEN));
     }
 
     /// With no answer of ours, the error seen is the reason given at the deadline.
     #[test]
     fn a_broadcast_error_without_an_answer_is_reported_at_the_deadline() {
-        let mut script = Script::default();
-        script.to_host.push_back(Some(
-            fragment(BROADCAST_CID, cmd::ERROR, &[err::CHANNEL_BUSY]).unwrap()[0],
-        ));
         let started = Instant::now();
-        let e = Channel::open(script, [5; 8], started + Duration::from_millis(60))
-            .err()
-            .unwrap();
+        let e = Channel::open(
+            broadcast_error(err::CHANNEL_BUSY),
+            [5; 8],
+            started + Duration::from_millis(60),
+        )
+        .err()
+        .unwrap();
         assert_eq!(e, HostError::Device(err::CHANNEL_BUSY));
         assert!(started.elapsed() >= Duration::from_millis(60));
         // With a long deadline, the error ends the wait after the grace, not at the end.
-        let mut script = Script::default();
-        script.to_host.push_back(Some(
-            fragment(BROADCAST_CID, cmd::ERROR, &[err::CHANNEL_BUSY]).unwrap()[0],
-        ));
         let started = Instant::now();
-        let e = Channel::open(script, [5; 8], started + Duration::from_secs(5))
-            .err()
-            .unwrap();
+        let e = Channel::open(
+            broadcast_error(err::CHANNEL_BUSY),
+            [5; 8],
+            started + Duration::from_secs(5),
+        )
+        .err()
+        .unwrap();
         assert_eq!(e, HostError::Device(err::CHANNEL_BUSY));
         let waited = started.elapsed();
         assert!(
