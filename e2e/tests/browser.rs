@@ -145,6 +145,15 @@ async fn type_into(b: &Browser, id: &str, keys: &str) {
     e.send_keys(keys).await.unwrap();
 }
 
+async fn click(b: &Browser, id: &str) {
+    b.find(Locator::Id(id))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 const ENTER: &str = "\u{E007}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,18 +270,8 @@ async fn the_page_in_chromium_through_the_whole_chain() {
         text(&b, "counter").await.parse::<u64>().is_ok()
     })
     .await;
-    b.find(Locator::Id("increment"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    b.find(Locator::Id("increment"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "increment").await;
+    click(&b, "increment").await;
     // Exactly two increments, both counted by k_server.
     let expected = before + 2;
     until(Duration::from_secs(5), "tab 2's new value", || async {
@@ -321,12 +320,7 @@ async fn the_page_in_chromium_through_the_whole_chain() {
         || async { text(&b, "secret-list").await.contains("door-code") },
     )
     .await;
-    b.find(Locator::Id("logout-all"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "logout-all").await;
     let logged_out = Instant::now();
     until(Duration::from_secs(5), "tab 2's ended view", || {
         visible(&b, "ended-view")
@@ -378,12 +372,7 @@ async fn the_page_in_chromium_through_the_whole_chain() {
 
     // Replaced under an open page, the cookie does not carry the page's requests into the
     // other session: k_proxy refuses them (session_mismatch) and the page says why.
-    b.find(Locator::Id("username"))
-        .await
-        .unwrap()
-        .send_keys(&format!("carol{ENTER}"))
-        .await
-        .unwrap();
+    type_into(&b, "username", &format!("carol{ENTER}")).await;
     until(Duration::from_secs(10), "carol's session view", || async {
         visible(&b, "session-view").await && text(&b, "s-user").await == "carol"
     })
@@ -391,12 +380,7 @@ async fn the_page_in_chromium_through_the_whole_chain() {
     let planted = c.login_ok("mallory");
     plant_session_cookie(&b, &planted).await;
     let before = counter_of(&c.counter_get(&planted));
-    b.find(Locator::Id("increment"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "increment").await;
     until(Duration::from_secs(5), "the ended view", || {
         visible(&b, "ended-view")
     })
