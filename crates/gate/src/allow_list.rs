@@ -80,6 +80,12 @@ impl ListLimits {
     }
 }
 
+/// How long a getAssertion for `rp_id` with a given allow list is, at its longest (the
+/// touched request, with a PIN/UV parameter): what must fit in the key's maxMsgSize.
+pub(crate) fn assertion_len(rp_id: &str) -> impl Fn(&[Vec<u8>]) -> usize + '_ {
+    move |ids| ctap2::get_assertion(rp_id, &[0; 32], ids, true, true, Some((&[0; 32], 2))).len()
+}
+
 /// Asks the key, chunk by chunk and without a touch, which credential it holds: the
 /// list to ask the touch with (the credential it named, or the whole chunk when it
 /// named none or one not in the chunk; the answer to the touched request is verified
@@ -126,30 +132,30 @@ mod tests {
         }
     }
 
-    /// The touched getAssertion with a PIN/UV parameter: the longest a list makes.
-    fn assertion_len(ids: &[Vec<u8>]) -> usize {
-        ctap2::get_assertion(RP, &[3; 32], ids, true, true, Some((&[0; 32], 2))).len()
+    /// [`assertion_len`] for this module's relying party.
+    fn request_len(ids: &[Vec<u8>]) -> usize {
+        assertion_len(RP)(ids)
     }
 
     #[test]
     fn chunks_keep_to_the_count_and_leave_out_ids_too_long() {
         let ids: Vec<Vec<u8>> = (1..=5u8).map(|n| vec![n; usize::from(n)]).collect();
         let none = limits(None, None);
-        assert!(none.fits(&ids, assertion_len));
-        assert_eq!(none.chunks(&ids, assertion_len), vec![ids.clone()]);
+        assert!(none.fits(&ids, request_len));
+        assert_eq!(none.chunks(&ids, request_len), vec![ids.clone()]);
         let two = limits(Some(2), None);
-        assert!(!two.fits(&ids, assertion_len));
+        assert!(!two.fits(&ids, request_len));
         assert_eq!(
-            two.chunks(&ids, assertion_len),
+            two.chunks(&ids, request_len),
             vec![ids[0..2].to_vec(), ids[2..4].to_vec(), ids[4..].to_vec()]
         );
         let short = limits(Some(8), Some(3));
-        assert!(!short.fits(&ids, assertion_len));
-        assert_eq!(short.chunks(&ids, assertion_len), vec![ids[0..3].to_vec()]);
+        assert!(!short.fits(&ids, request_len));
+        assert_eq!(short.chunks(&ids, request_len), vec![ids[0..3].to_vec()]);
         assert!(limits(Some(8), Some(1))
-            .chunks(&ids[1..], assertion_len)
+            .chunks(&ids[1..], request_len)
             .is_empty());
-        assert!(limits(Some(5), Some(5)).fits(&ids, assertion_len));
+        assert!(limits(Some(5), Some(5)).fits(&ids, request_len));
     }
 
     /// A key that states no count (CTAP 2.0 keys often do not) still takes only so many
@@ -163,14 +169,14 @@ mod tests {
             ..Info::default()
         });
         assert_eq!(silent.msg_size, 1024);
-        assert!(assertion_len(&ids) > MAX_MESSAGE);
-        assert!(!silent.fits(&ids, assertion_len));
-        let chunks = silent.chunks(&ids, assertion_len);
+        assert!(request_len(&ids) > MAX_MESSAGE);
+        assert!(!silent.fits(&ids, request_len));
+        let chunks = silent.chunks(&ids, request_len);
         // Each id takes 323 bytes in the request (its descriptor map): two and the
         // request's other fields fit in 1024, three do not.
         assert_eq!(chunks.len(), 12);
         assert!(chunks.iter().all(|c| c.len() == 2));
-        assert!(chunks.iter().all(|c| assertion_len(c) <= 1024));
+        assert!(chunks.iter().all(|c| request_len(c) <= 1024));
         assert_eq!(chunks.concat(), ids, "every id, in order");
         // A key that states a size is taken at its word, up to what CTAPHID carries.
         let roomy = ListLimits::of(&Info {
@@ -178,10 +184,10 @@ mod tests {
             ..Info::default()
         });
         assert_eq!(roomy.msg_size, MAX_MESSAGE);
-        assert_eq!(roomy.chunks(&ids, assertion_len).len(), 2);
+        assert_eq!(roomy.chunks(&ids, request_len).len(), 2);
         // An id that no request can carry is left out, as one longer than the key takes.
         let huge = vec![vec![9; 2000], vec![1; 16]];
-        assert_eq!(silent.chunks(&huge, assertion_len), vec![vec![vec![1; 16]]]);
+        assert_eq!(silent.chunks(&huge, request_len), vec![vec![vec![1; 16]]]);
     }
 
     /// A key over the software authenticator's credentials that takes at most `max`
@@ -280,7 +286,7 @@ mod tests {
     }
 
     fn find(key: &mut LimitedKey, allow: &[Vec<u8>]) -> Result<Option<Ids>, GateError> {
-        let chunks = limits(Some(key.max), None).chunks(allow, assertion_len);
+        let chunks = limits(Some(key.max), None).chunks(allow, request_len);
         find_held(RP, &[3; 32], &chunks, "key", &mut |r, _, touch| {
             assert!(!touch);
             Ok(key.answer(r))

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use chromecard_ctaphid::host::{Answer, Channel, HostError, Limits};
 use chromecard_ctaphid::{cmd, keepalive};
 
-use crate::allow_list::{self, Ids, ListLimits};
+use crate::allow_list::{self, assertion_len, Ids, ListLimits};
 use crate::ctap2;
 use crate::hid::{self, HidPort};
 use crate::pin_authenticator::permission;
@@ -168,12 +168,6 @@ fn random<const N: usize>() -> Result<[u8; N], GateError> {
         detail: format!("no randomness: {e}"),
     })?;
     Ok(c)
-}
-
-/// How long a getAssertion for `rp_id` with a given allow list is, at its longest (the
-/// touched request, with a PIN/UV parameter): what must fit in the key's maxMsgSize.
-fn assertion_len(rp_id: &str) -> impl Fn(&[Vec<u8>]) -> usize + '_ {
-    move |ids| ctap2::get_assertion(rp_id, &[0; 32], ids, true, true, Some((&[0; 32], 2))).len()
 }
 
 /// An open key: one CTAPHID channel on it.
