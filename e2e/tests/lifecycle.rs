@@ -212,6 +212,19 @@ fn a_scoped_session_manages_only_itself() {
     c.status(&scoped).expect_error(401, "logged_out");
 }
 
+/// `POST path` with `token`, naming `id` as the session it expects, as the page does.
+fn naming_session(c: &Client, path: &str, token: &str, id: &str) -> Resp {
+    c.req(
+        "POST",
+        path,
+        &[
+            &Client::bearer(token),
+            &format!("X-Chromecard-Session: {id}"),
+        ],
+        &[],
+    )
+}
+
 /// A request that names the session it expects (as the page does) is refused when its
 /// credential names another: a cookie replaced under an open page must not carry the
 /// page's requests into that session.
@@ -225,17 +238,7 @@ fn a_request_expecting_another_session_is_refused() {
         .as_str()
         .unwrap()
         .to_owned();
-    let with = |id: &str| {
-        c.req(
-            "POST",
-            "/resource/counter",
-            &[
-                &Client::bearer(&alice),
-                &format!("X-Chromecard-Session: {id}"),
-            ],
-            &[],
-        )
-    };
+    let with = |id: &str| naming_session(&c, "/resource/counter", &alice, id);
     let before = counter_of(&c.counter_get(&alice));
     with(&alice_id).expect(200);
     with(&bob_id).expect_error(401, "session_mismatch");
@@ -256,16 +259,7 @@ fn a_mismatched_request_does_not_restart_the_idle_clock() {
     let bob = login_with(&c, r#"{"username":"bob"}"#);
     let bob_id = bob.expect(200)["session_id"].as_str().unwrap().to_owned();
     thread::sleep(Duration::from_millis(1500));
-    c.req(
-        "POST",
-        "/session/status",
-        &[
-            &Client::bearer(&alice),
-            &format!("X-Chromecard-Session: {bob_id}"),
-        ],
-        &[],
-    )
-    .expect_error(401, "session_mismatch");
+    naming_session(&c, "/session/status", &alice, &bob_id).expect_error(401, "session_mismatch");
     // 3 s after alice's login (were the refused request a use: 1.5 s short of her limit).
     thread::sleep(
         Duration::from_secs(3).saturating_sub(login_at.elapsed()) + Duration::from_millis(300),
